@@ -1,0 +1,1 @@
+"""Data: readers, tokenizers, vocabularies, batching and data modules."""

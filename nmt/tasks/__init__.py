@@ -1,0 +1,1 @@
+"""Tasks: one LightningModule per task shape."""

@@ -1,0 +1,1 @@
+"""Built-in plugins of nmt, registered through the nmt.plugins entry-point group."""
