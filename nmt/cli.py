@@ -1,0 +1,170 @@
+"""The ``nmt`` command line (click). Commands import their heavy parts lazily so ``--help`` is fast.
+
+User errors print one line, ``nmt: <where>: <what>``, and exit 2; runtime failures exit 1;
+``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+import nmt
+from nmt.errors import UserError
+
+ENCODING_ERRORS = click.Choice(["strict", "replace"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(nmt.__version__, prog_name="nmt")
+@click.option("--plugin", "plugins", multiple=True, metavar="PATH_OR_MODULE",
+              help="Load local plugin code (a .py file, package directory or module). Repeatable.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(plugins: tuple[str, ...], debug: bool) -> None:
+    """nmt: RNN sequence-to-sequence models (translation, sequence prediction, regression)
+    trained from one YAML recipe with PyTorch Lightning."""
+    from nmt import registry
+
+    for spec in plugins:
+        registry.load_plugin(spec, base=Path.cwd())
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where checkpoints, logs and the tokenizer go [default: runs/<recipe name>]. "
+                   "An existing run directory is resumed, never overwritten.")
+@click.option("--fresh", is_flag=True, help="Refuse to resume: fail if the run directory already holds a run.")
+def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh: bool) -> None:
+    """Train a model from RECIPE, with optional dotted OVERRIDES such as trainer.max_epochs=3.
+
+    The recipe's trainer: section is passed to PyTorch Lightning's Trainer."""
+    from nmt.recipe import load_recipe
+    from nmt.train import train_recipe
+
+    loaded = load_recipe(recipe, list(overrides))
+    train_recipe(loaded, run_dir or Path("runs") / loaded.name, fresh=fresh)
+
+
+@cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A run directory written by nmt train.")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("--beam", default=5, show_default=True, type=click.IntRange(min=1), help="Beam size; 1 is greedy.")
+@click.option("--nbest", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Print the K best hypotheses per line as 'i ||| hypothesis ||| score'.")
+@click.option("--alpha", default=0.6, show_default=True, type=click.FloatRange(min=0.0),
+              help="Length penalty exponent (GNMT); 0 ranks by raw log-probability.")
+@click.option("--batch-size", default=4000, show_default=True, type=click.IntRange(min=1),
+              help="Source tokens per batch.")
+@click.option("--max-length-ratio", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Longest output, as a multiple of the source length (plus 10).")
+@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Input file (plain or .gz) [default: stdin].")
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file, written atomically [default: stdout].")
+@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
+              help="What to do with bytes that are not UTF-8.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def translate(run_dir, checkpoint, beam, nbest, alpha, batch_size, max_length_ratio, input_path,
+              output_path, encoding_errors, device) -> None:
+    """Translate text line by line with batched beam search (stdin to stdout by default).
+
+    Output line i answers input line i; empty input lines give empty output lines."""
+    from nmt.translate import translate_file
+
+    translate_file(run_dir, checkpoint=checkpoint, beam=beam, nbest=nbest, alpha=alpha,
+                   batch_tokens=batch_size, max_length_ratio=max_length_ratio, input_path=input_path,
+                   output_path=output_path, encoding_errors=encoding_errors, device=device)
+
+
+@cli.command()
+@click.option("--hyp", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Hypotheses, one per line.")
+@click.option("--ref", "refs", required=True, multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="References, one per line (repeat for several references).")
+@click.option("--metrics", default="bleu,chrf,ter", show_default=True, help="Comma-separated: bleu, chrf, ter.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def evaluate(hyp: Path, refs: tuple[Path, ...], metrics: str, as_json: bool) -> None:
+    """Score detokenised hypotheses against references with sacrebleu, printing each signature."""
+    from nmt.metrics import evaluate_files
+
+    evaluate_files(hyp, list(refs), [m.strip() for m in metrics.split(",") if m.strip()], as_json=as_json)
+
+
+@cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Text lines, sentences or a series CSV, by task [default: stdin].")
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file, written atomically [default: stdout].")
+@click.option("--probabilities", is_flag=True, help="Classification: print the probability of each label.")
+@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def predict(run_dir, checkpoint, input_path, output_path, probabilities, encoding_errors, device) -> None:
+    """Serve a non-translation run: labels for text lines, tags for sentences, forecasts for a series."""
+    from nmt.runs import load_run
+
+    task = load_run(run_dir, checkpoint=checkpoint, device=device)
+    task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors)
+
+
+@cli.command()
+def plugins() -> None:
+    """List every registered plugin: kind, name, origin and a one-line description."""
+    from nmt import registry
+
+    rows = [(e.kind, e.name, e.origin, e.description) for e in registry.entries()]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("KIND", "NAME", "ORIGIN"))]
+    click.echo(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'ORIGIN':<{widths[2]}}  DESCRIPTION")
+    for kind, name, origin, description in rows:
+        click.echo(f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {origin:<{widths[2]}}  {description}")
+
+
+@cli.command()
+@click.argument("what", type=click.Choice(["translate-speed", "streaming-memory"]), default="translate-speed")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+def bench(what: str, run_dir: Path | None, device: str) -> None:
+    """Run a benchmark from benchmarks/ and print ratios measured side by side."""
+    from nmt.bench import run_benchmark
+
+    run_benchmark(what, run_dir=run_dir, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI, turning errors into one line and an exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        cli.main(args=argv, prog_name="nmt", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"nmt: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("nmt: aborted", err=True)
+        return 130
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"nmt: {exc.message}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("nmt: interrupted", err=True)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a runtime failure, not the user's doing
+        if debug:
+            raise
+        click.echo(f"nmt: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

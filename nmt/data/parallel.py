@@ -1,0 +1,87 @@
+"""Parallel text for translation: tokenised pairs, length-bucketed token batches, padding."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nmt.data.batching import TokenBatchSampler
+
+
+@dataclass
+class Pair:
+    index: int  # line number in the corpus, 0-based (kept for restoring order and counting)
+    src: list[int]
+    tgt: list[int]
+
+
+class PairDataset(Dataset):
+    """Tokenised sentence pairs, indexable; lengths drive the batch sampler."""
+
+    def __init__(self, pairs: list[Pair]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Pair:
+        return self.pairs[i]
+
+    def lengths(self) -> list[int]:
+        return [max(len(p.src), len(p.tgt) + 1) for p in self.pairs]
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    out = torch.full((len(sequences), max(1, max(len(s) for s in sequences))), pad_id, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+class PairCollator:
+    """Pads a list of pairs into tensors; target input starts with BOS, target output ends with EOS."""
+
+    def __init__(self, pad_id: int, bos_id: int, eos_id: int):
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+
+    def __call__(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
+        tgt_in = [[self.bos_id] + p.tgt for p in pairs]
+        tgt_out = [p.tgt + [self.eos_id] for p in pairs]
+        return {
+            "ids": torch.tensor([p.index for p in pairs]),
+            "src": pad([p.src or [self.eos_id] for p in pairs], self.pad_id),  # [B,S]
+            "src_len": torch.tensor([max(1, len(p.src)) for p in pairs]),  # [B]
+            "tgt_in": pad(tgt_in, self.pad_id),  # [B,T]
+            "tgt_out": pad(tgt_out, self.pad_id),  # [B,T]
+            "ntokens": torch.tensor(sum(len(t) for t in tgt_out)),
+        }
+
+
+class ParallelDataModule(pl.LightningDataModule):
+    """Training and validation batches of token-count size, bucketed by length.
+
+    The batch sampler shards batches across DDP ranks itself (every example once per epoch, equal
+    batch counts), so the Trainer runs with ``use_distributed_sampler=False``."""
+
+    def __init__(self, train: list[Pair], valid: list[Pair], collator: PairCollator, batch_tokens: int,
+                 max_sentences: int | None, valid_batch_tokens: int, seed: int, num_workers: int = 0):
+        super().__init__()
+        self.train_set, self.valid_set = PairDataset(train), PairDataset(valid)
+        self.collator = collator
+        self.batch_tokens, self.max_sentences = batch_tokens, max_sentences
+        self.valid_batch_tokens, self.seed, self.num_workers = valid_batch_tokens, seed, num_workers
+
+    def _loader(self, dataset: PairDataset, max_tokens: int, shuffle: bool) -> DataLoader:
+        sampler = TokenBatchSampler(dataset.lengths(), max_tokens=max_tokens, max_sentences=self.max_sentences,
+                                    shuffle=shuffle, seed=self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_tokens, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False)

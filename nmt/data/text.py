@@ -1,0 +1,112 @@
+"""Reading text files: plain or gzip-compressed, UTF-8, one example per line.
+
+Every reader turns a problem the user can fix (a missing file, a bad byte, two files of a parallel
+corpus that do not line up) into a :class:`~nmt.errors.DataError` that names the file and, where
+it makes sense, the line: ``data/train.de:1043: invalid UTF-8 (byte 0xe4); ...``.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Literal, TextIO
+
+from nmt.errors import DataError
+
+EncodingErrors = Literal["strict", "replace"]
+StrPath = str | os.PathLike
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def open_binary(path: StrPath) -> BinaryIO:
+    """Open ``path`` for reading bytes, decompressing it when it is gzip.
+
+    Compression is recognised by the magic bytes, not the suffix, so a ``.gz`` file renamed to
+    ``.txt`` (or a plain file that happens to end in ``.gz``) still reads correctly.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), "file not found")
+    if path.is_dir():
+        raise DataError(str(path), "is a directory, expected a text file")
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise DataError(str(path), f"cannot open ({exc.strerror or exc})") from exc
+    if raw.peek(2)[:2] == _GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def open_text(path: StrPath, encoding_errors: EncodingErrors = "strict") -> TextIO:
+    """Open a plain or gzip file as UTF-8 text with universal newlines.
+
+    For whole lines with exact line numbers in decoding errors prefer :func:`iter_lines`; this is
+    for readers (TSV, CSV, CoNLL-U) that want a text stream.
+    """
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors=encoding_errors)
+
+
+def iter_lines(path: StrPath, encoding_errors: EncodingErrors = "strict") -> Iterator[str]:
+    """Yield the lines of ``path`` one at a time, without their trailing ``\\n`` or ``\\r\\n``.
+
+    Lines are decoded one by one from bytes so that an invalid byte is reported with its own line
+    number (a text stream decodes in blocks and cannot say which line a bad byte came from). The
+    file is streamed, so a huge input can be translated in chunks without reading it whole.
+    """
+    with open_binary(path) as stream:
+        yield from iter_stream(stream, str(path), encoding_errors)
+
+
+def iter_stream(stream: BinaryIO, name: str, encoding_errors: EncodingErrors = "strict") -> Iterator[str]:
+    """Like :func:`iter_lines` over an open binary stream (stdin); ``name`` is used in errors."""
+    try:
+        for lineno, raw in enumerate(stream, start=1):
+            if raw.endswith(b"\n"):
+                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+            if lineno == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM):]  # editors on Windows add it; it is not text
+            yield _decode(raw, f"{name}:{lineno}", encoding_errors)
+    except (gzip.BadGzipFile, EOFError, OSError) as exc:
+        raise DataError(name, f"cannot read compressed file ({exc})") from exc
+
+
+def _decode(raw: bytes, where: str, encoding_errors: EncodingErrors) -> str:
+    try:
+        return raw.decode("utf-8", errors=encoding_errors)
+    except UnicodeDecodeError as exc:
+        byte = raw[exc.start]
+        raise DataError(
+            where,
+            f"invalid UTF-8 (byte 0x{byte:02x}); pass --encoding-errors replace to substitute",
+        ) from None
+
+
+def read_lines(path: StrPath, encoding_errors: EncodingErrors = "strict") -> list[str]:
+    """Read every line of a plain or gzip UTF-8 file (see :func:`iter_lines`)."""
+    return list(iter_lines(path, encoding_errors))
+
+
+def read_parallel(
+    src_path: StrPath, tgt_path: StrPath, encoding_errors: EncodingErrors = "strict"
+) -> tuple[list[str], list[str]]:
+    """Read the two sides of a parallel corpus; line ``i`` of one translates line ``i`` of the other.
+
+    Both files must be non-empty and have the same number of lines: a missing or extra line would
+    silently shift every later pair, so it is an error rather than something to truncate.
+    """
+    sources = read_lines(src_path, encoding_errors)
+    targets = read_lines(tgt_path, encoding_errors)
+    for path, lines in ((src_path, sources), (tgt_path, targets)):
+        if not lines:
+            raise DataError(str(path), "file is empty")
+    if len(sources) != len(targets):
+        raise DataError(
+            str(tgt_path),
+            f"line count differs from {src_path} ({len(targets)} vs {len(sources)})",
+        )
+    return sources, targets

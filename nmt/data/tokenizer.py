@@ -1,0 +1,81 @@
+"""The tokenizer interface that every tokenizer plugin implements.
+
+A tokenizer turns a line of text into integer ids and back. Plugins subclass :class:`Tokenizer`
+and register with ``@nmt.register("tokenizer", name)``; the built-in ones are ``sentencepiece``,
+``whitespace`` and ``characters`` (in ``plugins/nmt_builtin``).
+
+The four special ids are the same for every tokenizer, so models, batching and search never need
+to ask a tokenizer which id is padding or end-of-sentence:
+
+==========  ==  ===========================================================
+``pad_id``  0   fills a batch up to its longest sequence; never predicted
+``unk_id``  1   a piece the vocabulary does not know
+``bos_id``  2   starts every decoder input
+``eos_id``  3   ends every target; search stops on it
+==========  ==  ===========================================================
+
+``encode`` adds none of ``bos``/``eos``: the task adds them where its shape needs them.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")  # index = id; sentencepiece uses the same names
+
+
+class Tokenizer(ABC):
+    """Base class of tokenizer plugins: train (and save), load, encode, decode.
+
+    A tokenizer is trained once per run on the training texts and saved into the run directory,
+    so ``nmt translate --run DIR`` can load it without the recipe's data. ``prefix`` names the
+    files of one tokenizer in that directory (``src``, ``tgt`` or ``joint``), so a source and a
+    target tokenizer can share one directory.
+    """
+
+    pad_id: int = PAD_ID
+    unk_id: int = UNK_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
+
+    class Config(BaseModel):
+        """Recipe options of a tokenizer (``data.tokenizer`` in a recipe); subclasses extend it."""
+
+        model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    @abstractmethod
+    def train(cls, config: Config, texts: Iterable[str], directory: Path, prefix: str) -> Tokenizer:
+        """Fit on ``texts``, save the files into ``directory`` named with ``prefix``, return it."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path, prefix: str) -> Tokenizer:
+        """Load a tokenizer that :meth:`train` saved into ``directory`` under ``prefix``."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``, without ``bos``/``eos``."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; ``pad``, ``bos`` and ``eos`` ids are skipped, nothing stops early."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Vocabulary size including the four special ids."""
+
+    def encode_words(self, words: list[str]) -> list[list[int]]:
+        """Ids of each word on its own, one list per word (to align pieces with word tags)."""
+        return [self.encode(word) for word in words]
+
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """A readable string per id, e.g. for the axes of an attention plot.
+
+        This default decodes each id alone; plugins override it with their exact piece strings.
+        """
+        return [SPECIAL_PIECES[i] if 0 <= i < len(SPECIAL_PIECES) else self.decode([i]) for i in map(int, ids)]

@@ -1,0 +1,133 @@
+"""Greedy and batched beam search over any model with the decoding protocol below.
+
+The model provides:
+  ``encode(src [B,S], src_len [B]) -> (memory, state)``
+  ``decode_step(prev [B], state, memory) -> (log_probs [B,V], state)``
+  ``select_state(state, index [N]) -> state`` and ``select_memory(memory, index [N]) -> memory``
+  ``bos_id``, ``eos_id``.
+Hypotheses are returned without BOS and EOS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]
+    log_prob: float  # the model's own log-probability of tokens + EOS
+    score: float  # log_prob divided by the length penalty
+
+
+def length_penalty(length: int | torch.Tensor, alpha: float):
+    """GNMT length penalty ((5 + |y|) / 6) ** alpha (Wu et al. 2016); 1 when alpha is 0."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_lengths(src_len: torch.Tensor, ratio: float) -> torch.Tensor:
+    return (src_len.float() * ratio).long() + 10
+
+
+@torch.no_grad()
+def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ratio: float = 2.0) -> list[Hypothesis]:
+    """The most probable token at each step until EOS or the length limit."""
+    batch = src.size(0)
+    limits = max_lengths(src_len, max_length_ratio).to(src.device)  # [B]
+    memory, state = model.encode(src, src_len)
+    prev = torch.full((batch,), model.bos_id, dtype=torch.long, device=src.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
+    log_prob = torch.zeros(batch, device=src.device)
+    steps = []
+    for t in range(int(limits.max())):
+        log_probs, state = model.decode_step(prev, state, memory)  # [B,V]
+        at_limit = (t + 1 >= limits) & ~finished  # out of length: end here
+        if at_limit.any():
+            log_probs = log_probs.clone()
+            log_probs[at_limit, model.eos_id] = float("inf")
+        best_lp, prev = log_probs.max(dim=-1)  # [B]
+        best_lp = torch.where(at_limit, torch.zeros_like(best_lp), best_lp)
+        log_prob += torch.where(finished, torch.zeros_like(best_lp), best_lp)
+        steps.append(torch.where(finished, torch.full_like(prev, model.eos_id), prev))
+        finished |= prev == model.eos_id
+        if finished.all():
+            break
+    tokens = torch.stack(steps, dim=1).tolist()  # [B,T]
+    out = []
+    for row, lp in zip(tokens, log_prob.tolist()):
+        row = row[: row.index(model.eos_id)] if model.eos_id in row else row
+        out.append(Hypothesis(row, lp, lp))
+    return out
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int = 5, alpha: float = 0.6,
+                nbest: int = 1, max_length_ratio: float = 2.0) -> list[list[Hypothesis]]:
+    """Batched beam search with a GNMT length penalty; returns the ``nbest`` best per sentence.
+
+    Sentences leave the batch as soon as no live hypothesis can beat their ``nbest`` finished ones,
+    so a batch costs what its longest unfinished sentence costs, on ever fewer rows."""
+    batch, k, device = src.size(0), beam_size, src.device
+    limits = max_lengths(src_len, max_length_ratio).tolist()
+    memory, state = model.encode(src, src_len)
+    expand = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]
+    memory, state = model.select_memory(memory, expand), model.select_state(state, expand)
+    tokens = torch.full((batch * k, 1), model.bos_id, dtype=torch.long, device=device)  # [B*K,1]
+    scores = torch.zeros(batch, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: keep one
+    active = list(range(batch))  # original sentence index of each row group
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    for t in range(max(limits)):
+        n = len(active)
+        log_probs, state = model.decode_step(tokens[:, -1], state, memory)  # [n*K,V]
+        vocab = log_probs.size(-1)
+        candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)  # [n,K*V]
+        top_scores, top_index = candidates.topk(2 * k, dim=1)  # [n,2K]
+        top_beam, top_token = top_index // vocab, top_index % vocab
+        is_eos = top_token == model.eos_id
+        at_limit = torch.tensor([t + 1 >= limits[s] for s in active], device=device)
+        # EOS among the first K candidates finishes a hypothesis
+        for row, col in (is_eos[:, :k]).nonzero().tolist():
+            seq = tokens[row * k + top_beam[row, col]].tolist()[1:]
+            lp = top_scores[row, col].item()
+            finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha)))
+        # the live beams: the best K candidates that did not end
+        order = is_eos.to(torch.int8).argsort(dim=1, stable=True)[:, :k]  # non-EOS first, in score order
+        scores = top_scores.gather(1, order)  # [n,K]
+        rows = (torch.arange(n, device=device) * k).unsqueeze(1) + top_beam.gather(1, order)  # [n,K]
+        tokens = torch.cat([tokens[rows.view(-1)], top_token.gather(1, order).view(-1, 1)], dim=1)
+        state = model.select_state(state, rows.view(-1))
+        keep = []
+        for row, sent in enumerate(active):
+            done = _sentence_done(finished[sent], scores[row], len(tokens[0]), limits[sent], alpha, nbest)
+            if done or bool(at_limit[row]):
+                if len(finished[sent]) < nbest:  # out of length: the live beams end here
+                    for j in range(k):
+                        if torch.isfinite(scores[row, j]):
+                            seq = tokens[row * k + j].tolist()[1:]
+                            lp = scores[row, j].item()
+                            finished[sent].append(Hypothesis(seq, lp, lp / length_penalty(len(seq), alpha)))
+            else:
+                keep.append(row)
+        if not keep:
+            break
+        if len(keep) < n:  # drop finished sentences from the batch
+            keep_t = torch.tensor(keep, device=device)
+            rows_kept = (keep_t.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            tokens, scores = tokens[rows_kept], scores[keep_t]
+            state, memory = model.select_state(state, rows_kept), model.select_memory(memory, rows_kept)
+            active = [active[r] for r in keep]
+    return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
+
+
+def _sentence_done(finished: list[Hypothesis], live_scores: torch.Tensor, length: int, limit: int,
+                   alpha: float, nbest: int) -> bool:
+    """True when no live hypothesis can still beat the ``nbest``-th finished one."""
+    if len(finished) < nbest:
+        return False
+    worst_kept = sorted(h.score for h in finished)[-nbest]
+    best_live = live_scores.max().item()
+    # log-probabilities only fall as hypotheses grow; the largest penalty they can reach bounds them
+    bound = best_live / length_penalty(limit if alpha > 0 else length, alpha)
+    return bound <= worst_kept

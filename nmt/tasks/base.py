@@ -1,0 +1,99 @@
+"""The base of every task: a LightningModule built from a validated recipe and a run directory.
+
+A task owns its model and its loss; the data module owns reading and batching; the Trainer owns
+the loop. Subclasses declare ``DataConfig`` and ``ModelConfig`` (pydantic sections) and register
+themselves with ``@nmt.register("task", name)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from pydantic import BaseModel
+
+from nmt.errors import TrainingDiverged
+from nmt.recipe import Recipe
+
+
+class Task(pl.LightningModule):
+    """A trainable model for one task shape, built from a recipe and the artifacts in its run dir."""
+
+    DataConfig: ClassVar[type[BaseModel]]
+    ModelConfig: ClassVar[type[BaseModel]]
+    monitor: ClassVar[str] = "val/loss"  # the metric that picks the best checkpoint
+    monitor_mode: ClassVar[str] = "min"
+
+    def __init__(self, recipe: Recipe, run_dir: Path):
+        super().__init__()
+        self.recipe = recipe
+        self.run_dir = Path(run_dir)
+        self._plateau = None
+
+    # --- recipe and run directory ---------------------------------------------------------
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        """Validate what pydantic alone cannot (plugin sections, data files); raise RecipeError."""
+
+    @classmethod
+    def prepare_run(cls, recipe: Recipe, run_dir: Path) -> None:
+        """Fit what must be fitted before training (tokenizers, scalers) and save it in run_dir.
+
+        Called on rank 0 only; must be idempotent (a resumed run keeps its artifacts)."""
+
+    @classmethod
+    def from_run(cls, recipe: Recipe, run_dir: Path) -> "Task":
+        """Build the model from the recipe and the artifacts saved in ``run_dir``."""
+        return cls(recipe, run_dir)
+
+    def make_datamodule(self) -> pl.LightningDataModule:
+        raise NotImplementedError
+
+    def predict_file(self, input_path, output_path, **options) -> None:
+        from nmt.errors import UserError
+
+        raise UserError(f"task '{self.recipe.spec.task}'", "does not support nmt predict")
+
+    # --- optimisation ---------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        cfg = self.recipe.spec.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg.name == "sgd":
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
+        else:
+            factory = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+            optimizer = factory(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "plateau":
+            # Stepped by hand after each validation, which may happen every N steps, not per epoch.
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode=self.monitor_mode, factor=cfg.plateau_factor,
+                patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+        return optimizer
+
+    def step_plateau(self, value: float) -> None:
+        if self._plateau is not None and not self.trainer.sanity_checking:
+            self._plateau.step(value)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._plateau is not None:
+            checkpoint["nmt_plateau"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_plateau = checkpoint.get("nmt_plateau")
+
+    def on_train_start(self) -> None:
+        pending = getattr(self, "_pending_plateau", None)
+        if pending is not None and self._plateau is not None:
+            self._plateau.load_state_dict(pending)
+
+    def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Stop at the first NaN or infinite loss, naming the step; the last good checkpoint stays."""
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingDiverged(
+                f"training diverged: loss is {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}); the last good checkpoint is kept in {self.run_dir / 'checkpoints'}; "
+                "try a lower optim.lr or trainer.gradient_clip_val")
+        return loss

@@ -1,0 +1,214 @@
+"""Attention-based translation (Bahdanau, Cho and Bengio 2015) as a task: sequence in, sequence out.
+
+Follow one sentence: the data module gives token ids; ``encode`` embeds and runs the encoder plugin;
+the decoder plugin attends over the encoder states at each step; ``generator`` turns its output into
+a distribution over the target vocabulary; ``nmt.search`` decodes greedily or with a beam.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+from torch import nn
+
+from nmt import metrics, search
+from nmt.data.parallel import PairCollator, Pair, ParallelDataModule
+from nmt.data.text import read_parallel
+from nmt.recipe import Recipe, Section, component, resolve_data_path
+from nmt.registry import register
+from nmt.tasks.base import Task
+from nmt.tasks.tokenizers import load_tokenizers, train_tokenizers
+
+
+class ParallelFiles(Section):
+    src: str
+    tgt: str
+
+
+class Seq2SeqData(Section):
+    root: Optional[str] = None  # default: $NMT_DATA, else ../shared/data
+    train: ParallelFiles
+    valid: ParallelFiles
+    test: dict[str, ParallelFiles] = {}
+    tokenizer: dict[str, Any] = {"name": "sentencepiece"}
+    joint_vocab: bool = True
+    max_length: PositiveInt = 100  # training pairs longer than this (in tokens, either side) are skipped
+    batch_tokens: PositiveInt = 2000  # padded tokens per training batch
+    max_sentences: Optional[PositiveInt] = None
+    valid_batch_tokens: PositiveInt = 4000
+    valid_max_length_ratio: float = Field(1.5, gt=0)
+    num_workers: int = Field(0, ge=0)
+    encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
+
+
+class EmbeddingConfig(Section):
+    size: PositiveInt = 256
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    tie_target: bool = False  # share the target embedding with the output layer (Press and Wolf 2017)
+
+
+class Seq2SeqModel(Section):
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    encoder: dict[str, Any] = {"name": "gru"}
+    attention: dict[str, Any] = {"name": "bahdanau"}
+    decoder: dict[str, Any] = {"name": "rnn"}
+
+
+@register("task", "seq2seq")
+class Seq2SeqTask(Task):
+    """Attentional encoder-decoder translation: token sequence in, token sequence out."""
+
+    DataConfig = Seq2SeqData
+    ModelConfig = Seq2SeqModel
+    monitor = "val/bleu"
+    monitor_mode = "max"
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        for kind in ("encoder", "attention", "decoder"):
+            component(kind, getattr(recipe.model, kind), f"model.{kind}", recipe.path)
+        component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
+        if check_data:
+            for split in [recipe.data.train, recipe.data.valid, *recipe.data.test.values()]:
+                resolve_data_path(split.src, recipe.data.root)
+                resolve_data_path(split.tgt, recipe.data.root)
+
+    @classmethod
+    def prepare_run(cls, recipe: Recipe, run_dir: Path) -> None:
+        data = recipe.data
+        src, tgt = read_parallel(resolve_data_path(data.train.src, data.root),
+                                 resolve_data_path(data.train.tgt, data.root), encoding_errors=data.encoding_errors)
+        train_tokenizers(recipe, run_dir, src, tgt, joint=data.joint_vocab)
+
+    @classmethod
+    def from_run(cls, recipe: Recipe, run_dir: Path) -> "Seq2SeqTask":
+        src_tok, tgt_tok = load_tokenizers(recipe, run_dir, joint=recipe.data.joint_vocab)
+        return cls(recipe, run_dir, src_tok, tgt_tok)
+
+    def __init__(self, recipe: Recipe, run_dir: Path, src_tokenizer, tgt_tokenizer):
+        super().__init__(recipe, run_dir)
+        self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
+        self.pad_id, self.bos_id, self.eos_id = tgt_tokenizer.pad_id, tgt_tokenizer.bos_id, tgt_tokenizer.eos_id
+        cfg, emb = recipe.model, recipe.model.embedding
+        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
+        attention_cls, attention_cfg = component("attention", cfg.attention, "model.attention", recipe.path)
+        decoder_cls, decoder_cfg = component("decoder", cfg.decoder, "model.decoder", recipe.path)
+        self.src_embed = nn.Embedding(len(src_tokenizer), emb.size, padding_idx=self.pad_id)
+        self.tgt_embed = nn.Embedding(len(tgt_tokenizer), emb.size, padding_idx=self.pad_id)
+        self.embed_dropout = nn.Dropout(emb.dropout)
+        self.encoder = encoder_cls(encoder_cfg, input_size=emb.size)
+        self.decoder = decoder_cls(
+            decoder_cfg, input_size=emb.size, encoder_output_size=self.encoder.output_size,
+            attention_factory=lambda query_size, key_size: attention_cls(attention_cfg, query_size, key_size),
+            encoder_final_size=self.encoder.output_size)
+        if emb.tie_target:  # project to the embedding size, then score with the embedding matrix
+            self.pre_output = nn.Linear(self.decoder.output_size, emb.size, bias=False)
+            self.output_bias = nn.Parameter(torch.zeros(len(tgt_tokenizer)))
+        else:
+            self.output = nn.Linear(self.decoder.output_size, len(tgt_tokenizer))
+        self._valid_outputs: list[tuple[int, str]] = []
+        self._valid_loss = [0.0, 0]
+
+    # --- the model ------------------------------------------------------------------------
+
+    def generator(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Decoder outputs [..., H] to logits [..., V]."""
+        if self.recipe.model.embedding.tie_target:
+            return F.linear(self.pre_output(outputs), self.tgt_embed.weight, self.output_bias)
+        return self.output(outputs)
+
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor):
+        """Source ids [B,S] to (memory for attention, initial decoder state)."""
+        embedded = self.embed_dropout(self.src_embed(src))  # [B,S,E]
+        states, final, mask = self.encoder(embedded, src_len)  # [B,S,D], ..., [B,S]
+        return self.decoder.prepare_memory(states, mask), self.decoder.init_state(final, src.size(0))
+
+    def decode_step(self, prev: torch.Tensor, state, memory):
+        """One target step: previous ids [B] to log-probabilities [B,V] and the next state."""
+        output, state, _ = self.decoder.step(self.tgt_embed(prev), state, memory)  # [B,H]
+        return F.log_softmax(self.generator(output).float(), dim=-1), state
+
+    def select_state(self, state, index: torch.Tensor):
+        return self.decoder.select_state(state, index)
+
+    def select_memory(self, memory, index: torch.Tensor):
+        return self.decoder.select_memory(memory, index)
+
+    def forward(self, src, src_len, tgt_in) -> torch.Tensor:
+        """Teacher-forced logits [B,T,V] for target inputs [B,T]."""
+        memory, state = self.encode(src, src_len)
+        outputs, _, _ = self.decoder(self.embed_dropout(self.tgt_embed(tgt_in)), state, memory)  # [B,T,H]
+        return self.generator(outputs)
+
+    def loss(self, batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+        logits = self(batch["src"], batch["src_len"], batch["tgt_in"])  # [B,T,V]
+        total = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=self.pad_id,
+                                label_smoothing=label_smoothing, reduction="sum")
+        return total, int(batch["ntokens"])
+
+    # --- Lightning hooks ------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        total, ntokens = self.loss(batch, self.recipe.spec.optim.label_smoothing)
+        loss = self.check_finite(total / ntokens)
+        self.log("train/loss", loss, prog_bar=True, batch_size=ntokens)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        total, ntokens = self.loss(batch)
+        self._valid_loss[0] += total.item()
+        self._valid_loss[1] += ntokens
+        hyps = search.greedy_search(self, batch["src"], batch["src_len"], self.recipe.data.valid_max_length_ratio)
+        for index, hyp in zip(batch["ids"].tolist(), hyps):
+            self._valid_outputs.append((index, self.tgt_tokenizer.decode(hyp.tokens)))
+
+    def on_validation_epoch_end(self):
+        outputs, (loss_sum, ntokens) = self._valid_outputs, self._valid_loss
+        self._valid_outputs, self._valid_loss = [], [0.0, 0]
+        if dist.is_available() and dist.is_initialized():  # score the whole dev set, not this rank's share
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (outputs, loss_sum, ntokens))
+            outputs = [o for part in gathered for o in part[0]]
+            loss_sum, ntokens = sum(p[1] for p in gathered), sum(p[2] for p in gathered)
+        outputs.sort()
+        references = self.trainer.datamodule.valid_references
+        hypotheses = [h for _, h in outputs]
+        refs = [references[i] for i, _ in outputs]
+        scores = metrics.score(hypotheses, [refs], ("bleu", "chrf"))
+        loss = loss_sum / max(ntokens, 1)
+        values = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/bleu": scores["bleu"].score,
+                  "val/chrf": scores["chrf"].score, "val/sentences": float(len(outputs))}
+        self.log_dict(values, prog_bar=True, sync_dist=False, rank_zero_only=False)
+        self.step_plateau(values[self.monitor])
+
+    def make_datamodule(self) -> ParallelDataModule:
+        data = self.recipe.data
+        root = data.root
+        train = self.tokenize_pairs(*read_parallel(resolve_data_path(data.train.src, root),
+                                                   resolve_data_path(data.train.tgt, root),
+                                                   encoding_errors=data.encoding_errors), max_length=data.max_length)
+        valid_src, valid_tgt = read_parallel(resolve_data_path(data.valid.src, root),
+                                             resolve_data_path(data.valid.tgt, root),
+                                             encoding_errors=data.encoding_errors)
+        module = ParallelDataModule(
+            train, self.tokenize_pairs(valid_src, valid_tgt), PairCollator(self.pad_id, self.bos_id, self.eos_id),
+            batch_tokens=data.batch_tokens, max_sentences=data.max_sentences,
+            valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed, num_workers=data.num_workers)
+        module.valid_references = valid_tgt
+        return module
+
+    def tokenize_pairs(self, src: list[str], tgt: list[str], max_length: int | None = None) -> list[Pair]:
+        """Token ids for each pair; with ``max_length`` (training only) long or empty pairs are skipped."""
+        pairs = []
+        for i, (s, t) in enumerate(zip(src, tgt)):
+            s_ids, t_ids = self.src_tokenizer.encode(s), self.tgt_tokenizer.encode(t)
+            if max_length is not None and not (0 < len(s_ids) <= max_length and 0 < len(t_ids) <= max_length):
+                continue
+            pairs.append(Pair(i, s_ids, t_ids))
+        return pairs

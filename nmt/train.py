@@ -1,0 +1,129 @@
+"""``nmt train``: a recipe and a run directory in, a trained run out, through Lightning's Trainer."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from nmt import runs
+from nmt.errors import RecipeError
+from nmt.recipe import Recipe
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file that is renamed into place: a kill never leaves a torn file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class Throughput(Callback):
+    """Logs training target tokens per second (``train/tokens_per_sec``), averaged over log windows."""
+
+    def __init__(self):
+        self.tokens, self.start = 0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.tokens += int(batch["ntokens"]) if isinstance(batch, dict) and "ntokens" in batch else 0
+        if (batch_idx + 1) % trainer.log_every_n_steps == 0 and self.tokens:
+            elapsed = time.perf_counter() - self.start
+            pl_module.log("train/tokens_per_sec", self.tokens * trainer.world_size / elapsed, prog_bar=True)
+            self.tokens, self.start = 0, time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):  # validation time is not training time
+        self.tokens, self.start = 0, None
+
+
+def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode=task.monitor_mode,
+                        save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+        Throughput(),
+    ]
+    if recipe.spec.early_stopping.patience:
+        callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
+                                       patience=recipe.spec.early_stopping.patience,
+                                       min_delta=recipe.spec.early_stopping.min_delta))
+    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    try:
+        loggers.append(TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False))
+        callbacks.append(LearningRateMonitor())
+    except ModuleNotFoundError:  # tensorboard is optional at run time
+        pass
+    kwargs = {"num_sanity_val_steps": 0, "use_distributed_sampler": False, "log_every_n_steps": 20,
+              **recipe.spec.trainer}
+    try:
+        return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
+                          plugins=[AtomicCheckpointIO()], **kwargs)
+    except (ValueError, TypeError, pl.utilities.exceptions.MisconfigurationException) as exc:
+        raise RecipeError(f"{recipe.path}: trainer", str(exc).splitlines()[0]) from None
+
+
+def is_rank_zero() -> bool:
+    """True in the process that prepares the run (before Lightning has set up distribution)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def wait_for(path: Path, timeout: float = 3600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f}s for rank 0 to write {path}")
+        time.sleep(0.5)
+
+
+def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
+    """Train ``recipe`` into ``run_dir``; an existing run there is resumed from its last checkpoint."""
+    run_dir = Path(run_dir)
+    resuming = runs.is_run(run_dir)
+    if resuming:
+        if fresh:
+            raise RecipeError(run_dir, "already holds a run; drop --fresh to resume it or pick another --run-dir")
+        saved = runs.load_run_recipe(run_dir)
+        for section in ("task", "data", "model"):
+            if saved.raw.get(section) != recipe.raw.get(section):
+                raise RecipeError(f"{run_dir}: {section}", "differs from the run being resumed; "
+                                  "use another --run-dir for a different model or data")
+    pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
+    ready = run_dir / "tokenizer" / "READY"
+    if is_rank_zero():
+        runs.write_run(run_dir, recipe.raw)
+        recipe.task_cls.prepare_run(recipe, run_dir)
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.touch()
+    else:
+        wait_for(ready)
+    task = recipe.task_cls.from_run(recipe, run_dir)
+    datamodule = task.make_datamodule()
+    trainer = build_trainer(recipe, run_dir, task)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists() and trainer.is_global_zero:
+        click.echo(f"nmt: resuming {run_dir} from {last}", err=True)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    if trainer.is_global_zero:
+        best = trainer.checkpoint_callback.best_model_score
+        score = f"{task.monitor} {float(best):.4g}" if best is not None else "no validation yet"
+        click.echo(f"nmt: finished {recipe.name}: best {score}; run directory {run_dir}", err=True)
+    return run_dir

@@ -1,0 +1,115 @@
+"""``nmt translate``: stream text through a trained run with batched beam search.
+
+Input is read in chunks so memory stays flat however long the input is; within a chunk, lines are
+sorted by length into token-count batches and put back in input order before they are written.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, TextIO
+
+import click
+import torch
+
+from nmt import search
+from nmt.errors import DataError, UserError
+from nmt.runs import load_run
+
+CHUNK_LINES = 2000
+
+
+@contextmanager
+def open_output(path: Path | None) -> Iterator[TextIO]:
+    """stdout, or a temporary file beside ``path`` renamed into place only when all went well."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise UserError(path, "output directory does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise UserError(path, f"cannot write output ({os.strerror(exc.errno)}); nothing was written") from None
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float, batch_tokens: int,
+                    max_length_ratio: float) -> list[list[search.Hypothesis]]:
+    """Hypotheses for each line, in input order; an empty or blank line gets none."""
+    encoded = [task.src_tokenizer.encode(line) if line.strip() else [] for line in lines]
+    order = sorted((i for i in range(len(lines)) if encoded[i]), key=lambda i: len(encoded[i]))
+    results: list[list[search.Hypothesis]] = [[] for _ in lines]
+    device = next(task.parameters()).device
+    batch: list[int] = []
+    for i in order + [None]:
+        if i is not None and (not batch or (len(batch) + 1) * len(encoded[i]) <= batch_tokens):
+            batch.append(i)
+            continue
+        if batch:
+            src = torch.nn.utils.rnn.pad_sequence([torch.tensor(encoded[j]) for j in batch], batch_first=True,
+                                                  padding_value=task.src_tokenizer.pad_id).to(device)
+            src_len = torch.tensor([len(encoded[j]) for j in batch])
+            if beam == 1 and nbest == 1:
+                hyps = [[h] for h in search.greedy_search(task, src, src_len, max_length_ratio)]
+            else:
+                hyps = search.beam_search(task, src, src_len, beam, alpha, nbest, max_length_ratio)
+            for j, h in zip(batch, hyps):
+                results[j] = h
+        batch = [i] if i is not None else []
+    return results
+
+
+def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(lines)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest: int = 1, alpha: float = 0.6,
+                   batch_tokens: int = 4000, max_length_ratio: float = 2.0, input_path: Path | None = None,
+                   output_path: Path | None = None, encoding_errors: str = "strict", device: str = "auto") -> None:
+    from nmt.data.text import iter_lines, iter_stream
+
+    if nbest > beam:
+        raise UserError("--nbest", f"must not exceed --beam ({nbest} > {beam})")
+    task = load_run(run_dir, checkpoint=checkpoint, device=device)
+    if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
+        raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; use nmt predict")
+    source = iter_lines(input_path, encoding_errors) if input_path else iter_stream(sys.stdin.buffer, "<stdin>", encoding_errors)
+    longest = task.recipe.data.max_length
+    warned = False
+    with open_output(output_path) as out:
+        line_no = 0
+        for chunk in chunks(source, CHUNK_LINES):
+            for k, line in enumerate(chunk):
+                if not warned and len(task.src_tokenizer.encode(line)) > longest:
+                    click.echo(f"nmt: warning: {input_path or '<stdin>'}:{line_no + k + 1}: line is longer than any "
+                               f"training sentence ({longest} tokens); translating it anyway", err=True)
+                    warned = True
+            results = translate_lines(task, chunk, beam, nbest, alpha, batch_tokens, max_length_ratio)
+            for k, hyps in enumerate(results):
+                if nbest == 1:
+                    out.write((task.tgt_tokenizer.decode(hyps[0].tokens) if hyps else "") + "\n")
+                else:
+                    for h in hyps or []:
+                        out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {h.score:.4f}\n")
+            line_no += len(chunk)
+            out.flush()

@@ -1,0 +1,42 @@
+"""Additive attention (Bahdanau et al., 2015): score(q, k) = v^T tanh(W_q q + W_k k)."""
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, PositiveInt
+from torch import nn
+
+from nmt.registry import register
+
+
+@register("attention", "bahdanau")
+class BahdanauAttention(nn.Module):
+    """Additive (MLP) attention. Keys are projected once per batch by :meth:`prepare`, never per step."""
+
+    class Config(BaseModel):
+        """Recipe options of additive attention (``model.attention``)."""
+
+        model_config = ConfigDict(extra="forbid")
+        hidden_size: PositiveInt | None = None  # size of the scoring MLP; None: the query size
+
+    def __init__(self, config: Config, query_size: int, key_size: int) -> None:
+        super().__init__()
+        self.config = config
+        attention_size = config.hidden_size or query_size
+        self.key_layer = nn.Linear(key_size, attention_size, bias=False)
+        self.query_layer = nn.Linear(query_size, attention_size, bias=False)
+        self.energy_layer = nn.Linear(attention_size, 1, bias=False)
+
+    def prepare(self, keys: torch.Tensor) -> torch.Tensor:
+        """Project the keys [B, S, K] -> [B, S, A]; call once per batch and pass to every step."""
+        return self.key_layer(keys)  # [B, S, A]
+
+    def forward(
+        self, query: torch.Tensor, prepared_keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attend with ``query`` [B, Q]; return (context [B, V], weights [B, S], exactly 0 where ``mask`` is False)."""
+        query = self.query_layer(query).unsqueeze(1)  # [B, 1, A]
+        scores = self.energy_layer(torch.tanh(query + prepared_keys)).squeeze(2)  # [B, S]
+        scores = scores.masked_fill(~mask, float("-inf"))  # every row has at least one real position
+        weights = torch.softmax(scores, dim=-1)  # [B, S]
+        context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # [B, 1, S] x [B, S, V] -> [B, V]
+        return context, weights

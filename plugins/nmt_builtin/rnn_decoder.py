@@ -1,0 +1,120 @@
+"""Attentional recurrent decoder (Bahdanau et al., 2015; Luong et al., 2015 input feeding).
+
+One step: [embedded previous token ; previous attentional output] -> RNN -> query (top hidden)
+-> attention over the encoder states -> attentional output o = tanh(W [query ; context]).
+The decoder state is a tuple ``(hidden, prev_output)``: ``hidden`` is [L, B, H] (GRU) or a tuple
+(h, c) of such (LSTM), ``prev_output`` is [B, H]. The memory is ``(prepared_keys, values, mask)``.
+Both are passed in and returned; nothing per batch is kept on the module.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from torch import nn
+
+from nmt.registry import register
+
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+State = tuple[Hidden, torch.Tensor]
+Memory = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@register("decoder", "rnn")
+class RNNDecoder(nn.Module):
+    """Conditional GRU/LSTM decoder with attention, optional input feeding and an encoder bridge."""
+
+    class Config(BaseModel):
+        """Recipe options of the recurrent decoder (``model.decoder``)."""
+
+        model_config = ConfigDict(extra="forbid")
+        cell: Literal["gru", "lstm"] = "gru"
+        hidden_size: PositiveInt = 512
+        num_layers: PositiveInt = 1
+        dropout: float = Field(0.0, ge=0, lt=1)  # on the input embeddings and between layers
+        hidden_dropout: float = Field(0.0, ge=0, lt=1)  # on the attentional output
+        input_feeding: bool = True  # feed the previous attentional output back as input
+        bridge: bool = True  # initial hidden = tanh(W encoder_final); False: zeros
+
+    def __init__(
+        self,
+        config: Config,
+        input_size: int,
+        encoder_output_size: int,
+        encoder_final_size: int,
+        attention_factory: Callable[[int, int], nn.Module],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.hidden_size = self.output_size = config.hidden_size
+        self.num_layers = config.num_layers
+        rnn_input_size = input_size + (config.hidden_size if config.input_feeding else 0)
+        rnn_class = nn.GRU if config.cell == "gru" else nn.LSTM
+        self.rnn = rnn_class(
+            rnn_input_size,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.attention = attention_factory(config.hidden_size, encoder_output_size)
+        self.bridge = nn.Linear(encoder_final_size, config.hidden_size) if config.bridge else None
+        self.output_layer = nn.Linear(config.hidden_size + encoder_output_size, config.hidden_size)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.hidden_dropout = nn.Dropout(config.hidden_dropout)
+
+    def init_state(self, encoder_final: Hidden | None, batch_size: int) -> State:
+        """The state before the first step, from the encoder's top-layer final state (or zeros)."""
+        if self.bridge is not None:
+            top = encoder_final[0] if isinstance(encoder_final, tuple) else encoder_final  # h of (h, c)
+            h0 = torch.tanh(self.bridge(top[-1]))  # top layer [B, encoder_final_size] -> [B, H]
+        else:
+            h0 = self.output_layer.weight.new_zeros(batch_size, self.hidden_size)  # [B, H]
+        prev_output = torch.zeros_like(h0)  # [B, H]
+        hidden = h0.unsqueeze(0).repeat(self.num_layers, 1, 1)  # [L, B, H]
+        if self.config.cell == "lstm":
+            hidden = (hidden, hidden.clone())  # the cell state starts like the hidden state (as Joey NMT)
+        return hidden, prev_output
+
+    def prepare_memory(self, encoder_states: torch.Tensor, mask: torch.Tensor) -> Memory:
+        """Project the attention keys once per batch: returns (prepared_keys, values, mask)."""
+        return self.attention.prepare(encoder_states), encoder_states, mask  # [B, S, A], [B, S, V], [B, S]
+
+    def step(self, input_emb: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """One decoding step for ``input_emb`` [B, E]; returns (output [B, H], new state, weights [B, S])."""
+        hidden, prev_output = state
+        prepared_keys, values, mask = memory
+        x = self.emb_dropout(input_emb)  # [B, E]
+        if self.config.input_feeding:
+            x = torch.cat([x, prev_output], dim=-1)  # [B, E + H]
+        rnn_output, hidden = self.rnn(x.unsqueeze(1), hidden)  # [B, 1, H], [L, B, H] (or (h, c))
+        query = rnn_output.squeeze(1)  # [B, H], the top layer's new hidden state
+        context, weights = self.attention(query, prepared_keys, values, mask)  # [B, V], [B, S]
+        output = torch.tanh(self.output_layer(torch.cat([query, context], dim=-1)))  # [B, H + V] -> [B, H]
+        output = self.hidden_dropout(output)  # [B, H]
+        return output, (hidden, output), weights
+
+    def forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """Teacher forcing over ``inputs`` [B, T, E]; returns (outputs [B, T, H], final state, attention [B, T, S])."""
+        outputs, attention = [], []
+        for t in range(inputs.shape[1]):
+            output, state, weights = self.step(inputs[:, t], state, memory)  # [B, H], state, [B, S]
+            outputs.append(output)
+            attention.append(weights)
+        return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)  # [B, T, H], [B, T, S]
+
+    @staticmethod
+    def select_state(state: State, index: torch.Tensor) -> State:
+        """Reorder or repeat the batch entries of ``state`` (beam search): entry i becomes old ``index[i]``."""
+        hidden, prev_output = state
+        if isinstance(hidden, tuple):
+            hidden = tuple(h.index_select(1, index) for h in hidden)  # each [L, B', H]
+        else:
+            hidden = hidden.index_select(1, index)  # [L, B', H]
+        return hidden, prev_output.index_select(0, index)  # prev_output [B', H]
+
+    @staticmethod
+    def select_memory(memory: Memory, index: torch.Tensor) -> Memory:
+        """Reorder or repeat the batch entries of ``memory`` (batch is dimension 0 of each tensor)."""
+        return tuple(m.index_select(0, index) for m in memory)

@@ -1,0 +1,99 @@
+"""Length-bucketed batching: the token budget, and even sharding across devices."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from nmt.data.batching import TokenBatchSampler, bucket_by_length
+from nmt.errors import DataError
+
+
+def random_lengths(rng: random.Random, n: int) -> list[int]:
+    return [rng.randint(1, 60) for _ in range(n)]
+
+
+def padded(batch: list[int], lengths: list[int]) -> int:
+    return max(lengths[i] for i in batch) * len(batch)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_token_budget_respected(shuffle):
+    rng = random.Random(0)
+    lengths = random_lengths(rng, 500) + [250, 300]  # two longer than the budget
+    batches = bucket_by_length(lengths, max_tokens=200, max_sentences=16, shuffle=shuffle, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 16
+        assert padded(batch, lengths) <= 200 or len(batch) == 1
+    assert [500] in batches and [501] in batches
+
+
+def test_batches_group_similar_lengths():
+    lengths = [5, 50, 5, 50, 5, 50]
+    batches = bucket_by_length(lengths, max_tokens=100, shuffle=False)
+    assert batches == [[0, 2, 4], [1, 3], [5]]  # 3 * 50 would exceed 100
+
+
+@pytest.mark.parametrize("num_replicas", [2, 3, 4])
+def test_sharding_uses_every_example_once_with_equal_batch_counts(num_replicas):
+    rng = random.Random(num_replicas)
+    for trial in range(60):
+        n = rng.randint(num_replicas, 120)
+        lengths = random_lengths(rng, n)
+        max_tokens = rng.choice([1, 30, 64, 200, 10_000])
+        samplers = [
+            TokenBatchSampler(lengths, max_tokens, shuffle=trial % 2 == 0, seed=trial, num_replicas=num_replicas, rank=r)
+            for r in range(num_replicas)
+        ]
+        per_rank = [list(s) for s in samplers]
+        assert len({len(batches) for batches in per_rank}) == 1, (n, max_tokens)
+        assert all(len(s) == len(b) for s, b in zip(samplers, per_rank))
+        seen = [i for batches in per_rank for batch in batches for i in batch]
+        assert sorted(seen) == list(range(n))
+
+
+def test_odd_batch_count_is_split_not_padded():
+    lengths = [10] * 30
+    batches = bucket_by_length(lengths, max_tokens=100)  # 3 batches of 10
+    assert len(batches) == 3
+    ranks = [list(TokenBatchSampler(lengths, 100, shuffle=False, num_replicas=2, rank=r)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    assert all(padded(b, lengths) <= 100 for batches in ranks for b in batches)
+
+
+def test_tiny_data_merges_and_too_tiny_fails():
+    lengths = [500] * 5  # 5 single-example batches cannot become 6 on 3 devices
+    ranks = [list(TokenBatchSampler(lengths, 100, num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(batches) for batches in ranks] == [1, 1, 1]
+    assert sorted(i for batches in ranks for b in batches for i in b) == list(range(5))
+    with pytest.raises(DataError, match="2 examples"):
+        TokenBatchSampler([3, 4], 100, num_replicas=3, rank=0)
+
+
+def test_set_epoch_reshuffles_deterministically():
+    lengths = random_lengths(random.Random(1), 300)
+    sampler = TokenBatchSampler(lengths, 120, seed=7)
+    epoch0 = list(sampler)
+    assert list(sampler) == epoch0
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch1 != epoch0
+    twin = TokenBatchSampler(lengths, 120, seed=7)
+    twin.set_epoch(1)
+    assert list(twin) == epoch1
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0
+
+
+def test_lightning_sets_the_epoch():
+    # Lightning's fit loop calls this helper on every train dataloader at the start of an epoch.
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    sampler = TokenBatchSampler([3] * 20, 12, seed=0)
+    loader = DataLoader(torch.arange(20), batch_sampler=sampler)
+    _set_sampler_epoch(loader, 5)
+    assert sampler.epoch == 5
+    assert sorted(torch.cat(list(loader)).tolist()) == list(range(20))
