@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-ALPHABET = "abcdefghij"
+WORDS = [f"{c}{n}" for c in "abcdef" for n in range(4)]  # 24 word types
 
 
 def write_reverse_corpus(directory: Path, n_train: int = 3000, n_dev: int = 200, seed: int = 0) -> Path:
@@ -17,7 +17,7 @@ def write_reverse_corpus(directory: Path, n_train: int = 3000, n_dev: int = 200,
     directory.mkdir(parents=True, exist_ok=True)
 
     def sentence() -> list[str]:
-        return ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(2, 8))]
+        return [rng.choice(WORDS) for _ in range(rng.randint(2, 9))]
 
     for split, n in (("train", n_train), ("dev", n_dev), ("test", n_dev)):
         words = [sentence() for _ in range(n)]

@@ -82,7 +82,8 @@ def _decode(raw: bytes, where: str, encoding_errors: EncodingErrors) -> str:
         byte = raw[exc.start]
         raise DataError(
             where,
-            f"invalid UTF-8 (byte 0x{byte:02x}); pass --encoding-errors replace to substitute",
+            f"invalid UTF-8 (byte 0x{byte:02x}); pass --encoding-errors replace "
+            "(in a recipe: data.encoding_errors=replace) to substitute",
         ) from None
 
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train a Multi30k recipe, translate test_2016_flickr and test_2017_flickr, print BLEU and chrF with
+# sacrebleu signatures.
+#   usage: recipes/translation/multi30k/run.sh [en-de|de-en|en-fr] [extra overrides ...]
+#   BUDGET=00:01:00:00 caps training time (DD:HH:MM:SS; default: the recipe's epochs and early stopping)
+#   RUN_DIR=... (default runs/multi30k-<pair>); BEAM=5; NMT_DATA=<data root>
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+pair="${1:-en-de}"; shift || true
+src="${pair%-*}"; tgt="${pair#*-}"
+run_dir="${RUN_DIR:-runs/multi30k-$pair}"
+beam="${BEAM:-5}"
+overrides=("$@")
+[ -n "${BUDGET:-}" ] && overrides+=("trainer.max_time=$BUDGET")
+
+start=$(date +%s)
+nmt train "$here/$pair.yaml" --run-dir "$run_dir" "${overrides[@]}"
+trained=$(date +%s)
+data_root="${NMT_DATA:-$(python -c 'from nmt.recipe import default_data_root; print(default_data_root())')}"
+
+printf '\n%-18s %-8s %s\n' "test set" "metric" "score (sacrebleu signature)"
+for test in test_2016_flickr test_2017_flickr; do
+  ref="$data_root/multi30k/$test.$tgt.gz"
+  [ -f "$ref" ] || { echo "skipping $test: $ref not found"; continue; }
+  nmt translate --run "$run_dir" --beam "$beam" -i "$data_root/multi30k/$test.$src.gz" -o "$run_dir/$test.$tgt.hyp"
+  nmt evaluate --hyp "$run_dir/$test.$tgt.hyp" --ref "$ref" --metrics bleu,chrf --json |
+    python -c "import json,sys; [print(f'%-18s %-8s %6.2f  %s' % ('$test', k, v['score'], v['signature'])) for k, v in json.load(sys.stdin).items()]"
+done
+echo "training wall time: $((trained - start)) s; total: $(( $(date +%s) - start )) s; run directory: $run_dir"
