@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError
 
 from nmt import registry
-from nmt.errors import DataError, RecipeError
+from nmt.errors import DataError, PluginError, RecipeError
 
 
 class Section(BaseModel):
@@ -76,13 +76,22 @@ class Recipe:
 
 # --- loading --------------------------------------------------------------------------------
 
+class RecipeLoader(yaml.SafeLoader):
+    """Safe YAML, except that ``1e-3`` is a float as in YAML 1.2 (PyYAML's 1.1 rules make it a string)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_data: bool = True) -> Recipe:
     """Load, override and validate a recipe; raise :class:`RecipeError` naming the key on failure."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(path, "recipe file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -100,12 +109,20 @@ def validate_recipe(raw: dict, path: Path, overrides: list[str] = (), check_data
     spec = validate_section(RecipeSpec, raw, "", path, overrides)
     for plugin in spec.plugins:
         registry.load_plugin(plugin, base=path.parent)
-    task_cls = registry.get("task", spec.task, where=f"{path}: task")
+    task_cls = registry.get("task", spec.task, where=_where(path, "task", overrides))
     recipe = Recipe(path=path, raw=raw, spec=spec, task_cls=task_cls, overrides=list(overrides))
     recipe.data = validate_section(task_cls.DataConfig, spec.data, "data", path, overrides)
     recipe.model = validate_section(task_cls.ModelConfig, spec.model, "model", path, overrides)
-    check_trainer_args(spec.trainer, path)
-    task_cls.check_recipe(recipe, check_data=check_data)
+    check_trainer_args(spec.trainer, path, overrides)
+    try:
+        task_cls.check_recipe(recipe, check_data=check_data)
+    except (RecipeError, PluginError) as exc:  # plugin sections are checked without the overrides
+        prefix = f"{path}: "
+        if exc.where and exc.where.startswith(prefix) and overrides:
+            where = _where(path, exc.where[len(prefix):], overrides)
+            if where != exc.where:
+                raise type(exc)(where, exc.what) from None
+        raise
     return recipe
 
 
@@ -115,7 +132,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
         raise RecipeError(f"override '{text}'", "expected key.path=value (e.g. trainer.max_epochs=3)")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = yaml.load(value, Loader=RecipeLoader) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value  # an unparsable value is taken as a plain string; validation decides
     return key.split("."), parsed
@@ -153,8 +170,10 @@ def validate_section(model: type[BaseModel], data: Any, prefix: str, path: Path,
 
 
 def _where(path: Path, key: str, overrides) -> str:
+    """``override KEY`` when an override sets ``key`` (or a section holding it), else the recipe file."""
     for text in overrides:
-        if text.partition("=")[0].strip() == key:
+        target = text.partition("=")[0].strip()
+        if key == target or key.startswith(target + "."):
             return f"override {key}"
     return f"{path}: {key}"
 
@@ -185,18 +204,18 @@ def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
 OWNED_TRAINER_ARGS = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "plugins"}
 
 
-def check_trainer_args(trainer: dict, path: Path) -> None:
+def check_trainer_args(trainer: dict, path: Path, overrides=()) -> None:
     """The ``trainer:`` section goes to Lightning's Trainer: reject names it would not accept."""
     import pytorch_lightning as pl
 
     accepted = [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
     for key in trainer:
         if key in OWNED_TRAINER_ARGS:
-            raise RecipeError(f"{path}: trainer.{key}", "set by nmt from the run directory; remove it")
+            raise RecipeError(_where(path, f"trainer.{key}", overrides), "set by nmt from the run directory; remove it")
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise RecipeError(f"{path}: trainer.{key}", f"unknown Trainer argument{hint}")
+            raise RecipeError(_where(path, f"trainer.{key}", overrides), f"unknown Trainer argument{hint}")
 
 
 def component(kind: str, section: dict | None, key: str, path: Path) -> tuple[type, Any]:

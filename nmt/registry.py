@@ -126,7 +126,13 @@ def load_plugin(spec: str, base: Path | None = None) -> None:
     try:
         importlib.import_module(spec)
     except ModuleNotFoundError as exc:
-        raise PluginError(spec, f"plugin module not found ({exc})") from exc
+        if exc.name and (spec == exc.name or spec.startswith(exc.name + ".")):
+            raise PluginError(spec, f"plugin module not found ({exc})") from exc
+        raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
+    except PluginError:
+        raise
+    except Exception as exc:  # as for a file: a broken plugin is the user's to fix, not a crash
+        raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
     finally:
         _loading_origin.pop()
 

@@ -20,6 +20,8 @@ from torch import nn
 from nmt import metrics, search
 from nmt.data.parallel import PairCollator, Pair, ParallelDataModule
 from nmt.data.text import read_parallel
+from nmt.data.tokenizer import PAD_ID
+from nmt.errors import RecipeError
 from nmt.recipe import Recipe, Section, component, resolve_data_path
 from nmt.registry import register
 from nmt.tasks.base import Task
@@ -71,9 +73,12 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
-        for kind in ("encoder", "attention", "decoder"):
-            component(kind, getattr(recipe.model, kind), f"model.{kind}", recipe.path)
         component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
+        try:  # build the network once (tiny vocabulary) so size mismatches surface before any file is written
+            cls.build_network(recipe, 8, 8)
+        except RecipeError as exc:
+            where = exc.where if not exc.where or exc.where.startswith(str(recipe.path)) else f"{recipe.path}: {exc.where}"
+            raise RecipeError(where, exc.what) from None
         if check_data:
             for split in [recipe.data.train, recipe.data.valid, *recipe.data.test.values()]:
                 resolve_data_path(split.src, recipe.data.root)
@@ -95,27 +100,38 @@ class Seq2SeqTask(Task):
         super().__init__(recipe, run_dir)
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.pad_id, self.bos_id, self.eos_id = tgt_tokenizer.pad_id, tgt_tokenizer.bos_id, tgt_tokenizer.eos_id
-        cfg, emb = recipe.model, recipe.model.embedding
-        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
-        attention_cls, attention_cfg = component("attention", cfg.attention, "model.attention", recipe.path)
-        decoder_cls, decoder_cfg = component("decoder", cfg.decoder, "model.decoder", recipe.path)
-        self.src_embed = nn.Embedding(len(src_tokenizer), emb.size, padding_idx=self.pad_id)
-        self.tgt_embed = nn.Embedding(len(tgt_tokenizer), emb.size, padding_idx=self.pad_id)
-        self.embed_dropout = nn.Dropout(emb.dropout)
-        self.encoder = encoder_cls(encoder_cfg, input_size=emb.size)
-        self.decoder = decoder_cls(
-            decoder_cfg, input_size=emb.size, encoder_output_size=self.encoder.output_size,
-            attention_factory=lambda query_size, key_size: attention_cls(attention_cfg, query_size, key_size),
-            encoder_final_size=self.encoder.output_size)
-        if emb.tie_target:  # project to the embedding size, then score with the embedding matrix
-            self.pre_output = nn.Linear(self.decoder.output_size, emb.size, bias=False)
+        for name, module in self.build_network(recipe, len(src_tokenizer), len(tgt_tokenizer)).items():
+            setattr(self, name, module)
+        if recipe.model.embedding.tie_target:
             self.output_bias = nn.Parameter(torch.zeros(len(tgt_tokenizer)))
-        else:
-            self.output = nn.Linear(self.decoder.output_size, len(tgt_tokenizer))
         self._valid_outputs: list[tuple[int, str]] = []
         self._valid_loss = [0.0, 0]
 
     # --- the model ------------------------------------------------------------------------
+
+    @staticmethod
+    def build_network(recipe: Recipe, src_vocab: int, tgt_vocab: int) -> dict[str, nn.Module]:
+        """The modules of the network, from the recipe's plugin sections and the vocabulary sizes."""
+        cfg, emb, pad_id = recipe.model, recipe.model.embedding, PAD_ID
+        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
+        attention_cls, attention_cfg = component("attention", cfg.attention, "model.attention", recipe.path)
+        decoder_cls, decoder_cfg = component("decoder", cfg.decoder, "model.decoder", recipe.path)
+        encoder = encoder_cls(encoder_cfg, input_size=emb.size)
+        modules = {
+            "src_embed": nn.Embedding(src_vocab, emb.size, padding_idx=pad_id),
+            "tgt_embed": nn.Embedding(tgt_vocab, emb.size, padding_idx=pad_id),
+            "embed_dropout": nn.Dropout(emb.dropout),
+            "encoder": encoder,
+            "decoder": decoder_cls(
+                decoder_cfg, input_size=emb.size, encoder_output_size=encoder.output_size,
+                attention_factory=lambda query_size, key_size: attention_cls(attention_cfg, query_size, key_size),
+                encoder_final_size=encoder.output_size),
+        }
+        if emb.tie_target:  # project to the embedding size, then score with the embedding matrix
+            modules["pre_output"] = nn.Linear(modules["decoder"].output_size, emb.size, bias=False)
+        else:
+            modules["output"] = nn.Linear(modules["decoder"].output_size, tgt_vocab)
+        return modules
 
     def generator(self, outputs: torch.Tensor) -> torch.Tensor:
         """Decoder outputs [..., H] to logits [..., V]."""

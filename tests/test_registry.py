@@ -1,0 +1,149 @@
+"""The plugin registry: register, get, names, close-match suggestions and explicit local plugins."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import nmt
+from nmt import registry
+from nmt.cli import main
+from nmt.errors import PluginError
+
+
+@pytest.fixture(autouse=True)
+def private_registry(monkeypatch):
+    """Each test registers into a copy of the registry, so nothing it adds outlives it."""
+    registry.discover()
+    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+
+
+def write_plugin(path: Path, kind: str, name: str, body: str = "") -> Path:
+    path.write_text(textwrap.dedent(f'''
+        from torch import nn
+        import nmt
+
+        @nmt.register("{kind}", "{name}")
+        class LocalThing(nn.Module):
+            """A plugin defined in a local file."""
+        {body}
+    '''))
+    return path
+
+
+def test_builtins_are_discovered_through_entry_points():
+    assert {"bahdanau", "luong"} <= set(registry.names("attention"))
+    assert registry.names("attention") == sorted(registry.names("attention"))
+    assert {"gru", "lstm"} <= set(registry.names("encoder"))
+    entry = next(e for e in registry.entries() if (e.kind, e.name) == ("attention", "bahdanau"))
+    assert entry.origin == f"nmt {nmt.__version__}"
+    assert entry.description.startswith("Additive")
+    assert registry.get("attention", "bahdanau") is entry.cls
+    assert entry.cls.registered_name == "bahdanau"
+
+
+def test_register_then_get():
+    @nmt.register("attention", "unit_test_attention")
+    class UnitTestAttention(torch.nn.Module):
+        """One line.
+
+        More text."""
+
+    assert registry.get("attention", "unit_test_attention") is UnitTestAttention
+    assert "unit_test_attention" in registry.names("attention")
+    entry = next(e for e in registry.entries() if e.name == "unit_test_attention")
+    assert entry.description == "One line."
+    assert entry.origin == __file__
+    assert nmt.register("attention", "unit_test_attention")(UnitTestAttention) is UnitTestAttention  # idempotent
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(PluginError) as info:
+        registry.get("attention", "bahdanu", where="recipe.yaml: model.attention.name")
+    assert info.value.message == ("recipe.yaml: model.attention.name: unknown attention 'bahdanu'; "
+                                  "did you mean 'bahdanau'?")
+    assert info.value.exit_code == 2
+
+
+def test_unknown_name_without_a_close_match_lists_the_known_ones():
+    with pytest.raises(PluginError, match=r"unknown encoder 'transformer'; known: (\w+, )*gru, lstm(, \w+)*$"):
+        registry.get("encoder", "transformer")
+    with pytest.raises(PluginError, match=r"unknown widget 'x'; known: none$"):
+        registry.get("widget", "x")
+
+
+def test_duplicate_registration_names_both_origins():
+    with pytest.raises(PluginError) as info:
+        @nmt.register("attention", "bahdanau")
+        class Impostor(torch.nn.Module):
+            """Not the real one."""
+
+    message = info.value.message
+    assert message.startswith("attention 'bahdanau': registered twice: ")
+    assert f"by nmt {nmt.__version__} (nmt_builtin.bahdanau.BahdanauAttention)" in message
+    assert f"by {__file__} (" in message and "Impostor" in message
+    assert registry.get("attention", "bahdanau").__name__ == "BahdanauAttention"  # the first one stays
+
+
+def test_load_plugin_from_a_file(tmp_path):
+    path = write_plugin(tmp_path / "my_plugin.py", "attention", "from_a_file")
+    registry.load_plugin(str(path))
+    entry = next(e for e in registry.entries() if e.name == "from_a_file")
+    assert entry.origin == str(path)
+    assert entry.description == "A plugin defined in a local file."
+    registry.load_plugin(str(path))  # loading the same file again is a no-op, not a duplicate
+
+
+def test_load_plugin_relative_to_a_base_directory(tmp_path):
+    write_plugin(tmp_path / "beside_recipe.py", "encoder", "beside_recipe")
+    registry.load_plugin("beside_recipe.py", base=tmp_path)
+    assert "beside_recipe" in registry.names("encoder")
+
+
+def test_load_plugin_from_a_package_directory(tmp_path):
+    (tmp_path / "my_package").mkdir()
+    write_plugin(tmp_path / "my_package" / "__init__.py", "decoder", "from_a_package")
+    registry.load_plugin(str(tmp_path / "my_package"))
+    assert "from_a_package" in registry.names("decoder")
+
+
+def test_load_plugin_by_module_name(tmp_path, monkeypatch):
+    write_plugin(tmp_path / "nmt_test_module_plugin.py", "tokenizer", "from_a_module")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.load_plugin("nmt_test_module_plugin")
+    entry = next(e for e in registry.entries() if e.name == "from_a_module")
+    assert entry.origin == "nmt_test_module_plugin"
+
+
+@pytest.mark.parametrize("spec,body,expected", [
+    ("missing.py", None, "missing.py: plugin file not found"),
+    ("no_such_module_for_nmt", None, "no_such_module_for_nmt: plugin module not found"),
+    ("broken.py", "raise ValueError('bad plugin')", "broken.py: cannot load plugin: ValueError: bad plugin"),
+    ("syntax.py", "def (", "syntax.py: cannot load plugin: SyntaxError"),
+    ("nmt_test_broken_module", "raise ValueError('bad module')",
+     "nmt_test_broken_module: cannot load plugin: ValueError: bad module"),
+    ("nmt_test_missing_dependency", "import no_such_dependency_for_nmt",
+     "nmt_test_missing_dependency: cannot load plugin: ModuleNotFoundError: No module named 'no_such_dependency"),
+])
+def test_load_plugin_errors(spec, body, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    if body is not None:
+        (tmp_path / (spec if spec.endswith(".py") else spec + ".py")).write_text(body + "\n")
+    before = registry.entries()
+    with pytest.raises(PluginError) as info:
+        registry.load_plugin(spec, base=tmp_path)
+    assert expected in info.value.message
+    assert registry.entries() == before
+
+
+def test_cli_plugin_option_lists_the_file_as_origin(tmp_path, capsys):
+    path = write_plugin(tmp_path / "cli_plugin.py", "attention", "from_the_cli")
+    assert main(["--plugin", str(path), "plugins"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "from_the_cli" in line)
+    assert row.split()[:3] == ["attention", "from_the_cli", str(path)]
+    assert row.rstrip().endswith("A plugin defined in a local file.")
+    assert f"nmt {nmt.__version__}" in out  # the built-ins are listed alongside
