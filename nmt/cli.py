@@ -123,15 +123,24 @@ def plugins() -> None:
         click.echo(f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {origin:<{widths[2]}}  {description}")
 
 
-@cli.command()
-@click.argument("what", type=click.Choice(["translate-speed", "streaming-memory"]), default="translate-speed")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path))
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("what", type=click.Choice(["translate-speed", "streaming-memory", "train-speed", "tbptt-memory"]),
+                default="translate-speed")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The run to measure (translate-speed, streaming-memory).")
 @click.option("--device", default="auto", show_default=True)
-def bench(what: str, run_dir: Path | None, device: str) -> None:
-    """Run a benchmark from benchmarks/ and print ratios measured side by side."""
+def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -> None:
+    """Measure speed or memory, printing ratios of variants measured side by side in one run.
+
+    \b
+    translate-speed   batched beam search vs one sentence at a time, and greedy (--run)
+    streaming-memory  peak memory of nmt translate on 10k and 100k lines (--run)
+    train-speed       training tokens/s of a recipe: bucketed, bf16, unbucketed (ARGS: recipe.yaml [--steps N])
+    tbptt-memory      peak memory of truncated vs full BPTT as sequences grow (ARGS: [--lengths A B])"""
     from nmt.bench import run_benchmark
 
-    run_benchmark(what, run_dir=run_dir, device=device)
+    run_benchmark(what, run_dir=run_dir, device=device, args=args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,7 +150,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 child = node[key] = {}
             if not isinstance(child, dict):
                 where = ".".join(keys[: depth + 1])
-                raise RecipeError(f"override '{text}'", f"{where} is a {type(child).__name__}, not a section")
+                raise RecipeError(f"override '{text}'", f"{where} is {_article(type(child).__name__)}, not a section")
             node = child
         node[keys[-1]] = value
     return raw
@@ -158,15 +158,33 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 # --- validation -----------------------------------------------------------------------------
 
+def _article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def validate_section(model: type[BaseModel], data: Any, prefix: str, path: Path, overrides=()) -> Any:
     """Validate ``data`` into ``model``; the first problem becomes one :class:`RecipeError`."""
     try:
-        return model.model_validate(data if data is not None else {})
+        return model.model_validate(_with_default_names(model, data if data is not None else {}))
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = [str(p) for p in error["loc"]]
         key = ".".join(([prefix] if prefix else []) + loc) or prefix or "(top level)"
         raise RecipeError(_where(path, key, overrides), describe_error(error, model, loc)) from None
+
+
+def _with_default_names(model: type[BaseModel], data: Any) -> Any:
+    """A plugin section given without ``name`` keeps its default plugin (``model.encoder.hidden_size=512``
+    on a recipe that never names the encoder means the default encoder, resized)."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for field, info in model.model_fields.items():
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        value = data.get(field)
+        if isinstance(default, dict) and "name" in default and isinstance(value, dict) and "name" not in value:
+            data[field] = {"name": default["name"], **value}
+    return data
 
 
 def _where(path: Path, key: str, overrides) -> str:
@@ -220,7 +238,7 @@ def check_trainer_args(trainer: dict, path: Path, overrides=()) -> None:
 
 def component(kind: str, section: dict | None, key: str, path: Path) -> tuple[type, Any]:
     """Resolve ``{name: ..., **options}`` to a registered class and its validated Config."""
-    if not isinstance(section, dict) or "name" not in section:
+    if not isinstance(section, dict) or not section.get("name"):
         raise RecipeError(f"{path}: {key}.name", f"required: the name of a registered {kind}")
     options = {k: v for k, v in section.items() if k != "name"}
     cls = registry.get(kind, section["name"], where=f"{path}: {key}.name")

@@ -7,6 +7,7 @@ is imported only when the user names it (``--plugin`` or a recipe's ``plugins:``
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -69,8 +70,17 @@ def _same_definition(a: type, b: type) -> bool:
 
 
 def _origin_of(cls: type) -> str:
+    """The installed distribution that ships ``cls`` (imported directly, not via an entry point), else its file."""
+    dists = _distributions().get(cls.__module__.split(".")[0])
+    if dists:
+        return f"{dists[0]} {importlib.metadata.version(dists[0])}"
     module = sys.modules.get(cls.__module__)
     return getattr(module, "__file__", None) or cls.__module__
+
+
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
 
 
 def discover() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 import yaml
 
 import nmt
-from nmt.errors import RecipeError, RunError
+from nmt.errors import RecipeError, RunError, UserError
 
 RUN_FORMAT = 1
 
@@ -73,7 +74,19 @@ def load_run_recipe(run_dir: Path):
     check_run_info(run_dir)
     path = Path(run_dir) / "recipe.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return validate_recipe(raw, path, check_data=False)
+    if not isinstance(raw, dict):
+        raise RunError(path, "not a recipe (expected a mapping)")
+    # A run directory may come from someone else: it never imports code by itself. The plugins it
+    # was trained with must be installed, or named again with --plugin (nmt train names them via
+    # the recipe, which has loaded them already).
+    plugins = raw.pop("plugins", None) or []
+    try:
+        return validate_recipe(raw, path, check_data=False)
+    except UserError as exc:
+        if not plugins:
+            raise
+        raise RunError(exc.where, f"{exc.what} (the run was trained with plugins {', '.join(map(str, plugins))}; "
+                                  "a run directory does not load code by itself: pass nmt --plugin PATH)") from None
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -93,10 +106,14 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        named = re.search(r"(?i)unsupported(?: global:)? GLOBAL ([\w.]+)", str(exc))
+        what = f" ({named.group(1)})" if named else ""
         raise RunError(path, "refused to load: the checkpoint holds Python objects beyond weights and plain "
-                             f"data, which could run code ({str(exc).splitlines()[0][:120]})") from None
+                             f"data{what}, which could run code; only load checkpoints you trust with "
+                             "torch.load(weights_only=False) yourself") from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise RunError(path, f"unreadable checkpoint (truncated or not a checkpoint): {exc}") from None
+        reason = str(exc).split(". ")[0].splitlines()[0][:100]
+        raise RunError(path, f"unreadable checkpoint, truncated or not a checkpoint ({reason})") from None
 
 
 def pick_device(device: str) -> torch.device:

@@ -33,6 +33,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """Resume with ``weights_only=True`` whatever Lightning asks for: a checkpoint never runs code."""
+        return runs.load_checkpoint(Path(path))
+
+    @staticmethod
+    def remove_stale_temporaries(directory: Path) -> None:
+        """Temporary files of a process that was killed mid-write (the target file is intact)."""
+        for stale in Path(directory).glob(".*.ckpt.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+class EpochEndCheckpoint(Callback):
+    """Rewrites ``last.ckpt`` at the end of each epoch when ModelCheckpoint saves only after validation.
+
+    With ``val_check_interval`` < 1 (or ``check_val_every_n_epoch`` > 1) Lightning saves ``last.ckpt``
+    on validation end only. A validation at an epoch's last batch then records that epoch as
+    unfinished, so resuming trains one more batch, and a finished run, rerun, is never finished.
+    Saved at the epoch's end, the checkpoint resumes at the start of the next epoch.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        checkpoint = trainer.checkpoint_callback
+        saves_itself = getattr(checkpoint, "_should_save_on_train_epoch_end", None)
+        if checkpoint is not None and saves_itself is not None and saves_itself(trainer):
+            return  # ModelCheckpoint writes last.ckpt at the epoch's end already
+        trainer.save_checkpoint(self.path)
+
+
+class CheckpointAlignedCSVLogger(CSVLogger):
+    """Writes ``metrics.csv`` whenever a checkpoint is saved: a killed run keeps the log of what it kept.
+
+    (Lightning flushes it every 100 steps otherwise, so a kill lost the metrics of the last checkpoints.)
+    """
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        self.save()
+
 
 class Throughput(Callback):
     """Logs training target tokens per second (``train/tokens_per_sec``), averaged over log windows."""
@@ -60,13 +101,14 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode=task.monitor_mode,
                         save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+        EpochEndCheckpoint(ckpt_dir / "last.ckpt"),
         Throughput(),
     ]
     if recipe.spec.early_stopping.patience:
         callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
                                        patience=recipe.spec.early_stopping.patience,
                                        min_delta=recipe.spec.early_stopping.min_delta))
-    loggers = [CSVLogger(run_dir, name="logs", version="")]
+    loggers = [CheckpointAlignedCSVLogger(run_dir, name="logs", version="")]
     try:
         loggers.append(TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False))
         callbacks.append(LearningRateMonitor())
@@ -99,7 +141,7 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
     run_dir = Path(run_dir)
     resuming = runs.is_run(run_dir)
     if resuming:
-        if fresh:
+        if fresh and is_rank_zero():  # other ranks start after rank 0 has written the run
             raise RecipeError(run_dir, "already holds a run; drop --fresh to resume it or pick another --run-dir")
         saved = runs.load_run_recipe(run_dir)
         for section in ("task", "data", "model"):
@@ -119,6 +161,8 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
     datamodule = task.make_datamodule()
     trainer = build_trainer(recipe, run_dir, task)
     last = run_dir / "checkpoints" / "last.ckpt"
+    if trainer.is_global_zero:
+        AtomicCheckpointIO.remove_stale_temporaries(last.parent)
     if last.exists() and trainer.is_global_zero:
         click.echo(f"nmt: resuming {run_dir} from {last}", err=True)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)

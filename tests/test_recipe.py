@@ -73,7 +73,7 @@ def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path, data_dir):
 
 
 def test_override_through_a_value_that_is_not_a_section():
-    with pytest.raises(RecipeError, match="seed is a int, not a section") as info:
+    with pytest.raises(RecipeError, match="seed is an int, not a section") as info:
         apply_overrides({"seed": 1}, ["seed.x.y=2"])
     assert info.value.where == "override 'seed.x.y=2'"
 
@@ -89,6 +89,16 @@ def test_overrides_are_validated_like_the_file(recipe_path):
     assert recipe.overrides == ["trainer.max_epochs=7", "optim.lr=0.01", "model.encoder.hidden_size=32",
                                 "early_stopping.patience=2"]
     assert yaml.safe_load(recipe_path.read_text())["trainer"]["max_epochs"] == 3  # the file is untouched
+
+
+def test_a_plugin_section_without_a_name_keeps_the_default_plugin(tmp_path, data_dir):
+    raw = reverse_recipe(data_dir)
+    del raw["model"]["encoder"], raw["model"]["attention"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(path, ["model.encoder.hidden_size=24", "model.attention.hidden_size=16"])
+    assert recipe.model.encoder == {"name": "gru", "hidden_size": 24}
+    assert recipe.model.attention == {"name": "bahdanau", "hidden_size": 16}
 
 
 @pytest.mark.parametrize("override,where,what", [
@@ -124,7 +134,8 @@ def test_override_errors_name_the_override(recipe_path, override, where, what):
     ({"model": {"encoder": {"name": "gru", "num_layers": "two"}}}, "model.encoder.num_layers", "integer"),
     ({"model": {"decoder": {"name": "rnn", "cell": "rnnn"}}}, "model.decoder.cell", "'gru' or 'lstm'"),
     ({"model": {"attention": {"name": "bahdanau", "score": "dot"}}}, "model.attention.score", "unknown key"),
-    ({"model": {"attention": {"score": "dot"}}}, "model.attention.name", "required"),
+    ({"model": {"attention": {"name": None, "score": "dot"}}}, "model.attention.name", "required"),
+    ({"model": {"attention": {"score": "dot"}}}, "model.attention.score", "unknown key"),  # the default: bahdanau
     ({"data": {"tokenizer": {"name": "whitespace", "min_freq": 0}}}, "data.tokenizer.min_freq", "greater than 0"),
     ({"trainer": {"max_epoch": 1}}, "trainer.max_epoch", "unknown Trainer argument"),
 ])

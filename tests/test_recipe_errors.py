@@ -114,7 +114,7 @@ def cases(base: dict) -> dict[str, Case]:
             with_values(base, model__encoder={"name": "transformer"}), TRAIN,
             ("unknown encoder 'transformer'; known: ", "gru, lstm")),
         "plugin section without a name": Case(
-            with_values(base, model__decoder={"hidden_size": 8}), TRAIN,
+            with_values(base, model__decoder={"name": None, "hidden_size": 8}), TRAIN,
             ("model.decoder.name", "required")),
         "missing data file": Case(
             with_values(base, data__train={"src": "nowhere.src", "tgt": "train.tgt"}), TRAIN,
@@ -148,7 +148,7 @@ def cases(base: dict) -> dict[str, Case]:
         "wrong type via override": Case(
             base, TRAIN + ("optim.lr=fast",), ("nmt: override optim.lr: input should be a valid number", "'fast'")),
         "override through a scalar": Case(
-            base, TRAIN + ("seed.value=1",), ("override 'seed.value=1'", "seed is a int, not a section")),
+            base, TRAIN + ("seed.value=1",), ("override 'seed.value=1'", "seed is an int, not a section")),
         "bad --plugin path": Case(
             base, ("--plugin", "{tmp}/nothere.py") + TRAIN, ("{tmp}/nothere.py", "plugin file not found")),
         "bad --plugin module": Case(

@@ -163,10 +163,14 @@ class Seq2SeqTask(Task):
         return self.generator(outputs)
 
     def loss(self, batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
-        logits = self(batch["src"], batch["src_len"], batch["tgt_in"])  # [B,T,V]
-        total = F.cross_entropy(logits.float().flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=self.pad_id,
-                                label_smoothing=label_smoothing, reduction="sum")
-        return total, int(batch["ntokens"])
+        """Summed cross-entropy over the real target tokens, and their number."""
+        memory, state = self.encode(batch["src"], batch["src_len"])
+        outputs, _, _ = self.decoder(self.embed_dropout(self.tgt_embed(batch["tgt_in"])), state, memory)  # [B,T,H]
+        real = batch["tgt_out"] != self.pad_id  # [B,T]; the output layer is the costliest step: skip padding
+        logits = self.generator(outputs[real])  # [N,V]
+        total = F.cross_entropy(logits.float(), batch["tgt_out"][real], label_smoothing=label_smoothing,
+                                reduction="sum")
+        return total, int(real.sum())
 
     # --- Lightning hooks ------------------------------------------------------------------
 

@@ -98,8 +98,8 @@ class RNNDecoder(nn.Module):
     def forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Teacher forcing over ``inputs`` [B, T, E]; returns (outputs [B, T, H], final state, attention [B, T, S])."""
         outputs, attention = [], []
-        for t in range(inputs.shape[1]):
-            output, state, weights = self.step(inputs[:, t], state, memory)  # [B, H], state, [B, S]
+        for step_input in inputs.unbind(1):  # unbind, not inputs[:, t]: its backward is one stack, not T copies
+            output, state, weights = self.step(step_input, state, memory)  # [B, H], state, [B, S]
             outputs.append(output)
             attention.append(weights)
         return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)  # [B, T, H], [B, T, S]

@@ -16,7 +16,7 @@ from nmt.runs import load_run
 def trained_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("reverse")
     data = write_reverse_corpus(base / "data", n_train=2500)
-    recipe = write_recipe(base / "reverse.yaml", reverse_recipe(data, trainer={"max_epochs": 5}, optim={"lr": 0.005}))
+    recipe = write_recipe(base / "reverse.yaml", reverse_recipe(data, trainer={"max_epochs": 6}, optim={"lr": 0.005}))
     assert main(["train", str(recipe), "--run-dir", str(base / "run")]) == 0
     return base
 

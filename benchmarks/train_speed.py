@@ -1,0 +1,94 @@
+"""Training speed of a translation recipe, variants measured side by side on the same batches.
+
+    python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml [--steps 20] [--device cpu]
+
+Prints target tokens per second of full training steps (forward, backward, clipping, Adam) for:
+  nmt         token-count batches bucketed by length, output layer on real tokens only (the default)
+  bf16        the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
+  unbucketed  the same sentences in random order with the same sentences per batch (more padding)
+and each one's ratio to the first. The variants alternate step by step, so machine load hits all alike.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(recipe_path: str, device: str):
+    from nmt import runs
+    from nmt.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    run_dir = Path(tempfile.mkdtemp(prefix="nmt-bench-"))
+    runs.write_run(run_dir, recipe.raw)
+    recipe.task_cls.prepare_run(recipe, run_dir)
+    task = recipe.task_cls.from_run(recipe, run_dir).to(device).train()
+    return recipe, task
+
+
+def make_batches(task, n: int, seed: int = 0):
+    """n bucketed batches as training sees them, and the same sentences in unbucketed batches."""
+    module = task.make_datamodule()
+    loader = module.train_dataloader()
+    loader.batch_sampler.set_epoch(0)
+    bucketed = [b for b, _ in zip(loader, range(n))]
+    pairs = [module.train_set[i] for i in range(len(module.train_set))]
+    random.Random(seed).shuffle(pairs)
+    unbucketed, start = [], 0
+    for b in bucketed:  # same number of sentences per batch, drawn at random
+        size = b["src"].size(0)
+        unbucketed.append(module.collator(pairs[start:start + size]))
+        start += size
+    return bucketed, unbucketed
+
+
+def step(task, optimizer, batch, device, bf16: bool) -> int:
+    batch = {k: v.to(device) for k, v in batch.items()}
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        total, ntokens = task.loss(batch, label_smoothing=0.1)
+    optimizer.zero_grad(set_to_none=True)
+    (total / ntokens).backward()
+    torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+    optimizer.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return ntokens
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipe")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    recipe, task = build(args.recipe, args.device)
+    optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
+    bucketed, unbucketed = make_batches(task, args.steps + 2)
+    variants = {"nmt": (bucketed, False), "bf16": (bucketed, True), "unbucketed": (unbucketed, False)}
+    tokens = dict.fromkeys(variants, 0)
+    seconds = dict.fromkeys(variants, 0.0)
+    for i in range(args.steps + 2):
+        for name, (batches, bf16) in variants.items():
+            start = time.perf_counter()
+            n = step(task, optimizer, batches[i], args.device, bf16)
+            if i >= 2:  # the first steps warm up allocators and kernels
+                tokens[name] += n
+                seconds[name] += time.perf_counter() - start
+    rates = {name: tokens[name] / seconds[name] for name in variants}
+    print(f"{recipe.name}: {args.steps} training steps per variant on {args.device} "
+          f"({torch.get_num_threads()} threads), ~{bucketed[0]['src'].size(0)} sentences per batch")
+    for name, rate in rates.items():
+        print(f"  {name:<11} {rate:9.0f} target tokens/s   x{rate / rates['nmt']:.2f}")
+    return rates
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

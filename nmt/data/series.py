@@ -1,0 +1,284 @@
+"""Numeric time series: a CSV reader, a z-score scaler, chronological splits and sliding windows.
+
+Follow one series from a file to a batch: :func:`read_series` reads the numeric columns (naming the
+file and row of anything that is not a finite number); :func:`split_rows` cuts the rows into
+train / valid / test in time order; :class:`Scaler` is fitted on the training rows alone and saved
+in the run directory; :func:`window_origins` lists the windows whose targets lie inside one split
+(inputs may reach back into earlier rows, never forward); :class:`WindowDataset` cuts them lazily.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from nmt.data.text import open_text
+from nmt.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Series:
+    """Rows of a numeric CSV: ``values`` [N, C] float64 in ``columns`` order; ``rows`` are 1-based file lines."""
+
+    path: str
+    columns: list[str]
+    values: np.ndarray
+    times: list[str]
+    rows: list[int]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def where(self, index: int) -> str:
+        """``path:line`` of row ``index`` (for error messages)."""
+        return f"{self.path}:{self.rows[index]}" if self.rows else str(self.path)
+
+
+def read_series(path, columns: Sequence[str], time_column: str | None = None,
+                means: dict[str, Sequence[str]] | None = None, start: str | None = None, end: str | None = None,
+                encoding_errors: str = "strict", stream=None) -> Series:
+    """Read ``columns`` (plus derived ``means``: name -> columns averaged per row) from a CSV with a header.
+
+    With ``time_column``, rows outside ``start <= time < end`` are dropped (ISO dates compare as
+    text, numbers as numbers) and the rows must be in increasing time order. ``stream`` (an open text stream, e.g.
+    stdin) is read instead of opening ``path``, which then only names it in errors. Every kept value must be a finite number:
+    a missing column, an empty cell, NaN or Inf is a :class:`DataError` naming ``path:line``.
+    """
+    means = dict(means or {})
+    needed = [c for c in columns if c not in means] + [c for cols in means.values() for c in cols]
+    with (open_text(path, encoding_errors) if stream is None else _borrowed(stream)) as stream:
+        reader = csv.reader(stream)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise DataError(f"{path}:1", "file is empty; expected a header row of column names") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(path, f"invalid UTF-8 ({exc.reason}); pass --encoding-errors replace") from None
+        for name in needed + ([time_column] if time_column else []):
+            if name not in header:
+                raise DataError(f"{path}:1", f"missing column '{name}'; the header has: {', '.join(header)}")
+        index = {name: header.index(name) for name in dict.fromkeys(needed)}
+        time_index = header.index(time_column) if time_column else None
+        values, times, rows = [], [], []
+        try:
+            for record in reader:
+                line = reader.line_num
+                if not record or all(not f.strip() for f in record):
+                    continue  # blank lines (a trailing newline) are not rows
+                if len(record) != len(header):
+                    raise DataError(f"{path}:{line}", f"{len(record)} fields, expected {len(header)} as in the header")
+                time = record[time_index].strip() if time_index is not None else ""
+                if (start is not None and _key(time) < _key(start)) or (end is not None and _key(time) >= _key(end)):
+                    continue
+                if times and time_index is not None and _key(time) <= _key(times[-1]):
+                    raise DataError(f"{path}:{line}", f"time '{time}' does not follow '{times[-1]}'; "
+                                                      "rows must be in increasing time order")
+                parsed = {name: _number(record[i], f"{path}:{line}", name) for name, i in index.items()}
+                for name, cols in means.items():
+                    parsed[name] = sum(parsed[c] for c in cols) / len(cols)
+                values.append([parsed[c] for c in columns])
+                times.append(time)
+                rows.append(line)
+        except UnicodeDecodeError as exc:
+            raise DataError(path, f"invalid UTF-8 ({exc.reason}); pass --encoding-errors replace") from None
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}", f"malformed CSV ({exc})") from None
+    if not values:
+        span = f" between {start or 'the start'} and {end or 'the end'}" if start or end else ""
+        raise DataError(path, f"no data rows{span}")
+    return Series(str(path), list(columns), np.asarray(values, dtype=np.float64), times, rows)
+
+
+def _key(time: str) -> tuple:
+    """Times compare as numbers when they are numbers (9 < 10), else as text (ISO dates sort as text)."""
+    try:
+        return (0, float(time), "")
+    except ValueError:
+        return (1, 0.0, time)
+
+
+class _borrowed:
+    """A context manager that leaves a stream it did not open (stdin) open."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __enter__(self):
+        return self.stream
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _number(text: str, where: str, column: str) -> float:
+    text = text.strip()
+    if not text:
+        raise DataError(where, f"column '{column}' is empty; expected a number")
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(where, f"column '{column}' is not a number: {text[:40]!r}") from None
+    if not math.isfinite(value):
+        raise DataError(where, f"column '{column}' is {text}; every value must be a finite number")
+    return value
+
+
+# --- splits and scaling ---------------------------------------------------------------------
+
+def split_rows(n_rows: int, sizes: dict[str, float | int], where: str = "data.split") -> dict[str, tuple[int, int]]:
+    """Consecutive row ranges ``[lo, hi)`` for train, valid and test, in time order.
+
+    A size is a row count (an int) or a fraction of all rows (a float <= 1); rows after the last
+    split are unused. Earlier rows always go to earlier splits, so no split sees a later one's rows.
+    """
+    bounds, lo = {}, 0
+    for name in SPLITS:
+        size = sizes.get(name, 0)
+        count = int(round(size * n_rows)) if isinstance(size, float) else int(size)
+        bounds[name] = (lo, min(lo + count, n_rows))
+        lo += count
+    if lo > n_rows + 1:  # allow rounding of fractions by one row
+        raise DataError(where, f"the splits need {lo} rows but the series has {n_rows}")
+    if bounds["train"][1] - bounds["train"][0] < 2:
+        raise DataError(where, f"the training split has {bounds['train'][1] - bounds['train'][0]} rows")
+    return bounds
+
+
+class Scaler:
+    """Per-column z-scores, ``(x - mean) / std``, fitted on training rows only; saved as JSON."""
+
+    def __init__(self, columns: Sequence[str], mean: Sequence[float], std: Sequence[float]):
+        self.columns = list(columns)
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, columns: Sequence[str], values: np.ndarray, enabled: bool = True) -> "Scaler":
+        if not enabled:
+            return cls(columns, np.zeros(len(columns)), np.ones(len(columns)))
+        std = values.std(axis=0)
+        return cls(columns, values.mean(axis=0), np.where(std > 1e-12, std, 1.0))  # a constant column stays put
+
+    def transform(self, values: np.ndarray, columns: Sequence[str] | None = None) -> np.ndarray:
+        mean, std = self._select(columns)
+        return (values - mean) / std
+
+    def inverse(self, values: np.ndarray, columns: Sequence[str] | None = None) -> np.ndarray:
+        """Back to original units; ``columns`` names the last axis of ``values`` (default: all)."""
+        mean, std = self._select(columns)
+        return values * std + mean
+
+    def _select(self, columns):
+        if columns is None:
+            return self.mean, self.std
+        idx = [self.columns.index(c) for c in columns]
+        return self.mean[idx], self.std[idx]
+
+    def to_json(self) -> str:
+        return json.dumps({"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}, indent=1)
+
+    @classmethod
+    def load(cls, path: Path) -> "Scaler":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(data["columns"], data["mean"], data["std"])
+        except (OSError, ValueError, KeyError) as exc:
+            from nmt.errors import RunError
+
+            raise RunError(path, f"unreadable scaler ({exc})") from None
+
+
+# --- windows --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WindowShape:
+    """A window at origin ``t`` (its last input row): inputs ``[t-lookback+1, t]``, targets ``[t+first, t+last]``."""
+
+    lookback: int
+    first: int  # target offset of the first target row relative to the origin
+    last: int
+
+    @property
+    def target_length(self) -> int:
+        return self.last - self.first + 1
+
+
+def window_origins(bounds: tuple[int, int], shape: WindowShape, stride: int = 1,
+                   inputs_within: bool = False) -> np.ndarray:
+    """Origins of the windows whose target rows all lie in ``bounds`` = ``[lo, hi)``.
+
+    Inputs may start before ``lo`` (the past of a validation or test split is known) unless
+    ``inputs_within``; they never reach past ``hi``, so no window of a split reads a later split.
+    """
+    lo, hi = bounds
+    first_origin = max(shape.lookback - 1, lo - shape.first)
+    if inputs_within:
+        first_origin = max(first_origin, lo + shape.lookback - 1)
+    last_origin = min(hi - 1 - shape.last, hi - 1)
+    if last_origin < first_origin:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(first_origin, last_origin + 1, stride, dtype=np.int64)
+
+
+class WindowDataset(Dataset):
+    """``(inputs [lookback, C_in], targets [T, C_out])`` for each origin, cut lazily from a scaled series."""
+
+    def __init__(self, values: np.ndarray, input_idx: Sequence[int], target_idx: Sequence[int],
+                 shape: WindowShape, origins: np.ndarray):
+        self.values = torch.as_tensor(values, dtype=torch.float32)  # [N, C]
+        self.input_idx = torch.as_tensor(list(input_idx))
+        self.target_idx = torch.as_tensor(list(target_idx))
+        self.shape, self.origins = shape, origins
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t, s = int(self.origins[i]), self.shape
+        x = self.values[t - s.lookback + 1: t + 1].index_select(1, self.input_idx)  # [L, C_in]
+        y = self.values[t + s.first: t + s.last + 1].index_select(1, self.target_idx)  # [T, C_out]
+        return x, y
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every window stacked: ``([W, L, C_in], [W, T, C_out])``."""
+        if not len(self):
+            return (torch.zeros(0, self.shape.lookback, len(self.input_idx)),
+                    torch.zeros(0, self.shape.target_length, len(self.target_idx)))
+        xs, ys = zip(*(self[i] for i in range(len(self))))
+        return torch.stack(xs), torch.stack(ys)
+
+
+class WindowDataModule(pl.LightningDataModule):
+    """Shuffled training windows and ordered validation windows.
+
+    Under DDP (the Trainer runs with ``use_distributed_sampler=False``) the training loader shards
+    itself with an explicit :class:`DistributedSampler`; every rank validates on all windows."""
+
+    def __init__(self, train: WindowDataset, valid: WindowDataset, batch_size: int, valid_batch_size: int,
+                 seed: int, num_workers: int = 0):
+        super().__init__()
+        self.train_set, self.valid_set = train, valid
+        self.batch_size, self.valid_batch_size = batch_size, valid_batch_size
+        self.seed, self.num_workers = seed, num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        sampler = DistributedSampler(self.train_set, shuffle=True, seed=self.seed) if distributed else None
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
+                          generator=generator if sampler is None else None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.valid_set, batch_size=self.valid_batch_size, shuffle=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

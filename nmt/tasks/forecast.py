@@ -1,0 +1,140 @@
+"""Multi-step forecasting as sequence to sequence: a lookback window in, a horizon out, through attention.
+
+Follow one window: the lookback [B, L, C] is cut into segments of ``segment`` rows, each embedded by a
+Linear layer, and the encoder plugin runs over the L/segment segment embeddings. The attentional
+decoder plugin then produces the horizon one segment per step, attending over the encoder states; the
+input of each step is the previous segment's values (the last observed one first, then its own
+prediction, or the true one with probability ``teacher_forcing``) through a Linear "embedding".
+
+Two options follow what makes RNNs competitive with linear models on long-horizon benchmarks
+(SegRNN, Lin et al. 2023; NLinear, Zeng et al. 2023): ``segment`` > 1 shortens the recurrences
+(336 hours are 14 steps of 24), and ``relative`` subtracts each channel's last observed value from
+the window and adds it back to the forecast, so a level shift between training and test years costs
+nothing. ``channel_independent`` runs one shared model per variable (with a learned channel
+embedding), as PatchTST and SegRNN do.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+
+from nmt.data.series import WindowShape
+from nmt.errors import RecipeError
+from nmt.recipe import Recipe, Section, component
+from nmt.registry import register
+from nmt.tasks.series import Loss, SeriesData, SeriesTask
+
+
+class ForecastData(SeriesData):
+    horizon: PositiveInt = 24  # rows forecast after the lookback window
+
+
+class ForecastModel(Section):
+    encoder: dict[str, Any] = {"name": "gru", "bidirectional": False}
+    attention: dict[str, Any] = {"name": "bahdanau"}
+    decoder: dict[str, Any] = {"name": "rnn"}
+    embedding_size: PositiveInt = 64  # the Linear embedding of input segments and of fed-back predictions
+    segment: PositiveInt = 1  # rows per encoder and decoder step; divides lookback and horizon
+    channel_independent: bool = False  # one shared univariate model per column (needs targets == columns)
+    relative: bool = True  # work relative to each channel's last observed value
+    teacher_forcing: float = Field(0.0, ge=0.0, le=1.0)  # chance of feeding the true previous segment in training
+    loss: Loss = "mse"
+
+
+@register("task", "forecast")
+class ForecastTask(SeriesTask):
+    """Multi-step forecasting: a lookback window through an encoder, the horizon from an attentional decoder."""
+
+    DataConfig = ForecastData
+    ModelConfig = ForecastModel
+
+    @classmethod
+    def window_shape(cls, data) -> WindowShape:
+        return WindowShape(data.lookback, 1, data.horizon)
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        super().check_recipe(recipe, check_data)
+        path, data, model = recipe.path, recipe.data, recipe.model
+        for kind in ("encoder", "attention", "decoder"):
+            component(kind, getattr(model, kind), f"model.{kind}", path)
+        targets = data.targets or data.columns
+        if any(t not in data.columns for t in targets):
+            raise RecipeError(f"{path}: data.targets", "every target must also be an input column "
+                                                       "(the decoder is fed the previous values)")
+        if model.channel_independent and list(targets) != list(data.columns):
+            raise RecipeError(f"{path}: model.channel_independent", "needs data.targets equal to data.columns")
+        for key in ("lookback", "horizon"):
+            if getattr(data, key) % model.segment:
+                raise RecipeError(f"{path}: model.segment",
+                                  f"must divide data.{key} ({getattr(data, key)} % {model.segment} != 0)")
+
+    def __init__(self, recipe: Recipe, run_dir: Path, scaler):
+        super().__init__(recipe, run_dir, scaler)
+        cfg = recipe.model
+        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
+        attention_cls, attention_cfg = component("attention", cfg.attention, "model.attention", recipe.path)
+        decoder_cls, decoder_cfg = component("decoder", cfg.decoder, "model.decoder", recipe.path)
+        self.independent = cfg.channel_independent
+        c_in, c_out = (1, 1) if self.independent else (len(self.columns), len(self.targets))
+        size, seg = cfg.embedding_size, cfg.segment
+        self.input_embed = nn.Linear(seg * c_in, size)
+        self.output_embed = nn.Linear(seg * c_out, size)  # the previous segment's values -> decoder input
+        self.channel_embed = nn.Embedding(len(self.columns), size) if self.independent else None
+        self.encoder = encoder_cls(encoder_cfg, input_size=size)
+        self.decoder = decoder_cls(
+            decoder_cfg, input_size=size, encoder_output_size=self.encoder.output_size,
+            attention_factory=lambda q, k: attention_cls(attention_cfg, q, k),
+            encoder_final_size=self.encoder.output_size)
+        self.project = nn.Linear(self.decoder.output_size, seg * c_out)
+
+    def _flat(self, v: torch.Tensor) -> torch.Tensor:
+        """[B, T, C] -> [B*C, T, 1] when channel-independent (each column its own sequence), else unchanged."""
+        if not self.independent:
+            return v
+        return v.permute(0, 2, 1).reshape(-1, v.shape[1], 1)
+
+    def _unflat(self, v: torch.Tensor, batch: int) -> torch.Tensor:
+        if not self.independent:
+            return v
+        return v.reshape(batch, -1, v.shape[1]).permute(0, 2, 1)  # [B*C, T, 1] -> [B, T, C]
+
+    def _embed(self, layer: nn.Linear, v: torch.Tensor) -> torch.Tensor:
+        out = layer(v)  # [B', ..., E]
+        if self.channel_embed is not None:
+            channels = torch.arange(len(self.columns), device=v.device).repeat(v.shape[0] // len(self.columns))
+            emb = self.channel_embed(channels)  # [B', E]
+            out = out + (emb.unsqueeze(1) if out.dim() == 3 else emb)
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Lookback [B, L, C_in] (and true horizon [B, H, C_out] for teacher forcing) to forecasts [B, H, C_out]."""
+        batch, seg, horizon = x.shape[0], self.recipe.model.segment, self.recipe.data.horizon
+        base = x[:, -1:, :] if self.recipe.model.relative else torch.zeros_like(x[:, -1:, :])  # [B, 1, C_in]
+        x = x - base
+        history = self._flat(x)  # [B', L, c_in]
+        segments = history.reshape(history.shape[0], -1, seg * history.shape[2])  # [B', L/s, s*c_in]
+        embedded = self._embed(self.input_embed, segments)  # [B', L/s, E]
+        lengths = torch.full((embedded.shape[0],), embedded.shape[1], dtype=torch.long)
+        states, final, mask = self.encoder(embedded, lengths)  # [B', L/s, D], ..., [B', L/s]
+        memory = self.decoder.prepare_memory(states, mask)
+        state = self.decoder.init_state(final, embedded.shape[0])
+        targets_in_x = x[:, :, self.target_in_input]  # [B, L, C_out]
+        prev = self._flat(targets_in_x[:, -seg:]).flatten(1)  # last observed segment [B', s*c_out]
+        teacher = None
+        if y is not None and self.training and self.recipe.model.teacher_forcing > 0:
+            flat = self._flat(y - base[:, :, self.target_in_input])  # [B', H, c_out]
+            teacher = flat.reshape(flat.shape[0], horizon // seg, -1)  # [B', H/s, s*c_out]
+        outputs = []
+        for step in range(horizon // seg):
+            output, state, _ = self.decoder.step(self._embed(self.output_embed, prev), state, memory)  # [B', H_dec]
+            pred = self.project(output)  # [B', s*c_out]
+            outputs.append(pred)
+            use_teacher = teacher is not None and torch.rand(()) < self.recipe.model.teacher_forcing
+            prev = teacher[:, step] if use_teacher else pred
+        pred = torch.stack(outputs, dim=1).reshape(outputs[0].shape[0], horizon, -1)  # [B', H, c_out]
+        return self._unflat(pred, batch) + base[:, :, self.target_in_input]  # [B, H, C_out]

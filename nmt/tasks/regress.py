@@ -1,0 +1,147 @@
+"""Many-to-one (or per-step) regression over a window of a numeric series, with truncated BPTT.
+
+Follow one window: inputs [B, L, C_in] go through the encoder plugin; ``output: last`` reads the
+top layer's final state and a Linear head gives one vector [B, 1, C_out] (the row ``offset`` rows
+after the window); ``output: every_step`` puts the head on every state [B, L, C_out].
+
+With ``model.tbptt_steps`` = k, a long window is cut into pieces of k steps: the encoder runs over
+each piece from the previous piece's final state (detached, so gradients stop at the piece border
+while values flow on), and the optimiser steps once per piece (manual optimisation: Lightning 2.x
+has no built-in TBPTT). Memory holds one piece's graph, whatever the window length.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from pydantic import Field, PositiveFloat, PositiveInt
+from torch import nn
+
+from nmt.data.series import WindowShape
+from nmt.errors import RecipeError
+from nmt.recipe import Recipe, Section, component
+from nmt.registry import register
+from nmt.tasks.series import Loss, SeriesData, SeriesTask, _fmt, last_state_detached
+
+
+class RegressData(SeriesData):
+    offset: int = Field(1, ge=0)  # target row = last input row + offset (0: the same row)
+    output: Literal["last", "every_step"] = "last"
+
+
+class RegressModel(Section):
+    encoder: dict[str, Any] = {"name": "gru", "bidirectional": False}
+    loss: Loss = "mse"
+    relative: bool = False  # predict the change from the input value of each target column
+    tbptt_steps: Optional[PositiveInt] = None  # truncated BPTT: optimiser steps per piece of this many steps
+    clip_norm: Optional[PositiveFloat] = 1.0  # gradient clipping under tbptt (trainer.gradient_clip_val otherwise)
+
+
+@register("task", "regress")
+class RegressTask(SeriesTask):
+    """Regression from a window of a numeric series: one vector per window, or one per step (TBPTT-able)."""
+
+    DataConfig = RegressData
+    ModelConfig = RegressModel
+
+    @classmethod
+    def window_shape(cls, data) -> WindowShape:
+        if data.output == "last":
+            return WindowShape(data.lookback, data.offset, data.offset)
+        return WindowShape(data.lookback, data.offset - data.lookback + 1, data.offset)
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        super().check_recipe(recipe, check_data)
+        path, model = recipe.path, recipe.model
+        encoder_cls, encoder_cfg = component("encoder", model.encoder, "model.encoder", path)
+        targets = recipe.data.targets or recipe.data.columns
+        if model.relative and any(t not in recipe.data.columns for t in targets):
+            raise RecipeError(f"{path}: model.relative", "needs every target among data.columns")
+        if model.tbptt_steps:
+            if getattr(encoder_cfg, "bidirectional", False):
+                raise RecipeError(f"{path}: model.encoder.bidirectional",
+                                  "must be false with model.tbptt_steps (a backward pass cannot be truncated)")
+            for key in ("gradient_clip_val", "accumulate_grad_batches"):
+                if key in recipe.spec.trainer:
+                    raise RecipeError(f"{path}: trainer.{key}", "not supported with model.tbptt_steps "
+                                      "(manual optimisation); use model.clip_norm")
+
+    def __init__(self, recipe: Recipe, run_dir: Path, scaler):
+        super().__init__(recipe, run_dir, scaler)
+        cfg = recipe.model
+        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
+        self.encoder = encoder_cls(encoder_cfg, input_size=len(self.columns))
+        self.head = nn.Linear(self.encoder.output_size, len(self.targets))
+        self.every_step = recipe.data.output == "every_step"
+        if cfg.tbptt_steps:
+            self.automatic_optimization = False
+
+    # --- the model ------------------------------------------------------------------------
+
+    def run(self, x: torch.Tensor, state=None):
+        """Inputs [B, S, C_in] from ``state`` to (predictions [B, T, C_out], final state)."""
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        states, final, _ = self.encoder(x, lengths, initial_state=state)  # [B, S, D], [L, B, D] (or (h, c))
+        if self.every_step:
+            pred = self.head(states)  # [B, S, C_out]
+            base = x[:, :, self.target_in_input] if self.recipe.model.relative else 0.0
+        else:
+            top = (final[0] if isinstance(final, tuple) else final)[-1]  # [B, D]: forward end and backward start
+            pred = self.head(top).unsqueeze(1)  # [B, 1, C_out]
+            base = x[:, -1:, self.target_in_input] if self.recipe.model.relative else 0.0
+        return pred + base, final
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.run(x)[0]
+
+    # --- training: automatic, or truncated BPTT with manual optimisation -------------------
+
+    def training_step(self, batch, batch_idx):
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        x, y = batch  # [B, S, C_in], [B, T, C_out]
+        optimizer = self.optimizers()
+        k, length = self.recipe.model.tbptt_steps, x.shape[1]
+        state, losses = None, []
+        for start in range(0, length, k):
+            piece = x[:, start:start + k]  # [B, k, C_in]
+            if not self.every_step and start + k < length:  # many-to-one: no loss before the last piece
+                with torch.no_grad():
+                    _, state = self.run(piece, state)
+                continue
+            pred, state = self.run(piece, state)
+            target = y[:, start:start + k] if self.every_step else y
+            loss = self.check_finite(self.loss(pred, target))
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if self.recipe.model.clip_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=self.recipe.model.clip_norm,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
+            state = last_state_detached(state)
+            losses.append(loss.detach())
+        loss = torch.stack(losses).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    # --- nmt predict ----------------------------------------------------------------------
+
+    def predict_series(self, series, inputs: torch.Tensor):
+        """``every_step``: one pass over the whole series, a row per input row. ``last``: a row per window,
+        dated by the window's last input row, predicting the row ``offset`` later."""
+        if self.every_step:
+            with torch.no_grad():
+                self.eval()
+                pred = self.run(inputs.unsqueeze(0).to(self.device))[0][0].cpu().numpy()  # [N, C_out]
+            offset = self.recipe.data.offset
+            pred = self.scaler.inverse(pred, self.targets)
+            return (["time", "offset", *self.targets],
+                    [[series.times[i] or i, offset, *map(_fmt, row)] for i, row in enumerate(pred)])
+        lookback = self.recipe.data.lookback
+        windows = inputs.unfold(0, lookback, 1).transpose(1, 2)  # [W, L, C_in]
+        pred = self.scaler.inverse(self.predict_windows(windows)[:, 0].numpy(), self.targets)  # [W, C_out]
+        return (["time", "offset", *self.targets],
+                [[series.times[lookback - 1 + w] or lookback - 1 + w, self.recipe.data.offset, *map(_fmt, row)]
+                 for w, row in enumerate(pred)])

@@ -1,0 +1,114 @@
+"""Sequence tagging as a task: one label per word (part of speech, named entities ...).
+
+Follow one sentence: a CoNLL-U sentence gives words and tags; the tokenizer plugin splits each
+word into pieces on its own (``encode_words``), so piece boundaries never cross words; the
+encoder plugin runs over all pieces; each word is tagged once, from the state of its first piece
+(a bidirectional encoder has read the rest of the word by then); a linear layer scores each tag.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from pydantic import Field, PositiveInt
+
+from nmt.data.labelled import Example, ExampleCollator, LabelVocab, TaggedSentence, length_batches, read_conllu
+from nmt.recipe import Recipe, Section, component, resolve_data_path
+from nmt.registry import register
+from nmt.tasks.classify import LABELS_FILE, InputEmbedding, LabelTask
+from nmt.tasks.tokenizers import load_tokenizers, tokenizer_dir, train_tokenizers
+
+
+class TagData(Section):
+    root: Optional[str] = None  # default: $NMT_DATA, else ../shared/data
+    train: str
+    valid: str
+    format: Literal["conllu"] = "conllu"  # .conllu or .conllu.gz
+    tag_column: Literal["upos", "xpos", "deprel"] = "upos"
+    tokenizer: dict[str, Any] = {"name": "whitespace"}
+    max_length: PositiveInt = 250  # training sentences longer than this (in pieces) are skipped
+    batch_tokens: PositiveInt = 4000  # padded pieces per training batch
+    max_sentences: Optional[PositiveInt] = None
+    valid_batch_tokens: PositiveInt = 8000
+    num_workers: int = Field(0, ge=0)
+    encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
+
+
+class TagModel(Section):
+    embedding: InputEmbedding = InputEmbedding()
+    encoder: dict[str, Any] = {"name": "lstm"}
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on each word's state, before the output layer
+
+
+@register("task", "tag")
+class TagTask(LabelTask):
+    """Sequence tagging: a tag per word, read from the state of the word's first subword piece."""
+
+    DataConfig = TagData
+    ModelConfig = TagModel
+
+    @classmethod
+    def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        component("encoder", recipe.model.encoder, "model.encoder", recipe.path)
+        component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
+        if check_data:
+            for split in (recipe.data.train, recipe.data.valid):
+                resolve_data_path(split, recipe.data.root)
+
+    @classmethod
+    def read_split(cls, recipe: Recipe, split: str) -> list[TaggedSentence]:
+        data = recipe.data
+        return read_conllu(resolve_data_path(split, data.root), data.tag_column, encoding_errors=data.encoding_errors)
+
+    @classmethod
+    def prepare_run(cls, recipe: Recipe, run_dir: Path) -> None:
+        directory = tokenizer_dir(run_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        sentences = cls.read_split(recipe, recipe.data.train)
+        if not (directory / LABELS_FILE).exists():  # before the tokenizer's READY, which other ranks wait for
+            LabelVocab.fit(t for s in sentences for t in s.tags).save(directory / LABELS_FILE)
+        train_tokenizers(recipe, run_dir, [" ".join(s.words) for s in sentences], None, joint=False)
+
+    @classmethod
+    def from_run(cls, recipe: Recipe, run_dir: Path) -> "TagTask":
+        tokenizer, _ = load_tokenizers(recipe, run_dir, joint=False, target=False)
+        return cls(recipe, run_dir, tokenizer, LabelVocab.load(tokenizer_dir(run_dir) / LABELS_FILE))
+
+    def forward(self, batch) -> torch.Tensor:
+        """Logits [B,W,C] for each word of a padded batch."""
+        states, _, _ = self.encode(batch["src"], batch["src_len"])  # [B,S,D]
+        starts = batch["word_starts"]  # [B,W]
+        words = torch.gather(states, 1, starts.unsqueeze(-1).expand(-1, -1, states.size(-1)))  # [B,W,D]
+        return self.output(self.output_dropout(words))  # [B,W,C]
+
+    def encode_words(self, words: list[str]) -> tuple[list[int], list[int]]:
+        """(piece ids of the sentence, position of each word's first piece)."""
+        ids: list[int] = []
+        starts: list[int] = []
+        for pieces in self.tokenizer.encode_words(words):
+            starts.append(len(ids))
+            ids.extend(pieces or [self.tokenizer.unk_id])  # a word must own at least one position
+        return ids, starts
+
+    def examples(self, split: str) -> list[Example]:
+        examples = []
+        for i, sentence in enumerate(self.read_split(self.recipe, getattr(self.recipe.data, split))):
+            ids, starts = self.encode_words(sentence.words)
+            tags = [self.labels.encode(t, sentence.where_word(k)) for k, t in enumerate(sentence.tags)]
+            examples.append(Example(i, ids, tags, starts))
+        return examples
+
+    def predict_lines(self, lines, wheres, probabilities, batch_tokens) -> list[str]:
+        encoded = [self.encode_words(line.split()) if line.strip() else ([], []) for line in lines]
+        answers = [""] * len(lines)
+        todo = [i for i, (ids, _) in enumerate(encoded) if ids]
+        collate = ExampleCollator(self.pad_id)
+        for batch_ids in length_batches([len(encoded[i][0]) for i in todo], batch_tokens):
+            indices = [todo[j] for j in batch_ids]
+            batch = collate([Example(i, encoded[i][0], [0] * len(encoded[i][1]), encoded[i][1]) for i in indices])
+            batch = {k: v.to(self.device) if k != "src_len" else v for k, v in batch.items()}
+            best = self(batch).argmax(-1).cpu()  # [B,W]
+            for row, i in enumerate(indices):
+                answers[i] = " ".join(self.labels.labels[int(t)] for t in best[row, : len(encoded[i][1])])
+        return answers

@@ -1,0 +1,81 @@
+"""Helpers for the reliability tests: one small trained run shared by every module, and CLI runners.
+
+(Not a ``conftest.py``: a second conftest module would shadow ``tests/conftest.py`` under
+pytest's default import mode. Test modules import the fixtures from here; the trained run is
+cached per session so it is trained once however many modules use it.)
+
+Training in-process (through ``nmt.cli.main``) avoids the seconds a fresh interpreter spends
+importing torch and Lightning; tests that must kill, limit or distribute a process use
+:func:`nmt_subprocess` instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import reverse_recipe, write_recipe, write_reverse_corpus
+from nmt.cli import main
+
+NMT = [sys.executable, "-m", "nmt.cli"]
+N_TRAIN, N_DEV = 1500, 100
+
+
+def small_recipe(data_dir: Path, **sections) -> dict:
+    """The reverse task, small enough to train two epochs in a few seconds on one core."""
+    trainer = {"max_epochs": 2, "val_check_interval": 0.5, "log_every_n_steps": 5,
+               **sections.pop("trainer", {})}
+    return reverse_recipe(data_dir, trainer=trainer, **sections)
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run ``nmt ARGV`` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def nmt_subprocess(*argv, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """Start ``nmt ARGV`` as a child process (stdout and stderr captured as text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([*NMT, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=full_env, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ``nmt: ...`` lines of stderr (Lightning's own chatter left out)."""
+    return [line for line in stderr.splitlines() if line.startswith("nmt: ")]
+
+
+_SESSION: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def reliability_data(tmp_path_factory) -> Path:
+    if "data" not in _SESSION:
+        _SESSION["data"] = write_reverse_corpus(tmp_path_factory.mktemp("reverse") / "data",
+                                                n_train=N_TRAIN, n_dev=N_DEV)
+    return _SESSION["data"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, reliability_data) -> Path:
+    """A run trained without interruption (read-only: copy it before changing anything)."""
+    if "run" not in _SESSION:
+        root = tmp_path_factory.mktemp("trained")
+        recipe = write_recipe(root / "reverse.yaml", small_recipe(reliability_data))
+        run_dir = root / "run"
+        assert main(["train", str(recipe), "--run-dir", str(run_dir)]) == 0
+        _SESSION["run"] = run_dir
+    return _SESSION["run"]
+
+
+@pytest.fixture
+def run_copy(tmp_path, trained_run) -> Path:
+    """A private copy of the trained run that a test may damage."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))

@@ -1,0 +1,95 @@
+"""Distributed correctness on CPU: every training example once per epoch across ranks, the whole
+dev set scored, and a two-"node" run launched the way a cluster launches one (NODE_RANK, MASTER_*)."""
+from __future__ import annotations
+
+import collections
+import csv
+import socket
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import reverse_recipe, write_recipe, write_reverse_corpus
+from reliability_support import error_lines, nmt_subprocess
+
+N_TRAIN, N_DEV = 300, 40
+
+PLUGIN = textwrap.dedent("""
+    '''Test plugin: seq2seq that appends "epoch id" for every training example to ids.rank<R>.txt.'''
+    import nmt
+    from nmt.tasks.seq2seq import Seq2SeqTask
+
+    @nmt.register("task", "seq2seq_record_ids")
+    class RecordIds(Seq2SeqTask):
+        '''Like seq2seq, and records which examples each rank trains on.'''
+
+        def training_step(self, batch, batch_idx):
+            with open(self.run_dir / f"ids.rank{self.global_rank}.txt", "a") as f:
+                f.write("".join(f"{self.current_epoch} {i}\\n" for i in batch["ids"].tolist()))
+            return super().training_step(batch, batch_idx)
+""")
+
+
+def ddp_recipe(tmp_path: Path, **trainer) -> Path:
+    data = write_reverse_corpus(tmp_path / "data", n_train=N_TRAIN, n_dev=N_DEV)
+    (tmp_path / "record_ids.py").write_text(PLUGIN)
+    recipe = reverse_recipe(data, task="seq2seq_record_ids", plugins=["record_ids.py"],
+                            model={"embedding": {"size": 16}, "encoder": {"name": "gru", "hidden_size": 16},
+                                   "attention": {"name": "bahdanau"}, "decoder": {"name": "rnn", "hidden_size": 32}},
+                            trainer={"max_epochs": 2, "accelerator": "cpu", "strategy": "ddp", **trainer})
+    return write_recipe(tmp_path / "ddp.yaml", recipe)
+
+
+def check_every_example_once_per_epoch(run_dir: Path, world_size: int, epochs: int = 2) -> None:
+    per_rank = {}
+    for rank in range(world_size):
+        lines = (run_dir / f"ids.rank{rank}.txt").read_text().split("\n")
+        per_rank[rank] = [tuple(map(int, line.split())) for line in lines if line]
+    for epoch in range(epochs):
+        counts = collections.Counter(i for rows in per_rank.values() for e, i in rows if e == epoch)
+        assert set(counts) == set(range(N_TRAIN)), f"epoch {epoch}: missing {set(range(N_TRAIN)) - set(counts)}"
+        assert set(counts.values()) == {1}, f"epoch {epoch}: repeated {[i for i, c in counts.items() if c > 1][:10]}"
+        for rank, rows in per_rank.items():
+            assert any(e == epoch for e, _ in rows), f"rank {rank} trained on nothing in epoch {epoch}"
+
+
+def check_whole_dev_set_scored(run_dir: Path) -> None:
+    rows = [r for r in csv.DictReader(open(run_dir / "logs" / "metrics.csv")) if r.get("val/sentences")]
+    assert rows and {float(r["val/sentences"]) for r in rows} == {float(N_DEV)}
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    recipe = ddp_recipe(tmp_path, devices=2)
+    proc = nmt_subprocess("train", recipe, "--run-dir", tmp_path / "run", cwd=tmp_path)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    check_every_example_once_per_epoch(tmp_path / "run", world_size=2)
+    check_whole_dev_set_scored(tmp_path / "run")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback(tmp_path):
+    """Two single-process "nodes" as a cluster scheduler would start them; both finish."""
+    recipe = ddp_recipe(tmp_path, devices=1, num_nodes=2)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    nodes = [nmt_subprocess("train", recipe, "--run-dir", tmp_path / "run", cwd=tmp_path,
+                            env={**env, "NODE_RANK": str(rank)}) for rank in (0, 1)]
+    results = []
+    try:
+        for node in nodes:
+            results.append(node.communicate(timeout=400))
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    for node, (out, err) in zip(nodes, results):
+        assert node.returncode == 0, err[-3000:]
+    assert any("finished" in line for line in error_lines(results[0][1]))
+    check_every_example_once_per_epoch(tmp_path / "run", world_size=2)
+    check_whole_dev_set_scored(tmp_path / "run")

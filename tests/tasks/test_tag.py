@@ -1,0 +1,98 @@
+"""The tag task: it learns tags that depend on the left neighbour, beats the most-frequent-tag
+baseline by a clear margin, tags multi-piece words once each, and serves nmt predict."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.cli import main
+from nmt.data.labelled import most_frequent_tag_baseline, read_conllu
+from nmt.errors import DataError
+from nmt.recipe import validate_recipe
+from nmt.train import train_recipe
+
+WORDS = ["ab", "cab", "bad", "dace", "ace", "bead", "cede", "dab"]
+
+
+def tag_of(word: str, left: str | None) -> str:
+    """A tag decided by the word and its left neighbour: no tag table of single words can learn it."""
+    return f"{'NV'[WORDS.index(word) % 2]}{'NV'[WORDS.index(left) % 2] if left else 'S'}"
+
+
+def write_conllu(path: Path, sentences: list[list[str]]) -> None:
+    blocks = []
+    for i, words in enumerate(sentences):
+        rows = [f"# sent_id = {i}"]
+        for k, word in enumerate(words):
+            tag = tag_of(word, words[k - 1] if k else None)
+            rows.append(f"{k + 1}\t{word}\t{word}\t{tag}\t_\t_\t0\tdep\t_\t_")
+        blocks.append("\n".join(rows) + "\n")
+    path.write_text("\n".join(blocks))
+
+
+def write_tag_task(directory: Path, n_train: int = 1200, n_dev: int = 150, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        write_conllu(directory / f"{split}.conllu", [[rng.choice(WORDS) for _ in range(rng.randint(2, 9))]
+                                                     for _ in range(n)])
+    return directory
+
+
+def tag_recipe(data_dir: Path, **sections) -> dict:
+    recipe = {
+        "name": "tagging", "task": "tag", "seed": 1,
+        "data": {"root": str(data_dir), "train": "train.conllu", "valid": "dev.conllu", "batch_tokens": 600,
+                 "tokenizer": {"name": "characters"}},  # every word is several pieces
+        "model": {"embedding": {"size": 32}, "encoder": {"name": "lstm", "hidden_size": 48}},
+        "optim": {"lr": 0.01},
+        "trainer": {"max_epochs": 3, "accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def tag_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("tag")
+    data = write_tag_task(base / "data")
+    return train_recipe(validate_recipe(tag_recipe(data), base / "tag.yaml"), base / "run"), data
+
+
+def test_tag_beats_most_frequent_tag_and_predict_round_trip(tag_run):
+    run_dir, data = tag_run
+    dev = read_conllu(data / "dev.conllu")
+    (run_dir / "dev.txt").write_text("".join(" ".join(s.words) + "\n" for s in dev) + "\n")
+    assert main(["predict", "--run", str(run_dir), "-i", str(run_dir / "dev.txt"), "-o", str(run_dir / "dev.out"),
+                 "--device", "cpu"]) == 0
+    lines = (run_dir / "dev.out").read_text().split("\n")
+    assert len(lines) == len(dev) + 2 and lines[-2] == ""  # the empty input line stays empty
+    predicted = [t for line in lines[: len(dev)] for t in line.split()]
+    gold = [t for s in dev for t in s.tags]
+    assert len(predicted) == len(gold)  # one tag per word, not per piece
+    accuracy = sum(p == g for p, g in zip(predicted, gold)) / len(gold)
+    baseline = most_frequent_tag_baseline(read_conllu(data / "train.conllu"), dev)
+    assert accuracy >= baseline + 0.3, (accuracy, baseline)
+
+
+def test_unknown_dev_tag_names_file_and_line(tmp_path):
+    data = write_tag_task(tmp_path / "data", n_train=20, n_dev=2)
+    with open(data / "dev.conllu", "a") as f:
+        f.write("\n# sent_id = x\n1\tab\tab\tNS\t_\t_\t0\tdep\t_\t_\n2\tab\tab\tNOPE\t_\t_\t0\tdep\t_\t_\n")
+    last_line = len((data / "dev.conllu").read_text().splitlines())
+    recipe = validate_recipe(tag_recipe(data), tmp_path / "r.yaml")
+    with pytest.raises(DataError, match=rf"dev.conllu:{last_line}: unknown label 'NOPE'"):
+        train_recipe(recipe, tmp_path / "run")
+
+
+def test_word_start_positions(tag_run):
+    from nmt.runs import load_run
+
+    task = load_run(tag_run[0], device="cpu")
+    ids, starts = task.encode_words(["cab", "ab", "dace"])
+    assert starts == [0, 3, 5] and len(ids) == 9
