@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 seconds[name] += time.perf_counter() - start
     rates = {name: tokens[name] / seconds[name] for name in variants}
     print(f"{recipe.name}: {args.steps} training steps per variant on {args.device} "
-          f"({torch.get_num_threads()} threads), ~{bucketed[0]['src'].size(0)} sentences per batch")
+          f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
         print(f"  {name:<11} {rate:9.0f} target tokens/s   x{rate / rates['nmt']:.2f}")
     return rates

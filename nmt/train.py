@@ -96,6 +96,29 @@ class Throughput(Callback):
         self.tokens, self.start = 0, None
 
 
+class WallClock(Callback):
+    """Logs ``val/wall_minutes``, wall time since training began (kept across resumes), for curves over time."""
+
+    def __init__(self):
+        self.before, self.since = 0.0, None  # minutes of earlier processes, start of this one
+
+    def on_fit_start(self, trainer, pl_module):
+        self.since = time.time()
+
+    def minutes(self) -> float:
+        return self.before + (time.time() - self.since) / 60 if self.since else self.before
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            pl_module.log("val/wall_minutes", self.minutes(), rank_zero_only=True)
+
+    def state_dict(self):
+        return {"minutes": self.minutes()}
+
+    def load_state_dict(self, state_dict):
+        self.before = float(state_dict.get("minutes", 0.0))
+
+
 def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list[Callback] = [
@@ -103,6 +126,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
                         save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
         EpochEndCheckpoint(ckpt_dir / "last.ckpt"),
         Throughput(),
+        WallClock(),
     ]
     if recipe.spec.early_stopping.patience:
         callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
