@@ -179,11 +179,11 @@ def _with_default_names(model: type[BaseModel], data: Any) -> Any:
     if not isinstance(data, dict):
         return data
     data = dict(data)
-    for field, info in model.model_fields.items():
+    for key, info in model.model_fields.items():
         default = None if info.is_required() else info.get_default(call_default_factory=True)
-        value = data.get(field)
+        value = data.get(key)
         if isinstance(default, dict) and "name" in default and isinstance(value, dict) and "name" not in value:
-            data[field] = {"name": default["name"], **value}
+            data[key] = {"name": default["name"], **value}
     return data
 
 

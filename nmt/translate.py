@@ -18,7 +18,7 @@ import click
 import torch
 
 from nmt import search
-from nmt.errors import DataError, UserError
+from nmt.errors import UserError
 from nmt.runs import load_run
 
 CHUNK_LINES = 2000

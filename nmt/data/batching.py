@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from nmt.errors import DataError
 
@@ -151,3 +152,31 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.global_batches()) // self.num_replicas
+
+
+class BucketedDataModule(pl.LightningDataModule):
+    """Training and validation batches under a token budget, bucketed by length.
+
+    Works for any dataset with ``lengths()`` and a collate function. The batch sampler shards
+    batches across DDP ranks itself (every example once per epoch, equal batch counts), so the
+    Trainer runs with ``use_distributed_sampler=False``."""
+
+    def __init__(self, train, valid, collator, batch_tokens: int, max_sentences: int | None,
+                 valid_batch_tokens: int, seed: int, num_workers: int = 0):
+        super().__init__()
+        self.train_set, self.valid_set = train, valid
+        self.collator = collator
+        self.batch_tokens, self.max_sentences = batch_tokens, max_sentences
+        self.valid_batch_tokens, self.seed, self.num_workers = valid_batch_tokens, seed, num_workers
+
+    def _loader(self, dataset, max_tokens: int, shuffle: bool) -> DataLoader:
+        sampler = TokenBatchSampler(dataset.lengths(), max_tokens=max_tokens, max_sentences=self.max_sentences,
+                                    shuffle=shuffle, seed=self.seed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_tokens, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False)

@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from nmt.data.batching import TokenBatchSampler
 from nmt.data.text import EncodingErrors, StrPath, iter_lines
 from nmt.errors import DataError
 
@@ -300,31 +298,6 @@ class ExampleCollator:
         else:
             batch["labels"] = torch.tensor([e.target for e in examples], dtype=torch.long)  # [B]
         return batch
-
-
-class LabelledDataModule(pl.LightningDataModule):
-    """Training and validation batches under a token budget, bucketed by length and sharded across
-    devices by :class:`TokenBatchSampler` (the Trainer runs with ``use_distributed_sampler=False``)."""
-
-    def __init__(self, train: list[Example], valid: list[Example], collator: ExampleCollator, batch_tokens: int,
-                 max_sentences: int | None, valid_batch_tokens: int, seed: int, num_workers: int = 0):
-        super().__init__()
-        self.train_set, self.valid_set = ExampleDataset(train), ExampleDataset(valid)
-        self.collator = collator
-        self.batch_tokens, self.max_sentences = batch_tokens, max_sentences
-        self.valid_batch_tokens, self.seed, self.num_workers = valid_batch_tokens, seed, num_workers
-
-    def _loader(self, dataset: ExampleDataset, max_tokens: int, shuffle: bool) -> DataLoader:
-        sampler = TokenBatchSampler(dataset.lengths(), max_tokens=max_tokens, max_sentences=self.max_sentences,
-                                    shuffle=shuffle, seed=self.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_tokens, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False)
 
 
 def length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from nmt.data.batching import TokenBatchSampler
 
 
 @dataclass
@@ -60,28 +58,3 @@ class PairCollator:
         }
 
 
-class ParallelDataModule(pl.LightningDataModule):
-    """Training and validation batches of token-count size, bucketed by length.
-
-    The batch sampler shards batches across DDP ranks itself (every example once per epoch, equal
-    batch counts), so the Trainer runs with ``use_distributed_sampler=False``."""
-
-    def __init__(self, train: list[Pair], valid: list[Pair], collator: PairCollator, batch_tokens: int,
-                 max_sentences: int | None, valid_batch_tokens: int, seed: int, num_workers: int = 0):
-        super().__init__()
-        self.train_set, self.valid_set = PairDataset(train), PairDataset(valid)
-        self.collator = collator
-        self.batch_tokens, self.max_sentences = batch_tokens, max_sentences
-        self.valid_batch_tokens, self.seed, self.num_workers = valid_batch_tokens, seed, num_workers
-
-    def _loader(self, dataset: PairDataset, max_tokens: int, shuffle: bool) -> DataLoader:
-        sampler = TokenBatchSampler(dataset.lengths(), max_tokens=max_tokens, max_sentences=self.max_sentences,
-                                    shuffle=shuffle, seed=self.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_tokens, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False)

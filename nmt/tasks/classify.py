@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from nmt.data.labelled import (Column, Example, ExampleCollator, LabelledDataModule, LabelledText, LabelVocab,
+from nmt.data.batching import BucketedDataModule
+from nmt.data.labelled import (Column, Example, ExampleCollator, ExampleDataset, LabelledText, LabelVocab,
                                length_batches, parse_vectors, read_tsv)
 from nmt.errors import DataError
 from nmt.recipe import Recipe, Section, component, resolve_data_path
@@ -187,12 +188,12 @@ class LabelTask(Task):
             return self.tokenizer.encode(text)
         return self.scaler(parse_vectors(text, where, self.scaler.dim))
 
-    def make_datamodule(self) -> LabelledDataModule:
+    def make_datamodule(self) -> BucketedDataModule:
         data = self.recipe.data
         train = [e for e in self.examples("train") if len(e.inputs) <= data.max_length]
         if not train:
             raise DataError(None, f"no training example is within data.max_length ({data.max_length})")
-        return LabelledDataModule(train, self.examples("valid"), ExampleCollator(self.pad_id, self.tokenizer is None),
+        return BucketedDataModule(ExampleDataset(train), ExampleDataset(self.examples("valid")), ExampleCollator(self.pad_id, self.tokenizer is None),
                                   batch_tokens=data.batch_tokens, max_sentences=data.max_sentences,
                                   valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed,
                                   num_workers=data.num_workers)

@@ -7,7 +7,6 @@ a distribution over the target vocabulary; ``nmt.search`` decodes greedily or wi
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +17,8 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from nmt import metrics, search
-from nmt.data.parallel import PairCollator, Pair, ParallelDataModule
+from nmt.data.batching import BucketedDataModule
+from nmt.data.parallel import Pair, PairCollator, PairDataset
 from nmt.data.text import read_parallel
 from nmt.data.tokenizer import PAD_ID
 from nmt.errors import RecipeError
@@ -207,7 +207,7 @@ class Seq2SeqTask(Task):
         self.log_dict(values, prog_bar=True, sync_dist=False, rank_zero_only=False)
         self.step_plateau(values[self.monitor])
 
-    def make_datamodule(self) -> ParallelDataModule:
+    def make_datamodule(self) -> BucketedDataModule:
         data = self.recipe.data
         root = data.root
         train = self.tokenize_pairs(*read_parallel(resolve_data_path(data.train.src, root),
@@ -216,8 +216,8 @@ class Seq2SeqTask(Task):
         valid_src, valid_tgt = read_parallel(resolve_data_path(data.valid.src, root),
                                              resolve_data_path(data.valid.tgt, root),
                                              encoding_errors=data.encoding_errors)
-        module = ParallelDataModule(
-            train, self.tokenize_pairs(valid_src, valid_tgt), PairCollator(self.pad_id, self.bos_id, self.eos_id),
+        module = BucketedDataModule(
+            PairDataset(train), PairDataset(self.tokenize_pairs(valid_src, valid_tgt)), PairCollator(self.pad_id, self.bos_id, self.eos_id),
             batch_tokens=data.batch_tokens, max_sentences=data.max_sentences,
             valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed, num_workers=data.num_workers)
         module.valid_references = valid_tgt

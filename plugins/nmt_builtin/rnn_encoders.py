@@ -52,7 +52,7 @@ class RNNEncoder(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, initial_state: RNNState | None = None
     ) -> tuple[torch.Tensor, RNNState, torch.Tensor]:
         """Encode ``x`` [B, S, input_size]; return (states [B, S, output_size], final, mask [B, S])."""
-        batch_size, max_len = x.shape[0], x.shape[1]
+        max_len = x.shape[1]
         positions = torch.arange(max_len, device=x.device)  # [S]
         mask = positions.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # [B, S], True at real tokens
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

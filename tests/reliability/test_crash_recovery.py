@@ -5,7 +5,6 @@ kill can never leave ``best.ckpt`` or ``last.ckpt`` torn; the rerun resumes from
 """
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess

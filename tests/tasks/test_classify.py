@@ -121,7 +121,7 @@ def test_unknown_dev_label_names_file_and_line(tmp_path):
     with open(data / "dev.tsv", "a") as f:
         f.write("neutral\ta b\n")
     recipe = validate_recipe(classify_recipe(data), tmp_path / "r.yaml")
-    with pytest.raises(DataError, match=rf"dev.tsv:7: unknown label 'neutral'"):
+    with pytest.raises(DataError, match=r"dev.tsv:7: unknown label 'neutral'"):
         train_recipe(recipe, tmp_path / "run")
 
 
