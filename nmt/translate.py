@@ -51,10 +51,15 @@ def open_output(path: Path | None) -> Iterator[TextIO]:
         raise
 
 
+def encode_lines(task, lines: list[str]) -> list[list[int]]:
+    """Source token ids per line; an empty or blank line has none."""
+    return [task.src_tokenizer.encode(line) if line.strip() else [] for line in lines]
+
+
 def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float, batch_tokens: int,
-                    max_length_ratio: float) -> list[list[search.Hypothesis]]:
+                    max_length_ratio: float, encoded: list[list[int]] | None = None) -> list[list[search.Hypothesis]]:
     """Hypotheses for each line, in input order; an empty or blank line gets none."""
-    encoded = [task.src_tokenizer.encode(line) if line.strip() else [] for line in lines]
+    encoded = encode_lines(task, lines) if encoded is None else encoded
     order = sorted((i for i in range(len(lines)) if encoded[i]), key=lambda i: len(encoded[i]))
     results: list[list[search.Hypothesis]] = [[] for _ in lines]
     device = next(task.parameters()).device
@@ -99,17 +104,18 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
     with open_output(output_path) as out:
         line_no = 0
         for chunk in chunks(source, CHUNK_LINES):
-            for k, line in enumerate(chunk):
-                if not warned and len(task.src_tokenizer.encode(line)) > longest:
-                    click.echo(f"nmt: warning: {input_path or '<stdin>'}:{line_no + k + 1}: line is longer than any "
-                               f"training sentence ({longest} tokens); translating it anyway", err=True)
-                    warned = True
-            results = translate_lines(task, chunk, beam, nbest, alpha, batch_tokens, max_length_ratio)
+            encoded = encode_lines(task, chunk)
+            too_long = next((k for k, ids in enumerate(encoded) if len(ids) > longest), None)
+            if too_long is not None and not warned:
+                click.echo(f"nmt: warning: {input_path or '<stdin>'}:{line_no + too_long + 1}: line is longer than "
+                           f"any training sentence ({longest} tokens); translating it anyway", err=True)
+                warned = True
+            results = translate_lines(task, chunk, beam, nbest, alpha, batch_tokens, max_length_ratio, encoded)
             for k, hyps in enumerate(results):
                 if nbest == 1:
                     out.write((task.tgt_tokenizer.decode(hyps[0].tokens) if hyps else "") + "\n")
-                else:
-                    for h in hyps or []:
+                else:  # an empty input line still gets its numbered (empty) entry
+                    for h in hyps or [search.Hypothesis([], 0.0, 0.0)]:
                         out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {h.score:.4f}\n")
             line_no += len(chunk)
             out.flush()
