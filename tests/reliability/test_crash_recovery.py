@@ -84,7 +84,10 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, reliability_data, 
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     assert_checkpoints_whole(run_dir)
     state, reference = load_checkpoint(last), load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
-    assert (state["epoch"], state["global_step"]) == (reference["epoch"], reference["global_step"])
+    # The same number of optimiser steps. The saved epoch counter can differ by one: whether the last
+    # write came before or after Lightning advanced it at the final epoch's end depends on the kill.
+    assert state["global_step"] == reference["global_step"]
+    assert abs(state["epoch"] - reference["epoch"]) <= 1
     resumed, uninterrupted = dev_bleu(run_dir, reliability_data), dev_bleu(trained_run, reliability_data)
     print(f"dev BLEU: resumed after {kills} kills {resumed:.2f}, uninterrupted {uninterrupted:.2f}")
     assert uninterrupted > 10, f"the uninterrupted run did not learn (BLEU {uninterrupted:.2f})"
