@@ -15,6 +15,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from nmt import runs
 from nmt.errors import RecipeError
 from nmt.recipe import Recipe
+from nmt.tasks.tokenizers import READY, tokenizer_dir
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -173,7 +174,7 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
                 raise RecipeError(f"{run_dir}: {section}", "differs from the run being resumed; "
                                   "use another --run-dir for a different model or data")
     pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
-    ready = run_dir / "tokenizer" / "READY"
+    ready = tokenizer_dir(run_dir) / READY  # the artifacts are complete once this exists
     if is_rank_zero():
         runs.write_run(run_dir, recipe.raw)
         recipe.task_cls.prepare_run(recipe, run_dir)

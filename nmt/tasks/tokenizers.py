@@ -5,7 +5,7 @@ from pathlib import Path
 
 from nmt.recipe import Recipe, component
 
-READY = "READY"  # written last, so a half-trained tokenizer is never mistaken for a finished one
+READY = "READY"  # written by nmt train after prepare_run: a half-fitted run dir is never taken for a finished one
 
 
 def tokenizer_dir(run_dir: Path) -> Path:
@@ -26,7 +26,6 @@ def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[st
     else:
         cls.train(config, src, directory, "src")
         cls.train(config, tgt, directory, "tgt")
-    (directory / READY).write_text("ok\n")
 
 
 def load_tokenizers(recipe: Recipe, run_dir: Path, joint: bool, target: bool = True):
