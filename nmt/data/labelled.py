@@ -276,8 +276,9 @@ def collate_inputs(inputs: Sequence[list], pad_id: int, vectors: bool) -> tuple[
 class ExampleCollator:
     """Pads a list of examples: ``src`` [B,S] or [B,S,F], ``src_len`` [B], and the targets.
 
-    Classification: ``labels`` [B]. Tagging: ``word_starts`` [B,W] (positions of first pieces)
-    and ``labels`` [B,W] with -100 (ignored by the loss) beyond each sentence's last word.
+    Classification: ``labels`` [B]. Tagging: ``word_starts`` and ``word_ends`` [B,W] (positions of
+    each word's first and last piece) and ``labels`` [B,W] with -100 (ignored by the loss) beyond
+    each sentence's last word.
     """
 
     def __init__(self, pad_id: int = 0, vectors: bool = False):
@@ -290,11 +291,14 @@ class ExampleCollator:
         if examples and examples[0].word_starts is not None:
             words = max(1, max(len(e.word_starts) for e in examples))
             starts = torch.zeros(len(examples), words, dtype=torch.long)
+            ends = torch.zeros(len(examples), words, dtype=torch.long)
             labels = torch.full((len(examples), words), -100, dtype=torch.long)
             for i, e in enumerate(examples):
-                starts[i, : len(e.word_starts)] = torch.as_tensor(e.word_starts, dtype=torch.long)
+                n = len(e.word_starts)
+                starts[i, :n] = torch.as_tensor(e.word_starts, dtype=torch.long)
+                ends[i, :n] = torch.as_tensor(e.word_starts[1:] + [len(e.inputs)], dtype=torch.long) - 1
                 labels[i, : len(e.target)] = torch.as_tensor(e.target, dtype=torch.long)
-            batch["word_starts"], batch["labels"] = starts, labels  # [B,W], [B,W]
+            batch["word_starts"], batch["word_ends"], batch["labels"] = starts, ends, labels  # [B,W] each
         else:
             batch["labels"] = torch.tensor([e.target for e in examples], dtype=torch.long)  # [B]
         return batch

@@ -3,7 +3,7 @@
 Follow one sentence: a TSV row gives text and label; the tokenizer plugin turns the text into ids
 (or, with ``data.input: vectors``, each time step is a vector of numbers); ``embed`` maps them to
 vectors; the encoder plugin (the same GRU or LSTM as translation) gives one state per position;
-``pool`` reduces them to one vector (the final state, the mean, or attention); a linear layer
+``pool`` reduces them to one vector (the final state, the mean, the maximum, or attention); a linear layer
 scores each label.
 
 :class:`LabelTask` holds what classification and tagging (``nmt.tasks.tag``) share: the input
@@ -74,7 +74,7 @@ class InputEmbedding(Section):
 class ClassifyModel(Section):
     embedding: InputEmbedding = InputEmbedding()
     encoder: dict[str, Any] = {"name": "gru"}
-    pooling: Literal["final", "mean", "attention"] = "attention"
+    pooling: Literal["final", "mean", "max", "attention"] = "attention"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the pooled vector, before the output layer
 
 
@@ -248,7 +248,7 @@ def last_layer(final) -> torch.Tensor:
 
 @register("task", "classify")
 class ClassifyTask(LabelTask):
-    """Sequence classification: tokens or feature vectors in, one label out (final, mean or attention pooling)."""
+    """Sequence classification: tokens or feature vectors in, one label out (final, mean, max or attention pooling)."""
 
     DataConfig = ClassifyData
     ModelConfig = ClassifyModel
@@ -315,6 +315,8 @@ class ClassifyTask(LabelTask):
         if self.pooling == "mean":
             weights = mask.unsqueeze(-1).to(states.dtype)  # [B,S,1]
             return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if self.pooling == "max":  # each feature's strongest value anywhere in the sequence (Conneau et al. 2017)
+            return states.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
         return self.attention(states, mask)[0]
 
     def forward(self, batch) -> torch.Tensor:

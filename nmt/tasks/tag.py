@@ -3,7 +3,9 @@
 Follow one sentence: a CoNLL-U sentence gives words and tags; the tokenizer plugin splits each
 word into pieces on its own (``encode_words``), so piece boundaries never cross words; the
 encoder plugin runs over all pieces; each word is tagged once, from the state of its first piece
-(a bidirectional encoder has read the rest of the word by then); a linear layer scores each tag.
+(a bidirectional encoder has read the rest of the word by then), or with ``model.word_state:
+first_last`` from its first and last pieces side by side (the last piece holds the suffix, the
+strongest clue to a word's part of speech); a linear layer scores each tag.
 """
 from __future__ import annotations
 
@@ -39,14 +41,20 @@ class TagModel(Section):
     embedding: InputEmbedding = InputEmbedding()
     encoder: dict[str, Any] = {"name": "lstm"}
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on each word's state, before the output layer
+    word_state: Literal["first", "first_last"] = "first"  # which piece states represent a word
 
 
 @register("task", "tag")
 class TagTask(LabelTask):
-    """Sequence tagging: a tag per word, read from the state of the word's first subword piece."""
+    """Sequence tagging: a tag per word, read from the states of the word's subword pieces."""
 
     DataConfig = TagData
     ModelConfig = TagModel
+
+    def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, labels):
+        super().__init__(recipe, run_dir, tokenizer, labels)
+        if recipe.model.word_state == "first_last":
+            self.output = torch.nn.Linear(2 * self.encoder.output_size, len(labels))
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
@@ -78,9 +86,15 @@ class TagTask(LabelTask):
     def forward(self, batch) -> torch.Tensor:
         """Logits [B,W,C] for each word of a padded batch."""
         states, _, _ = self.encode(batch["src"], batch["src_len"])  # [B,S,D]
-        starts = batch["word_starts"]  # [B,W]
-        words = torch.gather(states, 1, starts.unsqueeze(-1).expand(-1, -1, states.size(-1)))  # [B,W,D]
+        words = self.gather_words(states, batch["word_starts"])  # [B,W,D]
+        if self.recipe.model.word_state == "first_last":
+            words = torch.cat([words, self.gather_words(states, batch["word_ends"])], dim=-1)  # [B,W,2D]
         return self.output(self.output_dropout(words))  # [B,W,C]
+
+    @staticmethod
+    def gather_words(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The state [B,W,D] at one piece position [B,W] of each word."""
+        return torch.gather(states, 1, positions.unsqueeze(-1).expand(-1, -1, states.size(-1)))
 
     def encode_words(self, words: list[str]) -> tuple[list[int], list[int]]:
         """(piece ids of the sentence, position of each word's first piece)."""

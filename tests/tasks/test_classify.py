@@ -97,13 +97,24 @@ def test_predict_probabilities_and_empty_lines(counting_run, tmp_path):
     assert lines[2].split("\t")[0] == "fewer"
 
 
-@pytest.mark.parametrize("pooling", ["final", "mean"])
+@pytest.mark.parametrize("pooling", ["final", "mean", "max"])
 def test_other_poolings_build_and_run(tmp_path, pooling):
     data = write_counting_task(tmp_path / "data", n_train=60, n_dev=20)
     recipe = validate_recipe(classify_recipe(data, model={"pooling": pooling, "encoder": {"name": "lstm", "hidden_size": 8}},
                                              trainer={"max_epochs": 1}), tmp_path / "r.yaml")
     run_dir = train_recipe(recipe, tmp_path / "run")
     assert (run_dir / "checkpoints" / "best.ckpt").exists()
+
+
+def test_max_pooling_ignores_padding():
+    from types import SimpleNamespace
+
+    from nmt.tasks.classify import ClassifyTask
+
+    states = torch.tensor([[[1.0, -2.0], [3.0, -1.0], [99.0, 99.0]]])  # [B=1,S=3,D=2], the last step is padding
+    mask = torch.tensor([[True, True, False]])
+    pooled = ClassifyTask.pool(SimpleNamespace(pooling="max"), states, None, mask)
+    assert pooled.tolist() == [[3.0, -1.0]]
 
 
 def test_numeric_vectors(tmp_path):
