@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import click
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, Checkpoint, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from nmt import runs
@@ -45,24 +47,36 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             stale.unlink(missing_ok=True)
 
 
-class EpochEndCheckpoint(Callback):
-    """Rewrites ``last.ckpt`` at the end of each epoch when ModelCheckpoint saves only after validation.
+class LastCheckpoint(Checkpoint):
+    """Keeps ``last.ckpt``: rewritten after every validation and at the end of every finished epoch.
 
-    With ``val_check_interval`` < 1 (or ``check_val_every_n_epoch`` > 1) Lightning saves ``last.ckpt``
-    on validation end only. A validation at an epoch's last batch then records that epoch as
-    unfinished, so resuming trains one more batch, and a finished run, rerun, is never finished.
-    Saved at the epoch's end, the checkpoint resumes at the start of the next epoch.
+    Lightning's ``save_last`` rewrites it only when the monitored score improved (2.6), so a kill
+    after a few validations without progress went back to the last improvement. Saved at an epoch's
+    end, the checkpoint resumes at the start of the next epoch; saved after a validation inside an
+    epoch (or at a stop by max_time, max_steps or early stopping, where Lightning validates), it
+    resumes at the next batch of that epoch's order (``BucketedDataModule.state_dict``). A
+    ``Checkpoint``, so Lightning runs it after the best-score ModelCheckpoint listed before it, and
+    the saved state holds the best score of this validation.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        checkpoint = trainer.checkpoint_callback
-        saves_itself = getattr(checkpoint, "_should_save_on_train_epoch_end", None)
-        if checkpoint is not None and saves_itself is not None and saves_itself(trainer):
-            return  # ModelCheckpoint writes last.ckpt at the epoch's end already
+    def save(self, trainer) -> None:
         trainer.save_checkpoint(self.path)
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(self)
+
+    def on_validation_end(self, trainer, pl_module):
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if epoch_loop.batch_progress.current.processed < trainer.num_training_batches:
+            self.save(trainer)  # (at the epoch's last batch, on_train_epoch_end saves instead)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
+            self.save(trainer)  # a stop before the last batch keeps the checkpoint of the validation at the stop
 
 
 class CheckpointAlignedCSVLogger(CSVLogger):
@@ -124,8 +138,8 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode=task.monitor_mode,
-                        save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
-        EpochEndCheckpoint(ckpt_dir / "last.ckpt"),
+                        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        LastCheckpoint(ckpt_dir / "last.ckpt"),
         Throughput(),
         WallClock(),
     ]
@@ -190,6 +204,8 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
         AtomicCheckpointIO.remove_stale_temporaries(last.parent)
     if last.exists() and trainer.is_global_zero:
         click.echo(f"nmt: resuming {run_dir} from {last}", err=True)
+    # Lightning warns that a mid-epoch resume restarts the epoch; BucketedDataModule resumes it instead.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_score

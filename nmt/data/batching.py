@@ -124,6 +124,11 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next pass over ``epoch`` skip the batches a resumed run has already trained on."""
+        self._resume = (epoch, batches_done)
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order to produce (the same on every device)."""
@@ -148,7 +153,9 @@ class TokenBatchSampler(Sampler[list[int]]):
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.global_batches()[self.rank :: self.num_replicas]
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        self._resume = None  # one pass only: the epochs after it run whole
+        yield from self.global_batches()[self.rank :: self.num_replicas][skip:]
 
     def __len__(self) -> int:
         return len(self.global_batches()) // self.num_replicas
@@ -159,7 +166,11 @@ class BucketedDataModule(pl.LightningDataModule):
 
     Works for any dataset with ``lengths()`` and a collate function. The batch sampler shards
     batches across DDP ranks itself (every example once per epoch, equal batch counts), so the
-    Trainer runs with ``use_distributed_sampler=False``."""
+    Trainer runs with ``use_distributed_sampler=False``.
+
+    Its ``state_dict`` (saved in every checkpoint) records how far training got in the current
+    epoch's batch order, so a run resumed from a mid-epoch checkpoint trains the rest of that
+    epoch's batches, each once, instead of starting the epoch over."""
 
     def __init__(self, train, valid, collator, batch_tokens: int, max_sentences: int | None,
                  valid_batch_tokens: int, seed: int, num_workers: int = 0):
@@ -168,6 +179,8 @@ class BucketedDataModule(pl.LightningDataModule):
         self.collator = collator
         self.batch_tokens, self.max_sentences = batch_tokens, max_sentences
         self.valid_batch_tokens, self.seed, self.num_workers = valid_batch_tokens, seed, num_workers
+        self._train_sampler: TokenBatchSampler | None = None
+        self._resume: dict = {}
 
     def _loader(self, dataset, max_tokens: int, shuffle: bool) -> DataLoader:
         sampler = TokenBatchSampler(dataset.lengths(), max_tokens=max_tokens, max_sentences=self.max_sentences,
@@ -176,7 +189,23 @@ class BucketedDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_tokens, shuffle=True)
+        loader = self._loader(self.train_set, self.batch_tokens, shuffle=True)
+        self._train_sampler = loader.batch_sampler
+        if self._resume:
+            self._train_sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
+            self._resume = {}
+        return loader
+
+    def state_dict(self) -> dict:
+        if self._train_sampler is None or self.trainer is None:
+            return {}
+        # Batches whose training step ran in this epoch (the loader itself has already fetched
+        # ahead, so counting what it yielded would skip a batch on resume).
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self._train_sampler.epoch, "batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False)

@@ -97,3 +97,16 @@ def test_lightning_sets_the_epoch():
     _set_sampler_epoch(loader, 5)
     assert sampler.epoch == 5
     assert sorted(torch.cat(list(loader)).tolist()) == list(range(20))
+
+
+def test_resume_skips_the_trained_batches_of_that_epoch_once():
+    lengths = [random.Random(i).randint(1, 30) for i in range(200)]
+    sampler = TokenBatchSampler(lengths, max_tokens=120, seed=3)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.resume_at(2, 5)
+    assert list(sampler) == whole[5:]  # the rest of epoch 2's order
+    assert list(sampler) == whole  # the next pass over it is whole again
+    sampler.resume_at(1, 5)  # a state saved in another epoch skips nothing
+    assert list(sampler) == whole
+    assert len(sampler) == len(whole)  # Lightning counts the epoch's batches from len()

@@ -133,11 +133,14 @@ def test_kill_while_writing_a_checkpoint_leaves_the_old_one(tmp_path):
 
 
 def test_lightning_writes_best_and_last_through_atomic_io(tmp_path, monkeypatch, reliability_data):
-    """Both ModelCheckpoint files go through AtomicCheckpointIO (not a direct torch.save)."""
-    from nmt.train import AtomicCheckpointIO, build_trainer
+    """Both checkpoint files go through AtomicCheckpointIO (not a direct torch.save)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from nmt.train import AtomicCheckpointIO, LastCheckpoint, build_trainer
     from nmt.recipe import validate_recipe
 
     recipe = validate_recipe(small_recipe(reliability_data), tmp_path / "r.yaml")
     trainer = build_trainer(recipe, tmp_path / "run", recipe.task_cls)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    assert trainer.checkpoint_callback.save_last is True and trainer.checkpoint_callback.save_top_k == 1
+    assert trainer.checkpoint_callback.save_top_k == 1
+    assert [type(c) for c in trainer.checkpoint_callbacks] == [ModelCheckpoint, LastCheckpoint]  # best first
