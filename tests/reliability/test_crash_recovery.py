@@ -91,7 +91,8 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, reliability_data, 
     resumed, uninterrupted = dev_bleu(run_dir, reliability_data), dev_bleu(trained_run, reliability_data)
     print(f"dev BLEU: resumed after {kills} kills {resumed:.2f}, uninterrupted {uninterrupted:.2f}")
     assert uninterrupted > 10, f"the uninterrupted run did not learn (BLEU {uninterrupted:.2f})"
-    # Not bit-exact: Lightning restarts a mid-epoch resume at the start of that epoch's batch order.
+    # Not bit-exact: the resumed run keeps the batch order (test_mid_epoch_resume.py: identical weights
+    # with dropout off) but draws different dropout masks, since random states are not checkpointed.
     assert abs(resumed - uninterrupted) <= NOISE_BLEU, (resumed, uninterrupted)
 
 
