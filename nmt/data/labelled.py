@@ -277,8 +277,8 @@ class ExampleCollator:
     """Pads a list of examples: ``src`` [B,S] or [B,S,F], ``src_len`` [B], and the targets.
 
     Classification: ``labels`` [B]. Tagging: ``word_starts`` and ``word_ends`` [B,W] (positions of
-    each word's first and last piece) and ``labels`` [B,W] with -100 (ignored by the loss) beyond
-    each sentence's last word.
+    each word's first and last piece), ``word_len`` [B] (words per sentence) and ``labels`` [B,W]
+    with -100 (ignored by the loss) beyond each sentence's last word.
     """
 
     def __init__(self, pad_id: int = 0, vectors: bool = False):
@@ -299,6 +299,7 @@ class ExampleCollator:
                 ends[i, :n] = torch.as_tensor(e.word_starts[1:] + [len(e.inputs)], dtype=torch.long) - 1
                 labels[i, : len(e.target)] = torch.as_tensor(e.target, dtype=torch.long)
             batch["word_starts"], batch["word_ends"], batch["labels"] = starts, ends, labels  # [B,W] each
+            batch["word_len"] = torch.tensor([len(e.word_starts) for e in examples], dtype=torch.long)  # [B]
         else:
             batch["labels"] = torch.tensor([e.target for e in examples], dtype=torch.long)  # [B]
         return batch

@@ -5,7 +5,8 @@ word into pieces on its own (``encode_words``), so piece boundaries never cross 
 encoder plugin runs over all pieces; each word is tagged once, from the state of its first piece
 (a bidirectional encoder has read the rest of the word by then), or with ``model.word_state:
 first_last`` from its first and last pieces side by side (the last piece holds the suffix, the
-strongest clue to a word's part of speech); a linear layer scores each tag.
+strongest clue to a word's part of speech); an optional second encoder (``model.word_encoder``)
+runs over these word vectors, one step per word; a linear layer scores each tag.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class TagModel(Section):
     encoder: dict[str, Any] = {"name": "lstm"}
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on each word's state, before the output layer
     word_state: Literal["first", "first_last"] = "first"  # which piece states represent a word
+    word_encoder: Optional[dict[str, Any]] = None  # e.g. {name: lstm, hidden_size: 256}: a second encoder over words
 
 
 @register("task", "tag")
@@ -53,12 +55,19 @@ class TagTask(LabelTask):
 
     def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, labels):
         super().__init__(recipe, run_dir, tokenizer, labels)
-        if recipe.model.word_state == "first_last":
-            self.output = torch.nn.Linear(2 * self.encoder.output_size, len(labels))
+        word_size = self.encoder.output_size * (2 if recipe.model.word_state == "first_last" else 1)
+        self.word_encoder = None
+        if recipe.model.word_encoder is not None:
+            encoder_cls, encoder_cfg = component("encoder", recipe.model.word_encoder, "model.word_encoder", recipe.path)
+            self.word_encoder = encoder_cls(encoder_cfg, input_size=word_size)
+            word_size = self.word_encoder.output_size
+        self.output = torch.nn.Linear(word_size, len(labels))
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         component("encoder", recipe.model.encoder, "model.encoder", recipe.path)
+        if recipe.model.word_encoder is not None:
+            component("encoder", recipe.model.word_encoder, "model.word_encoder", recipe.path)
         component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
         if check_data:
             for split in (recipe.data.train, recipe.data.valid):
@@ -89,6 +98,8 @@ class TagTask(LabelTask):
         words = self.gather_words(states, batch["word_starts"])  # [B,W,D]
         if self.recipe.model.word_state == "first_last":
             words = torch.cat([words, self.gather_words(states, batch["word_ends"])], dim=-1)  # [B,W,2D]
+        if self.word_encoder is not None:
+            words, _, _ = self.word_encoder(words, batch["word_len"])  # [B,W,D']
         return self.output(self.output_dropout(words))  # [B,W,C]
 
     @staticmethod
@@ -121,7 +132,7 @@ class TagTask(LabelTask):
         for batch_ids in length_batches([len(encoded[i][0]) for i in todo], batch_tokens):
             indices = [todo[j] for j in batch_ids]
             batch = collate([Example(i, encoded[i][0], [0] * len(encoded[i][1]), encoded[i][1]) for i in indices])
-            batch = {k: v.to(self.device) if k != "src_len" else v for k, v in batch.items()}
+            batch = {k: v.to(self.device) if k not in ("src_len", "word_len") else v for k, v in batch.items()}
             best = self(batch).argmax(-1).cpu()  # [B,W]
             for row, i in enumerate(indices):
                 answers[i] = " ".join(self.labels.labels[int(t)] for t in best[row, : len(encoded[i][1])])

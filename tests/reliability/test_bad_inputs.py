@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import reverse_recipe, write_recipe
 from reliability_support import NMT, error_lines, reliability_data, run_cli, trained_run  # noqa: F401
