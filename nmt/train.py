@@ -67,16 +67,19 @@ class LastCheckpoint(Checkpoint):
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
 
+    @staticmethod
+    def epoch_finished(trainer) -> bool:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
+
     def on_validation_end(self, trainer, pl_module):
-        epoch_loop = trainer.fit_loop.epoch_loop
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        if epoch_loop.batch_progress.current.processed < trainer.num_training_batches:
-            self.save(trainer)  # (at the epoch's last batch, on_train_epoch_end saves instead)
+        if not self.epoch_finished(trainer):  # at the epoch's last batch, on_train_epoch_end saves instead
+            self.save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches:
-            self.save(trainer)  # a stop before the last batch keeps the checkpoint of the validation at the stop
+        if self.epoch_finished(trainer):  # a stop before the last batch keeps the checkpoint of the validation at the stop
+            self.save(trainer)
 
 
 class CheckpointAlignedCSVLogger(CSVLogger):
