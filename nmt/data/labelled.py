@@ -240,6 +240,7 @@ class Example:
     inputs: list  # token ids [S], or feature vectors [S][F]
     target: Union[int, list[int]]  # a class id, or a tag id per word
     word_starts: list[int] | None = None  # tagging: the position of each word's first piece
+    word_ids: list[int] | None = None  # tagging with model.word_embedding: one id per whole word
 
 
 class ExampleDataset(Dataset):
@@ -278,7 +279,8 @@ class ExampleCollator:
 
     Classification: ``labels`` [B]. Tagging: ``word_starts`` and ``word_ends`` [B,W] (positions of
     each word's first and last piece), ``word_len`` [B] (words per sentence) and ``labels`` [B,W]
-    with -100 (ignored by the loss) beyond each sentence's last word.
+    with -100 (ignored by the loss) beyond each sentence's last word; with whole-word ids,
+    ``word_ids`` [B,W] padded with 0.
     """
 
     def __init__(self, pad_id: int = 0, vectors: bool = False):
@@ -300,6 +302,11 @@ class ExampleCollator:
                 labels[i, : len(e.target)] = torch.as_tensor(e.target, dtype=torch.long)
             batch["word_starts"], batch["word_ends"], batch["labels"] = starts, ends, labels  # [B,W] each
             batch["word_len"] = torch.tensor([len(e.word_starts) for e in examples], dtype=torch.long)  # [B]
+            if examples[0].word_ids is not None:  # whole-word ids, padded with 0 like the labels' -100
+                word_ids = torch.zeros(len(examples), words, dtype=torch.long)
+                for i, e in enumerate(examples):
+                    word_ids[i, : len(e.word_ids)] = torch.as_tensor(e.word_ids, dtype=torch.long)
+                batch["word_ids"] = word_ids  # [B,W]
         else:
             batch["labels"] = torch.tensor([e.target for e in examples], dtype=torch.long)  # [B]
         return batch

@@ -5,8 +5,10 @@ word into pieces on its own (``encode_words``), so piece boundaries never cross 
 encoder plugin runs over all pieces; each word is tagged once, from the state of its first piece
 (a bidirectional encoder has read the rest of the word by then), or with ``model.word_state:
 first_last`` from its first and last pieces side by side (the last piece holds the suffix, the
-strongest clue to a word's part of speech); an optional second encoder (``model.word_encoder``)
-runs over these word vectors, one step per word; a linear layer scores each tag.
+strongest clue to a word's part of speech); with ``model.word_embedding`` a learned vector of
+the whole word (frequent words only; the rest, and a random share of training words, are <unk>)
+joins them; an optional second encoder (``model.word_encoder``) runs over these word vectors, one
+step per word; a linear layer scores each tag.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any, Literal, Optional
 import torch
 from pydantic import Field, PositiveInt
 
+from nmt import registry
 from nmt.data.labelled import Example, ExampleCollator, LabelVocab, TaggedSentence, length_batches, read_conllu
 from nmt.recipe import Recipe, Section, component, resolve_data_path
 from nmt.registry import register
@@ -38,12 +41,25 @@ class TagData(Section):
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
 
 
+class WordEmbedding(Section):
+    """A vector per whole word beside its pieces: the word's identity, which pieces only spell out."""
+
+    size: PositiveInt = 100
+    min_freq: PositiveInt = 2  # rarer training words share <unk>
+    # Training only: each word becomes <unk> with this probability, so <unk> is learned from
+    # contexts rather than from the rare words alone (Kiperwasser and Goldberg 2016).
+    word_dropout: float = Field(0.25, ge=0.0, lt=1.0)
+
+
 class TagModel(Section):
     embedding: InputEmbedding = InputEmbedding()
     encoder: dict[str, Any] = {"name": "lstm"}
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on each word's state, before the output layer
     word_state: Literal["first", "first_last"] = "first"  # which piece states represent a word
+    word_embedding: Optional[WordEmbedding] = None  # e.g. {size: 100}: a learned vector per frequent word
     word_encoder: Optional[dict[str, Any]] = None  # e.g. {name: lstm, hidden_size: 256}: a second encoder over words
+
+WORDS_PREFIX = "words"  # the whole-word vocabulary of model.word_embedding: tokenizer/words.vocab.json
 
 
 @register("task", "tag")
@@ -53,9 +69,13 @@ class TagTask(LabelTask):
     DataConfig = TagData
     ModelConfig = TagModel
 
-    def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, labels):
+    def __init__(self, recipe: Recipe, run_dir: Path, tokenizer, labels, words=None):
         super().__init__(recipe, run_dir, tokenizer, labels)
         word_size = self.encoder.output_size * (2 if recipe.model.word_state == "first_last" else 1)
+        self.words = words  # the whole-word vocabulary (a whitespace tokenizer), with model.word_embedding
+        if words is not None:
+            self.word_embed = torch.nn.Embedding(len(words), recipe.model.word_embedding.size, padding_idx=words.pad_id)
+            word_size += recipe.model.word_embedding.size
         self.word_encoder = None
         if recipe.model.word_encoder is not None:
             encoder_cls, encoder_cfg = component("encoder", recipe.model.word_encoder, "model.word_encoder", recipe.path)
@@ -85,12 +105,24 @@ class TagTask(LabelTask):
         sentences = cls.read_split(recipe, recipe.data.train)
         if not (directory / LABELS_FILE).exists():  # before the tokenizer's READY, which other ranks wait for
             LabelVocab.fit(t for s in sentences for t in s.tags).save(directory / LABELS_FILE)
+        if recipe.model.word_embedding is not None and not (directory / f"{WORDS_PREFIX}.vocab.json").exists():
+            vocabulary, config = cls.word_vocabulary(recipe)
+            vocabulary.train(config, (w for s in sentences for w in s.words), directory, WORDS_PREFIX)
         train_tokenizers(recipe, run_dir, [" ".join(s.words) for s in sentences], None, joint=False)
+
+    @staticmethod
+    def word_vocabulary(recipe: Recipe):
+        """The registered ``whitespace`` tokenizer class and its config: one id per whole word."""
+        cls = registry.get("tokenizer", "whitespace", where=f"{recipe.path}: model.word_embedding")
+        return cls, cls.Config(min_freq=recipe.model.word_embedding.min_freq)
 
     @classmethod
     def from_run(cls, recipe: Recipe, run_dir: Path) -> "TagTask":
         tokenizer, _ = load_tokenizers(recipe, run_dir, joint=False, target=False)
-        return cls(recipe, run_dir, tokenizer, LabelVocab.load(tokenizer_dir(run_dir) / LABELS_FILE))
+        words = None
+        if recipe.model.word_embedding is not None:
+            words = cls.word_vocabulary(recipe)[0].load(tokenizer_dir(run_dir), WORDS_PREFIX)
+        return cls(recipe, run_dir, tokenizer, LabelVocab.load(tokenizer_dir(run_dir) / LABELS_FILE), words)
 
     def forward(self, batch) -> torch.Tensor:
         """Logits [B,W,C] for each word of a padded batch."""
@@ -98,9 +130,19 @@ class TagTask(LabelTask):
         words = self.gather_words(states, batch["word_starts"])  # [B,W,D]
         if self.recipe.model.word_state == "first_last":
             words = torch.cat([words, self.gather_words(states, batch["word_ends"])], dim=-1)  # [B,W,2D]
+        if self.words is not None:
+            words = torch.cat([words, self.embed_whole_words(batch["word_ids"])], dim=-1)  # [B,W,D+E]
         if self.word_encoder is not None:
             words, _, _ = self.word_encoder(words, batch["word_len"])  # [B,W,D']
         return self.output(self.output_dropout(words))  # [B,W,C]
+
+    def embed_whole_words(self, word_ids: torch.Tensor) -> torch.Tensor:
+        """Whole-word ids [B,W] to vectors [B,W,E]; in training a share of the words become <unk>."""
+        rate = self.recipe.model.word_embedding.word_dropout
+        if self.training and rate > 0:
+            drop = (torch.rand(word_ids.shape, device=word_ids.device) < rate) & (word_ids != self.words.pad_id)
+            word_ids = word_ids.masked_fill(drop, self.words.unk_id)  # [B,W]
+        return self.embed_dropout(self.word_embed(word_ids))  # [B,W,E]
 
     @staticmethod
     def gather_words(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -116,22 +158,30 @@ class TagTask(LabelTask):
             ids.extend(pieces or [self.tokenizer.unk_id])  # a word must own at least one position
         return ids, starts
 
+    def word_ids(self, words: list[str]) -> list[int] | None:
+        """One whole-word id per word (<unk> for rare words), or None without model.word_embedding."""
+        if self.words is None:
+            return None
+        return [ids[0] if len(ids) == 1 else self.words.unk_id for ids in self.words.encode_words(words)]
+
     def examples(self, split: str) -> list[Example]:
         examples = []
         for i, sentence in enumerate(self.read_split(self.recipe, getattr(self.recipe.data, split))):
             ids, starts = self.encode_words(sentence.words)
             tags = [self.labels.encode(t, sentence.where_word(k)) for k, t in enumerate(sentence.tags)]
-            examples.append(Example(i, ids, tags, starts))
+            examples.append(Example(i, ids, tags, starts, self.word_ids(sentence.words)))
         return examples
 
     def predict_lines(self, lines, wheres, probabilities, batch_tokens) -> list[str]:
         encoded = [self.encode_words(line.split()) if line.strip() else ([], []) for line in lines]
+        word_ids = [self.word_ids(line.split()) for line in lines]
         answers = [""] * len(lines)
         todo = [i for i, (ids, _) in enumerate(encoded) if ids]
         collate = ExampleCollator(self.pad_id)
         for batch_ids in length_batches([len(encoded[i][0]) for i in todo], batch_tokens):
             indices = [todo[j] for j in batch_ids]
-            batch = collate([Example(i, encoded[i][0], [0] * len(encoded[i][1]), encoded[i][1]) for i in indices])
+            batch = collate([Example(i, encoded[i][0], [0] * len(encoded[i][1]), encoded[i][1], word_ids[i])
+                             for i in indices])
             batch = {k: v.to(self.device) if k not in ("src_len", "word_len") else v for k, v in batch.items()}
             best = self(batch).argmax(-1).cpu()  # [B,W]
             for row, i in enumerate(indices):

@@ -2,6 +2,7 @@
 baseline by a clear margin, tags multi-piece words once each, and serves nmt predict."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -158,3 +159,38 @@ def test_word_start_positions(tag_run):
     task = load_run(tag_run[0], device="cpu")
     ids, starts = task.encode_words(["cab", "ab", "dace"])
     assert starts == [0, 3, 5] and len(ids) == 9
+
+
+def test_word_embedding_knows_words_that_the_pieces_do_not_show(tmp_path):
+    """Tags given by a word's last letter, with a left-to-right encoder read at each word's first
+    piece: it has not seen the last letter yet, so only the whole-word vector
+    (``model.word_embedding``) tells the words apart. Words seen once share <unk>."""
+    torch.set_num_threads(1)
+    words = ["pa", "pab", "pac", "pad", "qa", "qab", "qac", "qad"]
+    rng = random.Random(5)
+    sentences = [[rng.choice(words) for _ in range(rng.randint(2, 8))] for _ in range(700)]
+    sentences[0] = ["pa", "zzz"]  # zzz occurs once: below min_freq, so <unk>
+    blocks = ["\n".join(f"{k + 1}\t{w}\t{w}\tT{w[-1]}\t_\t_\t0\tdep\t_\t_" for k, w in enumerate(s)) + "\n"
+              for s in sentences]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.conllu").write_text("\n".join(blocks[:600]))
+    (data / "dev.conllu").write_text("\n".join(blocks[600:]))
+
+    def accuracy(model: dict) -> float:
+        recipe = tag_recipe(data, model={"encoder": {"name": "gru", "hidden_size": 32, "bidirectional": False},
+                                         **model}, trainer={"max_epochs": 4})
+        run_dir = train_recipe(validate_recipe(recipe, tmp_path / "r.yaml"), tmp_path / f"run{len(model)}")
+        from nmt.runs import load_run
+
+        task = load_run(run_dir, device="cpu")
+        dev = read_conllu(data / "dev.conllu")
+        predicted = [t for line in task.predict_lines([" ".join(s.words) for s in dev], [""] * len(dev), False, 4000)
+                     for t in line.split()]
+        assert task.predict_lines(["pa unseen qad"], [""], False, 4000)[0].count(" ") == 2  # <unk> tags too
+        return sum(p == g for p, g in zip(predicted, [t for s in dev for t in s.tags])) / len(predicted)
+
+    assert accuracy({"word_embedding": {"size": 16, "word_dropout": 0.1}}) >= 0.95
+    vocabulary = json.loads((tmp_path / "run1" / "tokenizer" / "words.vocab.json").read_text())["tokens"]
+    assert set(words) <= set(vocabulary) and "zzz" not in vocabulary
+    assert accuracy({}) < 0.7  # the first piece alone: 0.29
