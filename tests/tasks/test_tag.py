@@ -100,6 +100,29 @@ def test_collator_gives_each_words_first_and_last_piece():
     assert batch["labels"].tolist() == [[1, 2, 3], [1, -100, -100]]
 
 
+def write_split_task(data: Path, sentences: list[list[str]], tag) -> Path:
+    """Train (the first 600 sentences) and dev CoNLL-U files with ``tag(words, k)`` for word k."""
+    blocks = ["\n".join(f"{k + 1}\t{w}\t{w}\t{tag(words, k)}\t_\t_\t0\tdep\t_\t_" for k, w in enumerate(words)) + "\n"
+              for words in sentences]
+    data.mkdir()
+    (data / "train.conllu").write_text("\n".join(blocks[:600]))
+    (data / "dev.conllu").write_text("\n".join(blocks[600:]))
+    return data
+
+
+def dev_accuracy(data: Path, run_dir: Path, model: dict) -> tuple[float, object]:
+    """Train 4 epochs with these model options; (dev accuracy through predict_lines, the loaded task)."""
+    from nmt.runs import load_run
+
+    recipe = tag_recipe(data, model=model, trainer={"max_epochs": 4})
+    task = load_run(train_recipe(validate_recipe(recipe, run_dir.with_suffix(".yaml")), run_dir), device="cpu")
+    dev = read_conllu(data / "dev.conllu")
+    predicted = [t for line in task.predict_lines([" ".join(s.words) for s in dev], [""] * len(dev), False, 4000)
+                 for t in line.split()]
+    gold = [t for s in dev for t in s.tags]
+    return sum(p == g for p, g in zip(predicted, gold)) / len(gold), task
+
+
 def test_first_last_word_state_reads_the_end_of_each_word(tmp_path):
     """Tags given by a word's last letter, read by a left-to-right encoder: the state at a word's first
     piece has not seen that letter, so only ``word_state: first_last`` can get every tag right."""
@@ -107,23 +130,10 @@ def test_first_last_word_state_reads_the_end_of_each_word(tmp_path):
     rng = random.Random(3)
     sentences = [[rng.choice("abcd") + rng.choice("abcd") + rng.choice("xyz") for _ in range(rng.randint(2, 8))]
                  for _ in range(700)]
-    blocks = ["\n".join(f"{k + 1}\t{w}\t{w}\t{w[-1].upper()}\t_\t_\t0\tdep\t_\t_" for k, w in enumerate(words)) + "\n"
-              for words in sentences]
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.conllu").write_text("\n".join(blocks[:600]))
-    (data / "dev.conllu").write_text("\n".join(blocks[600:]))
-    recipe = tag_recipe(data, model={"word_state": "first_last", "encoder": {"name": "lstm", "hidden_size": 32, "bidirectional": False}},
-                        trainer={"max_epochs": 4})
-    run_dir = train_recipe(validate_recipe(recipe, tmp_path / "r.yaml"), tmp_path / "run")
-    from nmt.runs import load_run
-
-    task = load_run(run_dir, device="cpu")
-    dev = read_conllu(data / "dev.conllu")
-    predicted = [t for line in task.predict_lines([" ".join(s.words) for s in dev], [""] * len(dev), False, 4000)
-                 for t in line.split()]
-    gold = [t for s in dev for t in s.tags]
-    assert sum(p == g for p, g in zip(predicted, gold)) / len(gold) >= 0.95  # the first piece alone: about 1/3
+    data = write_split_task(tmp_path / "data", sentences, lambda words, k: words[k][-1].upper())
+    accuracy, _ = dev_accuracy(data, tmp_path / "run", {
+        "word_state": "first_last", "encoder": {"name": "lstm", "hidden_size": 32, "bidirectional": False}})
+    assert accuracy >= 0.95  # the first piece alone: about 1/3
 
 
 def test_word_encoder_reads_the_next_word(tmp_path):
@@ -132,25 +142,12 @@ def test_word_encoder_reads_the_next_word(tmp_path):
     torch.set_num_threads(1)
     rng = random.Random(4)
     sentences = [[rng.choice(WORDS) for _ in range(rng.randint(2, 8))] for _ in range(700)]
-    blocks = ["\n".join(f"{k + 1}\t{w}\t{w}\t{'NV'[WORDS.index(words[k + 1]) % 2] if k + 1 < len(words) else 'E'}\t_\t_\t0\tdep\t_\t_"
-                        for k, w in enumerate(words)) + "\n" for words in sentences]
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.conllu").write_text("\n".join(blocks[:600]))
-    (data / "dev.conllu").write_text("\n".join(blocks[600:]))
-    recipe = tag_recipe(data, model={"word_state": "first_last",
-                                     "encoder": {"name": "gru", "hidden_size": 32, "bidirectional": False},
-                                     "word_encoder": {"name": "gru", "hidden_size": 32}},
-                        trainer={"max_epochs": 4})
-    run_dir = train_recipe(validate_recipe(recipe, tmp_path / "r.yaml"), tmp_path / "run")
-    from nmt.runs import load_run
-
-    task = load_run(run_dir, device="cpu")
-    dev = read_conllu(data / "dev.conllu")
-    predicted = [t for line in task.predict_lines([" ".join(s.words) for s in dev], [""] * len(dev), False, 4000)
-                 for t in line.split()]
-    gold = [t for s in dev for t in s.tags]
-    assert sum(p == g for p, g in zip(predicted, gold)) / len(gold) >= 0.95  # without it: 0.43
+    data = write_split_task(tmp_path / "data", sentences,
+                            lambda words, k: "NV"[WORDS.index(words[k + 1]) % 2] if k + 1 < len(words) else "E")
+    accuracy, _ = dev_accuracy(data, tmp_path / "run", {
+        "word_state": "first_last", "encoder": {"name": "gru", "hidden_size": 32, "bidirectional": False},
+        "word_encoder": {"name": "gru", "hidden_size": 32}})
+    assert accuracy >= 0.95  # without it: 0.43
 
 
 def test_word_start_positions(tag_run):
@@ -170,27 +167,13 @@ def test_word_embedding_knows_words_that_the_pieces_do_not_show(tmp_path):
     rng = random.Random(5)
     sentences = [[rng.choice(words) for _ in range(rng.randint(2, 8))] for _ in range(700)]
     sentences[0] = ["pa", "zzz"]  # zzz occurs once: below min_freq, so <unk>
-    blocks = ["\n".join(f"{k + 1}\t{w}\t{w}\tT{w[-1]}\t_\t_\t0\tdep\t_\t_" for k, w in enumerate(s)) + "\n"
-              for s in sentences]
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.conllu").write_text("\n".join(blocks[:600]))
-    (data / "dev.conllu").write_text("\n".join(blocks[600:]))
+    data = write_split_task(tmp_path / "data", sentences, lambda words, k: f"T{words[k][-1]}")
+    encoder = {"name": "gru", "hidden_size": 32, "bidirectional": False}
 
-    def accuracy(model: dict) -> float:
-        recipe = tag_recipe(data, model={"encoder": {"name": "gru", "hidden_size": 32, "bidirectional": False},
-                                         **model}, trainer={"max_epochs": 4})
-        run_dir = train_recipe(validate_recipe(recipe, tmp_path / "r.yaml"), tmp_path / f"run{len(model)}")
-        from nmt.runs import load_run
-
-        task = load_run(run_dir, device="cpu")
-        dev = read_conllu(data / "dev.conllu")
-        predicted = [t for line in task.predict_lines([" ".join(s.words) for s in dev], [""] * len(dev), False, 4000)
-                     for t in line.split()]
-        assert task.predict_lines(["pa unseen qad"], [""], False, 4000)[0].count(" ") == 2  # <unk> tags too
-        return sum(p == g for p, g in zip(predicted, [t for s in dev for t in s.tags])) / len(predicted)
-
-    assert accuracy({"word_embedding": {"size": 16, "word_dropout": 0.1}}) >= 0.95
-    vocabulary = json.loads((tmp_path / "run1" / "tokenizer" / "words.vocab.json").read_text())["tokens"]
+    accuracy, task = dev_accuracy(data, tmp_path / "with", {"encoder": encoder,
+                                                            "word_embedding": {"size": 16, "word_dropout": 0.1}})
+    assert accuracy >= 0.95
+    vocabulary = json.loads((tmp_path / "with" / "tokenizer" / "words.vocab.json").read_text())["tokens"]
     assert set(words) <= set(vocabulary) and "zzz" not in vocabulary
-    assert accuracy({}) < 0.7  # the first piece alone: 0.29
+    assert len(task.predict_lines(["pa unseen qad"], [""], False, 4000)[0].split()) == 3  # <unk> is tagged too
+    assert dev_accuracy(data, tmp_path / "without", {"encoder": encoder})[0] < 0.7  # measured: 0.29
