@@ -96,6 +96,9 @@ def cases(base: dict) -> dict[str, Case]:
         "negative size": Case(
             with_values(base, model__embedding__size=-4), TRAIN,
             ("{recipe}: model.embedding.size", "greater than 0", "-4")),
+        "shared embedding without a joint vocabulary": Case(
+            with_values(base, data__joint_vocab=False, model__embedding__share_source=True), TRAIN,
+            ("{recipe}: model.embedding.share_source", "data.joint_vocab: true")),
         "out-of-range dropout": Case(
             with_values(base, model__decoder__dropout=1.5), TRAIN, ("model.decoder.dropout", "less than 1")),
         "bad enum value": Case(

@@ -53,6 +53,7 @@ class EmbeddingConfig(Section):
     size: PositiveInt = 256
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     tie_target: bool = False  # share the target embedding with the output layer (Press and Wolf 2017)
+    share_source: bool = False  # one embedding for both languages (needs data.joint_vocab: true)
 
 
 class Seq2SeqModel(Section):
@@ -74,6 +75,9 @@ class Seq2SeqTask(Task):
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
+        if recipe.model.embedding.share_source and not recipe.data.joint_vocab:
+            raise RecipeError(f"{recipe.path}: model.embedding.share_source",
+                              "needs one vocabulary for both sides (data.joint_vocab: true)")
         try:  # build the network once (tiny vocabulary) so size mismatches surface before any file is written
             cls.build_network(recipe, 8, 8)
         except RecipeError as exc:
@@ -117,9 +121,10 @@ class Seq2SeqTask(Task):
         attention_cls, attention_cfg = component("attention", cfg.attention, "model.attention", recipe.path)
         decoder_cls, decoder_cfg = component("decoder", cfg.decoder, "model.decoder", recipe.path)
         encoder = encoder_cls(encoder_cfg, input_size=emb.size)
-        modules = {
-            "src_embed": nn.Embedding(src_vocab, emb.size, padding_idx=pad_id),
-            "tgt_embed": nn.Embedding(tgt_vocab, emb.size, padding_idx=pad_id),
+        tgt_embed = nn.Embedding(tgt_vocab, emb.size, padding_idx=pad_id)
+        modules = {  # with share_source one module under both names: parameters() and the optimiser see it once
+            "src_embed": tgt_embed if emb.share_source else nn.Embedding(src_vocab, emb.size, padding_idx=pad_id),
+            "tgt_embed": tgt_embed,
             "embed_dropout": nn.Dropout(emb.dropout),
             "encoder": encoder,
             "decoder": decoder_cls(
