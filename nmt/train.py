@@ -63,7 +63,7 @@ class LastCheckpoint(Checkpoint):
         self.path = Path(path)
 
     def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # a full checkpoint, to resume from (and no log line asking)
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
 
