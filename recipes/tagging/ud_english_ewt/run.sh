@@ -33,6 +33,6 @@ train, dev = (recipe.task_cls.read_split(recipe, s) for s in (recipe.data.train,
 predicted = [t for line in (run / "dev.pred").read_text(encoding="utf-8").splitlines() for t in line.split()]
 gold = [t for s in dev for t in s.tags]
 print(f"UD English EWT dev UPOS ({len(dev)} sentences, {len(gold)} words), training {sys.argv[2]}s, run {run}")
-print(f"  {'model (nmt tag, bi-LSTM on subwords)':<44} accuracy {100 * accuracy(predicted, gold):6.2f}%")
+print(f"  {'model (nmt tag, bi-LSTM on subwords + words)':<44} accuracy {100 * accuracy(predicted, gold):6.2f}%")
 print(f"  {'baseline: most frequent tag per word':<44} accuracy {100 * most_frequent_tag_baseline(train, dev):6.2f}%")
 PY
