@@ -1,6 +1,7 @@
 """``nmt train``: a recipe and a run directory in, a trained run out, through Lightning's Trainer."""
 from __future__ import annotations
 
+import csv
 import os
 import time
 import warnings
@@ -11,6 +12,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
@@ -82,11 +85,34 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
 
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, but a resumed run appends to ``metrics.csv`` instead of deleting it.
+
+    (Lightning 2.6 removes an existing metrics file when the writer starts, so a resume lost the
+    curve of everything before it.) The existing header seeds the known columns: a new column
+    rewrites the file with the old rows kept, as Lightning does within one process.
+    """
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
 class CheckpointAlignedCSVLogger(CSVLogger):
     """Writes ``metrics.csv`` whenever a checkpoint is saved: a killed run keeps the log of what it kept.
 
     (Lightning flushes it every 100 steps otherwise, so a kill lost the metrics of the last checkpoints.)
+    A resumed run appends to the same file.
     """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
 
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         super().after_save_checkpoint(checkpoint_callback)

@@ -1,6 +1,7 @@
 """End to end on the synthetic reverse task: nmt train, then nmt translate, asserting the model learned."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -104,3 +105,19 @@ def test_one_embedding_for_source_target_and_output(tmp_path: Path):
     refs = (data / "test.tgt").read_text().splitlines()
     hyps = translate(tmp_path / "run", data / "test.src", tmp_path / "out.txt", "--beam", "5")
     assert sum(h == r for h, r in zip(hyps, refs)) / len(refs) >= 0.5  # measured 0.71 after 6 epochs
+
+
+def test_a_resumed_run_keeps_the_metrics_it_logged_before(tmp_path: Path):
+    """Two epochs, then the same run resumed to four: metrics.csv holds the validations of all four
+    (Lightning's CSV logger deletes the file when a new process starts writing it)."""
+    data = write_reverse_corpus(tmp_path / "data", n_train=300, n_dev=20)
+    run = tmp_path / "run"
+
+    def validations() -> list[int]:
+        with open(run / "logs" / "metrics.csv", newline="") as f:
+            return [int(row["epoch"]) for row in csv.DictReader(f) if row.get("val/bleu")]
+
+    for epochs in (2, 4):
+        recipe = write_recipe(tmp_path / "r.yaml", reverse_recipe(data, trainer={"max_epochs": epochs}))
+        assert main(["train", str(recipe), "--run-dir", str(run)]) == 0
+        assert validations() == list(range(epochs))
