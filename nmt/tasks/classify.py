@@ -115,6 +115,14 @@ class FeatureScaler:
             raise DataError(str(path), f"not a feature scaler ({exc})") from None
 
 
+def drop_to_unk(ids: torch.Tensor, rate: float, pad_id: int, unk_id: int) -> torch.Tensor:
+    """Word dropout: each non-padding id [B,S] becomes ``unk_id`` with probability ``rate``."""
+    if rate <= 0:
+        return ids
+    drop = (torch.rand(ids.shape, device=ids.device) < rate) & (ids != pad_id)  # [B,S]
+    return ids.masked_fill(drop, unk_id)
+
+
 class LabelTask(Task):
     """Base of tasks that predict labels from an encoded sequence, scored by accuracy."""
 
@@ -143,10 +151,8 @@ class LabelTask(Task):
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor):
         """Ids [B,S] (or vectors [B,S,F]) to encoder (states [B,S,D], final, mask [B,S])."""
-        rate = self.recipe.model.embedding.word_dropout
-        if self.training and rate > 0 and self.tokenizer is not None:
-            drop = (torch.rand(src.shape, device=src.device) < rate) & (src != self.pad_id)  # [B,S]
-            src = src.masked_fill(drop, self.tokenizer.unk_id)
+        if self.training and self.tokenizer is not None:
+            src = drop_to_unk(src, self.recipe.model.embedding.word_dropout, self.pad_id, self.tokenizer.unk_id)
         return self.encoder(self.embed_dropout(self.embed(src)), src_len)
 
     def scores(self, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from nmt import registry
 from nmt.data.labelled import Example, ExampleCollator, LabelVocab, TaggedSentence, length_batches, read_conllu
 from nmt.recipe import Recipe, Section, component, resolve_data_path
 from nmt.registry import register
-from nmt.tasks.classify import LABELS_FILE, InputEmbedding, LabelTask
+from nmt.tasks.classify import LABELS_FILE, InputEmbedding, LabelTask, drop_to_unk
 from nmt.tasks.tokenizers import load_tokenizers, tokenizer_dir, train_tokenizers
 
 
@@ -138,10 +138,9 @@ class TagTask(LabelTask):
 
     def embed_whole_words(self, word_ids: torch.Tensor) -> torch.Tensor:
         """Whole-word ids [B,W] to vectors [B,W,E]; in training a share of the words become <unk>."""
-        rate = self.recipe.model.word_embedding.word_dropout
-        if self.training and rate > 0:
-            drop = (torch.rand(word_ids.shape, device=word_ids.device) < rate) & (word_ids != self.words.pad_id)
-            word_ids = word_ids.masked_fill(drop, self.words.unk_id)  # [B,W]
+        if self.training:
+            word_ids = drop_to_unk(word_ids, self.recipe.model.word_embedding.word_dropout,
+                                   self.words.pad_id, self.words.unk_id)  # [B,W]
         return self.embed_dropout(self.word_embed(word_ids))  # [B,W,E]
 
     @staticmethod
