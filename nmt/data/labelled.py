@@ -302,7 +302,7 @@ class ExampleCollator:
                 labels[i, : len(e.target)] = torch.as_tensor(e.target, dtype=torch.long)
             batch["word_starts"], batch["word_ends"], batch["labels"] = starts, ends, labels  # [B,W] each
             batch["word_len"] = torch.tensor([len(e.word_starts) for e in examples], dtype=torch.long)  # [B]
-            if examples[0].word_ids is not None:  # whole-word ids, padded with 0 like the labels' -100
+            if examples[0].word_ids is not None:  # whole-word ids, padded with the pad id 0
                 word_ids = torch.zeros(len(examples), words, dtype=torch.long)
                 for i, e in enumerate(examples):
                     word_ids[i, : len(e.word_ids)] = torch.as_tensor(e.word_ids, dtype=torch.long)

@@ -59,6 +59,7 @@ class TagModel(Section):
     word_embedding: Optional[WordEmbedding] = None  # e.g. {size: 100}: a learned vector per frequent word
     word_encoder: Optional[dict[str, Any]] = None  # e.g. {name: lstm, hidden_size: 256}: a second encoder over words
 
+
 WORDS_PREFIX = "words"  # the whole-word vocabulary of model.word_embedding: tokenizer/words.vocab.json
 
 
@@ -106,22 +107,22 @@ class TagTask(LabelTask):
         if not (directory / LABELS_FILE).exists():  # before the tokenizer's READY, which other ranks wait for
             LabelVocab.fit(t for s in sentences for t in s.tags).save(directory / LABELS_FILE)
         if recipe.model.word_embedding is not None and not (directory / f"{WORDS_PREFIX}.vocab.json").exists():
-            vocabulary, config = cls.word_vocabulary(recipe)
+            vocabulary = cls.word_vocabulary(recipe)
+            config = vocabulary.Config(min_freq=recipe.model.word_embedding.min_freq)
             vocabulary.train(config, (w for s in sentences for w in s.words), directory, WORDS_PREFIX)
         train_tokenizers(recipe, run_dir, [" ".join(s.words) for s in sentences], None, joint=False)
 
     @staticmethod
-    def word_vocabulary(recipe: Recipe):
-        """The registered ``whitespace`` tokenizer class and its config: one id per whole word."""
-        cls = registry.get("tokenizer", "whitespace", where=f"{recipe.path}: model.word_embedding")
-        return cls, cls.Config(min_freq=recipe.model.word_embedding.min_freq)
+    def word_vocabulary(recipe: Recipe) -> type:
+        """The registered ``whitespace`` tokenizer: one id per whole word."""
+        return registry.get("tokenizer", "whitespace", where=f"{recipe.path}: model.word_embedding")
 
     @classmethod
     def from_run(cls, recipe: Recipe, run_dir: Path) -> "TagTask":
         tokenizer, _ = load_tokenizers(recipe, run_dir, joint=False, target=False)
         words = None
         if recipe.model.word_embedding is not None:
-            words = cls.word_vocabulary(recipe)[0].load(tokenizer_dir(run_dir), WORDS_PREFIX)
+            words = cls.word_vocabulary(recipe).load(tokenizer_dir(run_dir), WORDS_PREFIX)
         return cls(recipe, run_dir, tokenizer, LabelVocab.load(tokenizer_dir(run_dir) / LABELS_FILE), words)
 
     def forward(self, batch) -> torch.Tensor:

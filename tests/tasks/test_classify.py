@@ -142,3 +142,15 @@ def test_missing_column_through_the_cli(tmp_path, capsys):
     path.write_text(yaml.safe_dump(classify_recipe(data, data={"text_column": "content"})))
     assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     assert f"{data / 'train.tsv'}:1: no column 'content' (columns: label, sentence)" in capsys.readouterr().err
+
+
+def test_word_dropout_replaces_real_tokens_only():
+    from nmt.tasks.classify import drop_to_unk
+
+    torch.manual_seed(0)
+    ids = torch.tensor([[5, 6, 7, 8, 0, 0]] * 2000)  # [B,S], two padding positions per row
+    assert torch.equal(drop_to_unk(ids, 0.0, pad_id=0, unk_id=1), ids)
+    dropped = drop_to_unk(ids, 0.3, pad_id=0, unk_id=1)
+    assert (dropped[:, 4:] == 0).all()  # padding stays padding
+    changed = dropped[:, :4] != ids[:, :4]
+    assert (dropped[:, :4][changed] == 1).all() and abs(changed.float().mean().item() - 0.3) < 0.02
