@@ -66,7 +66,7 @@ class LastCheckpoint(Checkpoint):
         self.path = Path(path)
 
     def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # a full checkpoint, to resume from (and no log line asking)
+        trainer.save_checkpoint(self.path, weights_only=False)  # full, to resume from; said, so Lightning logs nothing
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
 
