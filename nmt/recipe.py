@@ -36,6 +36,9 @@ class OptimConfig(Section):
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(2, ge=0)
     min_lr: NonNegativeFloat = 1e-6
+    # Validate, checkpoint and predict with an exponential moving average of the weights (Polyak averaging),
+    # updated after every optimiser step: w_avg = decay * w_avg + (1 - decay) * w. None: the raw weights.
+    ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0)
 
 
 class EarlyStoppingConfig(Section):

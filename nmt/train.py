@@ -176,6 +176,8 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
         callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
                                        patience=recipe.spec.early_stopping.patience,
                                        min_delta=recipe.spec.early_stopping.min_delta))
+    if recipe.spec.optim.ema_decay is not None:
+        callbacks.append(weight_average(recipe))
     loggers = [CheckpointAlignedCSVLogger(run_dir, name="logs", version="")]
     try:
         loggers.append(TensorBoardLogger(run_dir, name="tb", version="", default_hp_metric=False))
@@ -189,6 +191,16 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
                           plugins=[AtomicCheckpointIO()], **kwargs)
     except (ValueError, TypeError, pl.utilities.exceptions.MisconfigurationException) as exc:
         raise RecipeError(f"{recipe.path}: trainer", str(exc).splitlines()[0]) from None
+
+
+def weight_average(recipe: Recipe) -> Callback:
+    """Lightning's EMA callback: validation, checkpoints (their ``state_dict``) and so prediction use the average."""
+    try:
+        from pytorch_lightning.callbacks import EMAWeightAveraging
+    except ImportError:  # added in Lightning 2.6
+        raise RecipeError(f"{recipe.path}: optim.ema_decay", f"needs pytorch-lightning >= 2.6 "
+                                                             f"(installed: {pl.__version__})") from None
+    return EMAWeightAveraging(decay=recipe.spec.optim.ema_decay)
 
 
 def is_rank_zero() -> bool:

@@ -42,6 +42,7 @@ class ForecastModel(Section):
     channel_independent: bool = False  # one shared univariate model per column (needs targets == columns)
     relative: bool = True  # work relative to each channel's last observed value
     teacher_forcing: float = Field(0.0, ge=0.0, le=1.0)  # chance of feeding the true previous segment in training
+    highway: bool = False  # add a linear lookback -> horizon forecast per variable (LSTNet's AR component)
     loss: Loss = "mse"
 
 
@@ -91,6 +92,7 @@ class ForecastTask(SeriesTask):
             attention_factory=lambda q, k: attention_cls(attention_cfg, q, k),
             encoder_final_size=self.encoder.output_size)
         self.project = nn.Linear(self.decoder.output_size, seg * c_out)
+        self.highway = nn.Linear(recipe.data.lookback, recipe.data.horizon) if cfg.highway else None
 
     def _flat(self, v: torch.Tensor) -> torch.Tensor:
         """[B, T, C] -> [B*C, T, 1] when channel-independent (each column its own sequence), else unchanged."""
@@ -137,4 +139,7 @@ class ForecastTask(SeriesTask):
             use_teacher = teacher is not None and torch.rand(()) < self.recipe.model.teacher_forcing
             prev = teacher[:, step] if use_teacher else pred
         pred = torch.stack(outputs, dim=1).reshape(outputs[0].shape[0], horizon, -1)  # [B', H, c_out]
-        return self._unflat(pred, batch) + base[:, :, self.target_in_input]  # [B, H, C_out]
+        pred = self._unflat(pred, batch)  # [B, H, C_out]
+        if self.highway is not None:  # the same linear map over each target's lookback: [B, C_out, L] -> [B, C_out, H]
+            pred = pred + self.highway(targets_in_x.transpose(1, 2)).transpose(1, 2)
+        return pred + base[:, :, self.target_in_input]  # [B, H, C_out]

@@ -53,8 +53,11 @@ def main() -> None:
     print(f"  {'':<36} {'MSE':>7} {'MAE':>7}")
     for name, (mse, mae) in rows:
         print(f"  {name:<36} {mse:7.4f} {mae:7.4f}")
-    ratio = rows[0][1][0] / rows[2][1][0]
-    print(f"  model / linear MSE = {ratio:.3f}: the model {'beats' if ratio < 1 else 'does not beat'} the linear model")
+    ratios = [model / linear for model, linear in zip(rows[0][1], rows[2][1])]
+    beaten = [name for name, ratio in zip(("MSE", "MAE"), ratios) if ratio < 1]
+    verdict = {2: "beats the linear model on both", 1: f"beats the linear model on {''.join(beaten)} only",
+               0: "does not beat the linear model"}[len(beaten)]
+    print(f"  model / linear: MSE {ratios[0]:.3f}, MAE {ratios[1]:.3f}: the model {verdict}")
 
 
 if __name__ == "__main__":
