@@ -93,6 +93,9 @@ class ForecastTask(SeriesTask):
             encoder_final_size=self.encoder.output_size)
         self.project = nn.Linear(self.decoder.output_size, seg * c_out)
         self.highway = nn.Linear(recipe.data.lookback, recipe.data.horizon) if cfg.highway else None
+        if self.highway is not None:  # start from the recurrent forecast alone, not from random noise added to it
+            nn.init.zeros_(self.highway.weight)
+            nn.init.zeros_(self.highway.bias)
 
     def _flat(self, v: torch.Tensor) -> torch.Tensor:
         """[B, T, C] -> [B*C, T, 1] when channel-independent (each column its own sequence), else unchanged."""

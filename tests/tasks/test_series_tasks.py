@@ -99,6 +99,24 @@ def test_forecast_channel_independent_trains(tmp_path):
     assert np.isfinite(mse) and mse < float(((x[:, -1:, :] - y) ** 2).mean())
 
 
+def test_forecast_highway_is_a_trained_linear_map_of_each_lookback(tmp_path):
+    write_sines(tmp_path / "sines.csv", n=600)
+    path = recipe(tmp_path, "forecast", {"lookback": 24, "horizon": 8},
+                  {"encoder": GRU, "decoder": {"name": "rnn", "hidden_size": 32}, "segment": 8,
+                   "channel_independent": True, "highway": True}, max_epochs=2)
+    task = load_run(train(tmp_path, path), device="cpu")
+    mse, x, y = split_error(task)
+    assert mse < float(((x[:, -1:, :] - y) ** 2).mean())  # it learned
+    weight, bias = task.highway.weight.detach(), task.highway.bias.detach()  # [H, L], [H]
+    assert weight.abs().sum() > 0  # trained away from its zero start
+    with torch.no_grad():  # silence the recurrent part: what is left is the highway, per variable
+        task.project.weight.zero_()
+        task.project.bias.zero_()
+    last = x[:, -1:, :]  # [W, 1, C]
+    expected = torch.einsum("hl,wlc->whc", weight, x - last) + bias[None, :, None] + last
+    assert torch.allclose(task.predict_windows(x), expected, atol=1e-5)
+
+
 def test_generate_beats_repeat_current(tmp_path):
     write_sines(tmp_path / "sines.csv")
     path = recipe(tmp_path, "generate", {"lookback": 1, "horizon": 12, "targets": ["y"]},
