@@ -106,6 +106,8 @@ def cases(base: dict) -> dict[str, Case]:
             ("model.decoder.cell", "'gru' or 'lstm'", "'rnnn'")),
         "bad optimizer name": Case(
             with_values(base, optim__name="adamm"), TRAIN, ("optim.name", "'adamm'")),
+        "EMA decay of 1 (the weights would never move)": Case(
+            with_values(base, optim__ema_decay=1.0), TRAIN, ("{recipe}: optim.ema_decay", "less than 1")),
         "bad recipe name": Case(
             with_values(base, name="my recipe"), TRAIN, ("{recipe}: name", "'my recipe'")),
         "unknown task": Case(
