@@ -16,12 +16,16 @@ from pathlib import Path
 import torch
 
 from conftest import write_recipe
+from nmt.cli import main
 from nmt.runs import load_checkpoint
-from reliability_support import (NMT, error_lines, nmt_subprocess, reliability_data, small_recipe,  # noqa: F401
-                                 trained_run)
+from reliability_support import error_lines, nmt_subprocess, reliability_data, small_recipe  # noqa: F401
 
 
 NOISE_BLEU = 6.0  # dev BLEU of this tiny model moves this much between validations of one run
+# A kill lands at most this long after a fresh checkpoint. Checkpoints come every quarter epoch
+# (sixteen in the run); on an idle machine a quarter epoch took 0.1 s, so each of the three kills
+# advances the run by a few checkpoints at most and training cannot finish before the third.
+KILL_DELAY = 0.15
 
 
 def dev_bleu(run_dir: Path, data_dir: Path) -> float:
@@ -53,9 +57,12 @@ def assert_checkpoints_whole(run_dir: Path) -> None:
         assert "state_dict" in state and "loops" in state, ckpt
 
 
-def test_killed_training_resumes_to_the_same_result(tmp_path, reliability_data, trained_run):
+def test_killed_training_resumes_to_the_same_result(tmp_path, reliability_data):
     """Kill three times at random points (each after fresh progress), rerun, compare with no kill."""
-    recipe = write_recipe(tmp_path / "reverse.yaml", small_recipe(reliability_data))
+    recipe = write_recipe(tmp_path / "reverse.yaml",
+                          small_recipe(reliability_data, trainer={"max_epochs": 4, "val_check_interval": 0.25}))
+    uninterrupted_run = tmp_path / "uninterrupted"
+    assert main(["train", str(recipe), "--run-dir", str(uninterrupted_run)]) == 0
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     rng = random.Random(5)
@@ -68,7 +75,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, reliability_data, 
             # after it: mid-epoch, mid-validation or mid-write, wherever it lands.
             progressed = wait_until(lambda: last.exists() and last.stat().st_mtime_ns != seen, 240, proc)
             if progressed:
-                time.sleep(rng.uniform(0.0, 1.5))
+                time.sleep(rng.uniform(0.0, KILL_DELAY))
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -83,12 +90,12 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, reliability_data, 
     assert any("resuming" in line for line in error_lines(err))
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     assert_checkpoints_whole(run_dir)
-    state, reference = load_checkpoint(last), load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    state, reference = load_checkpoint(last), load_checkpoint(uninterrupted_run / "checkpoints" / "last.ckpt")
     # The same number of optimiser steps. The saved epoch counter can differ by one: whether the last
     # write came before or after Lightning advanced it at the final epoch's end depends on the kill.
     assert state["global_step"] == reference["global_step"]
     assert abs(state["epoch"] - reference["epoch"]) <= 1
-    resumed, uninterrupted = dev_bleu(run_dir, reliability_data), dev_bleu(trained_run, reliability_data)
+    resumed, uninterrupted = dev_bleu(run_dir, reliability_data), dev_bleu(uninterrupted_run, reliability_data)
     print(f"dev BLEU: resumed after {kills} kills {resumed:.2f}, uninterrupted {uninterrupted:.2f}")
     assert uninterrupted > 10, f"the uninterrupted run did not learn (BLEU {uninterrupted:.2f})"
     # Not bit-exact: the resumed run keeps the batch order (test_mid_epoch_resume.py: identical weights
