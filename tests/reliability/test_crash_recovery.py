@@ -23,7 +23,7 @@ from reliability_support import error_lines, nmt_subprocess, reliability_data, s
 
 NOISE_BLEU = 6.0  # dev BLEU of this tiny model moves this much between validations of one run
 # A kill lands at most this long after a fresh checkpoint. Checkpoints come every quarter epoch
-# (sixteen in the run); on an idle machine a quarter epoch took 0.1 s, so each of the three kills
+# (sixteen in the run); on an idle 2-core machine a half epoch took 0.2 s, so each of the three kills
 # advances the run by a few checkpoints at most and training cannot finish before the third.
 KILL_DELAY = 0.15
 
