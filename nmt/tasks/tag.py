@@ -125,9 +125,9 @@ class TagTask(LabelTask):
             words = cls.word_vocabulary(recipe).load(tokenizer_dir(run_dir), WORDS_PREFIX)
         return cls(recipe, run_dir, tokenizer, LabelVocab.load(tokenizer_dir(run_dir) / LABELS_FILE), words)
 
-    def forward(self, batch) -> torch.Tensor:
+    def forward(self, batch, perturbation: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B,W,C] for each word of a padded batch."""
-        states, _, _ = self.encode(batch["src"], batch["src_len"])  # [B,S,D]
+        states, _, _ = self.encode(batch["src"], batch["src_len"], perturbation)  # [B,S,D]
         words = self.gather_words(states, batch["word_starts"])  # [B,W,D]
         if self.recipe.model.word_state == "first_last":
             words = torch.cat([words, self.gather_words(states, batch["word_ends"])], dim=-1)  # [B,W,2D]

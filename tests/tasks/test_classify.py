@@ -154,3 +154,42 @@ def test_word_dropout_replaces_real_tokens_only():
     assert (dropped[:, 4:] == 0).all()  # padding stays padding
     changed = dropped[:, :4] != ids[:, :4]
     assert (dropped[:, :4][changed] == 1).all() and abs(changed.float().mean().item() - 0.3) < 0.02
+
+
+def test_adversarial_step_moves_the_inputs_uphill(counting_run):
+    """The second pass sees inputs moved along the loss gradient: its loss exceeds the clean loss and
+    the loss after a random move of the same length, and the step returns the sum of the two losses."""
+    import torch.nn.functional as F
+
+    from nmt.data.labelled import ExampleCollator
+    from nmt.runs import load_run
+
+    run_dir, _ = counting_run
+    task = load_run(run_dir, device="cpu").train()  # train mode: the step's dropout masks, none here
+    batch = ExampleCollator(task.pad_id)(task.examples("valid")[:64])
+    epsilon = 3.0
+    clean = F.cross_entropy(*task.scores(batch))
+    total = task.adversarial_step(batch, epsilon, smoothing=0.0)
+    uphill = total - clean
+    noise = torch.randn(*batch["src"].shape, task.recipe.model.embedding.size, generator=torch.Generator().manual_seed(0))
+    noise = epsilon * noise / noise.flatten(1).norm(dim=1)[:, None, None]
+    random_move = F.cross_entropy(*task.scores(batch, noise))
+    assert uphill.item() > 1.5 * clean.item() and uphill.item() > 1.5 * random_move.item(), \
+        (clean.item(), uphill.item(), random_move.item())
+
+
+def test_adversarial_training_learns(tmp_path):
+    torch.set_num_threads(1)
+    data = write_counting_task(tmp_path / "data")
+    recipe = classify_recipe(data, model={"embedding": {"size": 32, "dropout": 0.2, "adversarial": 1.0}})
+    run_dir = train_recipe(validate_recipe(recipe, tmp_path / "adv.yaml"), tmp_path / "run")
+    accuracy, majority = dev_accuracy(run_dir, data)
+    assert accuracy >= majority + 0.3, (accuracy, majority)
+
+
+def test_negative_adversarial_distance_names_the_key(tmp_path):
+    from nmt.errors import RecipeError
+
+    recipe = classify_recipe(tmp_path, model={"embedding": {"size": 8, "adversarial": -1}})
+    with pytest.raises(RecipeError, match=r"model\.embedding\.adversarial: input should be greater than or equal to 0"):
+        validate_recipe(recipe, tmp_path / "r.yaml")
