@@ -136,15 +136,18 @@ def test_first_last_word_state_reads_the_end_of_each_word(tmp_path):
     assert accuracy >= 0.95  # the first piece alone: about 1/3
 
 
-def test_word_encoder_reads_the_next_word(tmp_path):
+@pytest.mark.parametrize("adversarial", [0.0, 0.5])
+def test_word_encoder_reads_the_next_word(tmp_path, adversarial):
     """Tags given by the next word, with a left-to-right piece encoder: only the bidirectional word
-    encoder over the word vectors (``model.word_encoder``) sees the next word."""
+    encoder over the word vectors (``model.word_encoder``) sees the next word. Also learned with
+    adversarial training, whose move of the piece embeddings goes through the tag task's forward."""
     torch.set_num_threads(1)
     rng = random.Random(4)
     sentences = [[rng.choice(WORDS) for _ in range(rng.randint(2, 8))] for _ in range(700)]
     data = write_split_task(tmp_path / "data", sentences,
                             lambda words, k: "NV"[WORDS.index(words[k + 1]) % 2] if k + 1 < len(words) else "E")
     accuracy, _ = dev_accuracy(data, tmp_path / "run", {
+        "embedding": {"size": 32, "adversarial": adversarial},
         "word_state": "first_last", "encoder": {"name": "gru", "hidden_size": 32, "bidirectional": False},
         "word_encoder": {"name": "gru", "hidden_size": 32}})
     assert accuracy >= 0.95  # without it: 0.43
@@ -177,3 +180,4 @@ def test_word_embedding_knows_words_that_the_pieces_do_not_show(tmp_path):
     assert set(words) <= set(vocabulary) and "zzz" not in vocabulary
     assert len(task.predict_lines(["pa unseen qad"], [""], False, 4000)[0].split()) == 3  # <unk> is tagged too
     assert dev_accuracy(data, tmp_path / "without", {"encoder": encoder})[0] < 0.7  # measured: 0.29
+
