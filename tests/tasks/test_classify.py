@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from nmt.cli import main
@@ -159,8 +160,6 @@ def test_word_dropout_replaces_real_tokens_only():
 def test_adversarial_step_moves_the_inputs_uphill(counting_run):
     """The second pass sees inputs moved along the loss gradient: its loss exceeds the clean loss and
     the loss after a random move of the same length, and the step returns the sum of the two losses."""
-    import torch.nn.functional as F
-
     from nmt.data.labelled import ExampleCollator
     from nmt.runs import load_run
 
@@ -193,3 +192,21 @@ def test_negative_adversarial_distance_names_the_key(tmp_path):
     recipe = classify_recipe(tmp_path, model={"embedding": {"size": 8, "adversarial": -1}})
     with pytest.raises(RecipeError, match=r"model\.embedding\.adversarial: input should be greater than or equal to 0"):
         validate_recipe(recipe, tmp_path / "r.yaml")
+
+
+def test_adversarial_passes_share_dropout_masks(counting_run):
+    """With a move of length 0 the second pass repeats the first exactly, dropout included, so the
+    step returns twice the first loss; with fresh masks the two losses would differ."""
+    from nmt.data.labelled import ExampleCollator
+    from nmt.runs import load_run
+
+    run_dir, _ = counting_run
+    task = load_run(run_dir, device="cpu").train()
+    task.embed_dropout.p = task.output_dropout.p = 0.5
+    batch = ExampleCollator(task.pad_id)(task.examples("valid")[:64])
+    torch.manual_seed(0)
+    first = F.cross_entropy(*task.scores(batch))
+    torch.manual_seed(0)
+    total = task.adversarial_step(batch, 0.0, smoothing=0.0)
+    torch.testing.assert_close(total, 2 * first)
+    assert not torch.allclose(F.cross_entropy(*task.scores(batch)), first)  # the masks do change the loss
