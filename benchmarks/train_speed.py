@@ -1,12 +1,16 @@
-"""Training speed of a translation recipe, variants measured side by side on the same batches.
+"""Training speed of a recipe, variants measured side by side on the same batches.
 
     python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml [--steps 20] [--device cpu]
 
-Prints target tokens per second of full training steps (forward, backward, clipping, Adam) for:
-  nmt         token-count batches bucketed by length, output layer on real tokens only (the default)
-  bf16        the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
-  unbucketed  the same sentences in random order with the same sentences per batch (more padding)
-and each one's ratio to the first. The variants alternate step by step, so machine load hits all alike.
+Prints tokens per second of full training steps (forward, backward, clipping, Adam) and each
+variant's ratio to the first. The variants alternate step by step, so machine load hits all alike.
+A translation recipe (target tokens):
+  nmt          token-count batches bucketed by length, output layer on real tokens only (the default)
+  bf16         the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
+  unbucketed   the same sentences in random order with the same sentences per batch (more padding)
+A classification or tagging recipe (input tokens):
+  nmt          one pass per step (model.embedding.adversarial=0)
+  adversarial  adversarial training at distance 1.0: a second pass at the moved inputs
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 
 def build(recipe_path: str, device: str):
@@ -49,13 +54,35 @@ def make_batches(task, n: int, seed: int = 0):
     return bucketed, unbucketed
 
 
-def step(task, optimizer, batch, device, bf16: bool) -> int:
+def variants(task, bucketed, unbucketed) -> tuple[dict, str]:
+    """(name -> (batches, bf16, loss), the unit); ``loss(batch)`` gives (the loss to minimise, tokens counted)."""
+    from nmt.tasks.classify import LabelTask
+
+    if isinstance(task, LabelTask):
+        def plain(batch):
+            logits, labels = task.scores(batch)
+            return F.cross_entropy(logits.float(), labels), int(batch["src_len"].sum())
+
+        def adversarial(batch):
+            return task.adversarial_step(batch, 1.0, smoothing=0.0), int(batch["src_len"].sum())
+
+        return {"nmt": (bucketed, False, plain), "adversarial": (bucketed, False, adversarial)}, "tokens/s"
+
+    def seq2seq(batch):
+        total, ntokens = task.loss(batch, label_smoothing=0.1)
+        return total / ntokens, ntokens
+
+    return ({"nmt": (bucketed, False, seq2seq), "bf16": (bucketed, True, seq2seq), "unbucketed": (unbucketed, False, seq2seq)},
+            "target tokens/s")
+
+
+def step(task, optimizer, batch, device, bf16: bool, loss_fn) -> int:
     batch = {k: v.to(device) for k, v in batch.items()}
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
-        total, ntokens = task.loss(batch, label_smoothing=0.1)
+        loss, ntokens = loss_fn(batch)
     optimizer.zero_grad(set_to_none=True)
-    (total / ntokens).backward()
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
     optimizer.step()
     if device.startswith("cuda"):
@@ -72,21 +99,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     recipe, task = build(args.recipe, args.device)
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
     bucketed, unbucketed = make_batches(task, args.steps + 2)
-    variants = {"nmt": (bucketed, False), "bf16": (bucketed, True), "unbucketed": (unbucketed, False)}
-    tokens = dict.fromkeys(variants, 0)
-    seconds = dict.fromkeys(variants, 0.0)
+    measured, unit = variants(task, bucketed, unbucketed)
+    tokens = dict.fromkeys(measured, 0)
+    seconds = dict.fromkeys(measured, 0.0)
     for i in range(args.steps + 2):
-        for name, (batches, bf16) in variants.items():
+        for name, (batches, bf16, loss_fn) in measured.items():
             start = time.perf_counter()
-            n = step(task, optimizer, batches[i], args.device, bf16)
+            n = step(task, optimizer, batches[i], args.device, bf16, loss_fn)
             if i >= 2:  # the first steps warm up allocators and kernels
                 tokens[name] += n
                 seconds[name] += time.perf_counter() - start
-    rates = {name: tokens[name] / seconds[name] for name in variants}
+    rates = {name: tokens[name] / seconds[name] for name in measured}
     print(f"{recipe.name}: {args.steps} training steps per variant on {args.device} "
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
-        print(f"  {name:<11} {rate:9.0f} target tokens/s   x{rate / rates['nmt']:.2f}")
+        print(f"  {name:<11} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}")
     return rates
 
 
