@@ -60,11 +60,11 @@ def variants(task, bucketed, unbucketed) -> tuple[dict, str]:
 
     if isinstance(task, LabelTask):
         def plain(batch):
-            logits, labels = task.scores(batch)
-            return F.cross_entropy(logits.float(), labels), int(batch["src_len"].sum())
+            return task.train_loss(batch)[0], int(batch["src_len"].sum())
 
         def adversarial(batch):
-            return task.adversarial_step(batch, 1.0, smoothing=0.0), int(batch["src_len"].sum())
+            loss, adversarial_loss, _ = task.adversarial_losses(batch, 1.0)
+            return loss + adversarial_loss, int(batch["src_len"].sum())
 
         return {"nmt": (bucketed, False, plain), "adversarial": (bucketed, False, adversarial)}, "tokens/s"
 

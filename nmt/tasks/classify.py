@@ -71,7 +71,7 @@ class InputEmbedding(Section):
     word_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # Training only: each batch is also scored with its embedded inputs moved this far (L2 norm per
     # sequence) in the direction that raises the loss most, and that loss is added (adversarial
-    # training, Miyato et al. 2017). A step takes about 2.2 times as long (SST-2).
+    # training, Miyato et al. 2017): two forward and backward passes per step.
     adversarial: float = Field(0.0, ge=0.0)
 
 
@@ -174,17 +174,24 @@ class LabelTask(Task):
         return logits, labels
 
     def training_step(self, batch, batch_idx):
-        smoothing = self.recipe.spec.optim.label_smoothing
         epsilon = self.recipe.model.embedding.adversarial
         if epsilon > 0:
-            return self.adversarial_step(batch, epsilon, smoothing)
-        logits, labels = self.scores(batch)
-        loss = self.check_finite(F.cross_entropy(logits.float(), labels, label_smoothing=smoothing))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
-        return loss
+            loss, adversarial, count = self.adversarial_losses(batch, epsilon)
+            self.log("train/adversarial_loss", adversarial, batch_size=count)
+            total = loss + adversarial
+        else:
+            loss, count = self.train_loss(batch)
+            total = loss
+        self.log("train/loss", self.check_finite(loss), prog_bar=True, batch_size=count)
+        return total
 
-    def adversarial_step(self, batch, epsilon: float, smoothing: float) -> torch.Tensor:
-        """The loss at the inputs plus the loss at the inputs moved ``epsilon`` the way that raises it most.
+    def train_loss(self, batch, perturbation: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+        """(cross-entropy with the recipe's label smoothing, labelled units) of a training batch."""
+        logits, labels = self.scores(batch, perturbation)
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.spec.optim.label_smoothing), len(labels)
+
+    def adversarial_losses(self, batch, epsilon: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(the loss at the inputs, the loss at the inputs moved ``epsilon`` the way that raises it most, units).
 
         The direction is the gradient of the first loss with respect to the embedded inputs,
         normalised per sequence (Miyato et al. 2017); both passes draw the same dropout masks."""
@@ -193,15 +200,10 @@ class LabelTask(Task):
                             requires_grad=True)  # [B,S,E]: the gradient at the embedded inputs
         devices = [src.device.index or 0] if src.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the RNG state is restored for the second pass
-            logits, labels = self.scores(batch, probe)
-            loss = self.check_finite(F.cross_entropy(logits.float(), labels, label_smoothing=smoothing))
+            loss, count = self.train_loss(batch, probe)
         (grad,) = torch.autograd.grad(loss, probe, retain_graph=True)  # [B,S,E]
         norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12)[:, None, None]  # [B,1,1]
-        logits, labels = self.scores(batch, epsilon * grad / norm)
-        adversarial = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
-        self.log("train/adversarial_loss", adversarial, batch_size=len(labels))
-        return loss + adversarial
+        return loss, self.train_loss(batch, epsilon * grad / norm)[0], count
 
     def validation_step(self, batch, batch_idx):
         logits, labels = self.scores(batch)

@@ -157,19 +157,21 @@ def test_word_dropout_replaces_real_tokens_only():
     assert (dropped[:, :4][changed] == 1).all() and abs(changed.float().mean().item() - 0.3) < 0.02
 
 
-def test_adversarial_step_moves_the_inputs_uphill(counting_run):
-    """The second pass sees inputs moved along the loss gradient: its loss exceeds the clean loss and
-    the loss after a random move of the same length, and the step returns the sum of the two losses."""
+def training_task_and_batch(counting_run):
+    """The trained counting model in train mode (as in a training step) and a batch of 64 dev examples."""
     from nmt.data.labelled import ExampleCollator
     from nmt.runs import load_run
 
-    run_dir, _ = counting_run
-    task = load_run(run_dir, device="cpu").train()  # train mode: the step's dropout masks, none here
-    batch = ExampleCollator(task.pad_id)(task.examples("valid")[:64])
+    task = load_run(counting_run[0], device="cpu").train()
+    return task, ExampleCollator(task.pad_id)(task.examples("valid")[:64])
+
+
+def test_adversarial_step_moves_the_inputs_uphill(counting_run):
+    """The second pass sees inputs moved along the loss gradient: its loss exceeds the clean loss and
+    the loss after a random move of the same length."""
+    task, batch = training_task_and_batch(counting_run)  # no dropout in this model
     epsilon = 3.0
-    clean = F.cross_entropy(*task.scores(batch))
-    total = task.adversarial_step(batch, epsilon, smoothing=0.0)
-    uphill = total - clean
+    clean, uphill, _ = task.adversarial_losses(batch, epsilon)
     noise = torch.randn(*batch["src"].shape, task.recipe.model.embedding.size, generator=torch.Generator().manual_seed(0))
     noise = epsilon * noise / noise.flatten(1).norm(dim=1)[:, None, None]
     random_move = F.cross_entropy(*task.scores(batch, noise))
@@ -197,16 +199,11 @@ def test_negative_adversarial_distance_names_the_key(tmp_path):
 def test_adversarial_passes_share_dropout_masks(counting_run):
     """With a move of length 0 the second pass repeats the first exactly, dropout included, so the
     step returns twice the first loss; with fresh masks the two losses would differ."""
-    from nmt.data.labelled import ExampleCollator
-    from nmt.runs import load_run
-
-    run_dir, _ = counting_run
-    task = load_run(run_dir, device="cpu").train()
+    task, batch = training_task_and_batch(counting_run)
     task.embed_dropout.p = task.output_dropout.p = 0.5
-    batch = ExampleCollator(task.pad_id)(task.examples("valid")[:64])
     torch.manual_seed(0)
     first = F.cross_entropy(*task.scores(batch))
     torch.manual_seed(0)
-    total = task.adversarial_step(batch, 0.0, smoothing=0.0)
+    total = sum(task.adversarial_losses(batch, 0.0)[:2])
     torch.testing.assert_close(total, 2 * first)
     assert not torch.allclose(F.cross_entropy(*task.scores(batch)), first)  # the masks do change the loss

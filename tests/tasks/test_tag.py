@@ -180,4 +180,3 @@ def test_word_embedding_knows_words_that_the_pieces_do_not_show(tmp_path):
     assert set(words) <= set(vocabulary) and "zzz" not in vocabulary
     assert len(task.predict_lines(["pa unseen qad"], [""], False, 4000)[0].split()) == 3  # <unk> is tagged too
     assert dev_accuracy(data, tmp_path / "without", {"encoder": encoder})[0] < 0.7  # measured: 0.29
-
