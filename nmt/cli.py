@@ -105,8 +105,10 @@ def evaluate(hyp: Path, refs: tuple[Path, ...], metrics: str, as_json: bool) -> 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict(run_dir, checkpoint, input_path, output_path, probabilities, encoding_errors, device) -> None:
     """Serve a non-translation run: labels for text lines, tags for sentences, forecasts for a series."""
+    from nmt.io import refuse_same_file
     from nmt.runs import load_run
 
+    refuse_same_file(output_path, input_path, stdin=input_path is None)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
     task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors)
 

@@ -19,6 +19,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from nmt import runs
 from nmt.errors import RecipeError
+from nmt.io import atomic_open
 from nmt.recipe import Recipe
 from nmt.tasks.tokenizers import READY, tokenizer_dir
 
@@ -29,25 +30,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         """Resume with ``weights_only=True`` whatever Lightning asks for: a checkpoint never runs code."""
         return runs.load_checkpoint(Path(path))
-
-    @staticmethod
-    def remove_stale_temporaries(directory: Path) -> None:
-        """Temporary files of a process that was killed mid-write (the target file is intact)."""
-        for stale in Path(directory).glob(".*.ckpt.*.tmp"):
-            stale.unlink(missing_ok=True)
 
 
 class LastCheckpoint(Checkpoint):
@@ -241,8 +229,6 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
     datamodule = task.make_datamodule()
     trainer = build_trainer(recipe, run_dir, task)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if trainer.is_global_zero:
-        AtomicCheckpointIO.remove_stale_temporaries(last.parent)
     if last.exists() and trainer.is_global_zero:
         click.echo(f"nmt: resuming {run_dir} from {last}", err=True)
     # Lightning warns that a mid-epoch resume restarts the epoch; BucketedDataModule resumes it instead.

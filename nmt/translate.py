@@ -5,50 +5,20 @@ sorted by length into token-count batches and put back in input order before the
 """
 from __future__ import annotations
 
-import errno
 import itertools
-import os
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, Iterator
 
 import click
 import torch
 
 from nmt import search
 from nmt.errors import UserError
+from nmt.io import open_output, refuse_same_file
 from nmt.runs import load_run
 
 CHUNK_LINES = 2000
-
-
-@contextmanager
-def open_output(path: Path | None) -> Iterator[TextIO]:
-    """stdout, or a temporary file beside ``path`` renamed into place only when all went well."""
-    if path is None:
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise UserError(path, "output directory does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise UserError(path, f"cannot write output ({os.strerror(exc.errno)}); nothing was written") from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode_lines(task, lines: list[str]) -> list[list[int]]:
@@ -95,6 +65,7 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
 
     if nbest > beam:
         raise UserError("--nbest", f"must not exceed --beam ({nbest} > {beam})")
+    refuse_same_file(output_path, input_path, stdin=input_path is None)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
     if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
         raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; use nmt predict")

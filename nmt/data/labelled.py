@@ -186,7 +186,7 @@ class LabelVocab:
         return len(self.labels)
 
     def save(self, path: Path) -> None:
-        from nmt.runs import atomic_write_text
+        from nmt.io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps({"labels": self.labels}, ensure_ascii=False, indent=0) + "\n")
 

@@ -103,7 +103,7 @@ class FeatureScaler:
         return ((torch.tensor(sequence) - self.mean) / self.scale).tolist()
 
     def save(self, path: Path) -> None:
-        from nmt.runs import atomic_write_text
+        from nmt.io import atomic_write_text
 
         payload = {"dim": self.dim, "mean": self.mean.tolist(), "scale": self.scale.tolist()}
         atomic_write_text(path, json.dumps(payload) + "\n")
@@ -248,8 +248,8 @@ class LabelTask(Task):
                      encoding_errors: str = "strict", batch_tokens: int = 8000, **options) -> None:
         """Answer each input line with one output line, in order; empty lines stay empty."""
         from nmt.data.text import iter_lines, iter_stream
-        from nmt.translate import CHUNK_LINES, chunks, open_output
-
+        from nmt.io import open_output
+        from nmt.translate import CHUNK_LINES, chunks
         name = str(input_path) if input_path else "<stdin>"
         source = iter_lines(input_path, encoding_errors) if input_path else iter_stream(sys.stdin.buffer, name, encoding_errors)
         with open_output(output_path) as out, torch.inference_mode():

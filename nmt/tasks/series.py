@@ -23,7 +23,7 @@ from nmt.data.series import SPLITS, Scaler, Series, WindowDataModule, WindowData
     split_rows, window_origins
 from nmt.errors import DataError, RecipeError
 from nmt.recipe import Recipe, Section, resolve_data_path
-from nmt.runs import atomic_write_text
+from nmt.io import atomic_write_text
 from nmt.tasks.base import Task
 
 Size = Union[int, float]
@@ -203,7 +203,7 @@ class SeriesTask(Task):
 
     def predict_file(self, input_path, output_path, encoding_errors: str = "strict", **options) -> None:
         """A series CSV (with the training columns) in; a CSV of predictions in original units out."""
-        from nmt.translate import open_output
+        from nmt.io import open_output
 
         name = str(input_path) if input_path else "<stdin>"
         stream = None if input_path else sys.stdin

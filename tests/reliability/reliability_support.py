@@ -47,6 +47,27 @@ def nmt_subprocess(*argv, env: dict | None = None, **kwargs) -> subprocess.Popen
                             text=True, env=full_env, **kwargs)
 
 
+ROWS: dict[str, tuple[str, str, int, str]] = {}  # case -> (case, command, exit code, message), for docs/bad-inputs.md
+
+
+def record(case: str, argv: list[str], code: int, err: str) -> str:
+    """Keep one row of the bad-input table; returns the (last) ``nmt:`` line of ``err``."""
+    lines = error_lines(err)
+    message = lines[-1] if lines else "(none)"
+    ROWS[case] = (case, "nmt " + " ".join(map(str, argv)), code, message)
+    return message
+
+
+def check(capsys, case: str, *argv, expect: int = 2) -> str:
+    """Run ``nmt ARGV`` in-process; assert the exit code and a single ``nmt:`` line; record the row."""
+    code, out, err = run_cli(capsys, *argv)
+    message = record(case, list(argv), code, err)
+    assert code == expect, err[-2000:]
+    if expect == 2:
+        assert len(error_lines(err)) == 1, err
+    return message
+
+
 def error_lines(stderr: str) -> list[str]:
     """The ``nmt: ...`` lines of stderr (Lightning's own chatter left out)."""
     return [line for line in stderr.splitlines() if line.startswith("nmt: ")]
