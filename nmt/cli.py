@@ -5,6 +5,7 @@ User errors print one line, ``nmt: <where>: <what>``, and exit 2; runtime failur
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -12,8 +13,45 @@ import click
 
 import nmt
 from nmt.errors import UserError
+from nmt.io import Terminated
 
 ENCODING_ERRORS = click.Choice(["strict", "replace"])
+
+# Search bounds: beyond them the work per sentence grows past any machine (a beam of 100000 asks for
+# terabytes; a length ratio of 1e30 or NaN gives no output at all), so they are refused up front.
+MAX_BEAM = 100
+MAX_LENGTH_RATIO = 10.0
+MAX_ALPHA = 10.0
+MAX_INPUT_TOKENS = 100_000
+
+
+class Bounded(click.ParamType):
+    """A finite int or float within [low, high]; anything else is ``nmt: --option: expected ...``.
+
+    Click's own ranges accept ``nan`` and ``inf`` and phrase errors their own way; this gives the
+    one-line form every other nmt error has."""
+
+    def __init__(self, kind: type, low: float, high: float):
+        self.kind, self.low, self.high = kind, low, high
+        self.name = kind.__name__
+
+    def convert(self, value, param, ctx):
+        where = max(param.opts, key=len) if param is not None else None
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                noun = "an integer" if self.kind is int else "a number"
+                raise UserError(where, f"expected {noun}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise UserError(where, f"expected a finite number, got {value}")
+        if number < self.low:
+            raise UserError(where, f"expected at least {self.low:g}, got {value}")
+        if number > self.high:
+            raise UserError(where, f"expected at most {self.high:g}, got {value}")
+        return number
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,15 +90,20 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="A run directory written by nmt train.")
 @click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
-@click.option("--beam", default=5, show_default=True, type=click.IntRange(min=1), help="Beam size; 1 is greedy.")
-@click.option("--nbest", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Print the K best hypotheses per line as 'i ||| hypothesis ||| score'.")
-@click.option("--alpha", default=0.6, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--beam", default=5, show_default=True, type=Bounded(int, 1, MAX_BEAM),
+              help=f"Beam size (at most {MAX_BEAM}); 1 is greedy.")
+@click.option("--nbest", default=1, show_default=True, type=Bounded(int, 1, MAX_BEAM),
+              help="Print the K best hypotheses per line as 'i ||| hypothesis ||| score' (K <= --beam).")
+@click.option("--alpha", default=0.6, show_default=True, type=Bounded(float, 0.0, MAX_ALPHA),
               help="Length penalty exponent (GNMT); 0 ranks by raw log-probability.")
-@click.option("--batch-size", default=4000, show_default=True, type=click.IntRange(min=1),
-              help="Source tokens per batch.")
-@click.option("--max-length-ratio", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+@click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
+              help="Source tokens per batch at beam sizes up to 5; wider beams take proportionally fewer "
+                   "sentences, since the search holds a copy of each sentence per beam.")
+@click.option("--max-length-ratio", default=2.0, show_default=True, type=Bounded(float, 0.1, MAX_LENGTH_RATIO),
               help="Longest output, as a multiple of the source length (plus 10).")
+@click.option("--max-input-tokens", type=Bounded(int, 1, MAX_INPUT_TOKENS),
+              help="Longer input lines are cut to this many tokens, with a warning "
+                   "[default: 4 x the recipe's data.max_length].")
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Input file (plain or .gz) [default: stdin].")
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -68,7 +111,7 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
 @click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
               help="What to do with bytes that are not UTF-8.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def translate(run_dir, checkpoint, beam, nbest, alpha, batch_size, max_length_ratio, input_path,
+def translate(run_dir, checkpoint, beam, nbest, alpha, batch_size, max_length_ratio, max_input_tokens, input_path,
               output_path, encoding_errors, device) -> None:
     """Translate text line by line with batched beam search (stdin to stdout by default).
 
@@ -77,7 +120,8 @@ def translate(run_dir, checkpoint, beam, nbest, alpha, batch_size, max_length_ra
 
     translate_file(run_dir, checkpoint=checkpoint, beam=beam, nbest=nbest, alpha=alpha,
                    batch_tokens=batch_size, max_length_ratio=max_length_ratio, input_path=input_path,
-                   output_path=output_path, encoding_errors=encoding_errors, device=device)
+                   output_path=output_path, encoding_errors=encoding_errors, device=device,
+                   max_input_tokens=max_input_tokens)
 
 
 @cli.command()
@@ -107,7 +151,10 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, encodin
     """Serve a non-translation run: labels for text lines, tags for sentences, forecasts for a series."""
     from nmt.io import refuse_same_file
     from nmt.runs import load_run
+    from nmt.translate import standard_input
 
+    if input_path is None:
+        standard_input()  # closed (nmt predict <&-): one line now, not an AttributeError after loading
     refuse_same_file(output_path, input_path, stdin=input_path is None)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
     task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors)
@@ -145,6 +192,19 @@ def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -
     run_benchmark(what, run_dir=run_dir, device=device, args=args)
 
 
+def _say(message: str) -> None:
+    """Write one error line to stderr; a closed or broken stderr (``nmt ... 2>&-``) must not turn
+    the error into a second, uglier one: the exit code still tells what happened."""
+    try:
+        stream = sys.stderr
+        if stream is None or getattr(stream, "closed", False):
+            return
+        stream.write(message + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning errors into one line and an exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -155,25 +215,28 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"nmt: {exc.format_message()}", err=True)
+        _say(f"nmt: {exc.format_message()}")
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("nmt: aborted", err=True)
+        _say("nmt: aborted")
         return 130
     except UserError as exc:
         if debug:
             raise
-        click.echo(f"nmt: {exc.message}", err=True)
+        _say(f"nmt: {exc.message}")
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("nmt: interrupted", err=True)
+        _say("nmt: interrupted")
         return 130
+    except Terminated as exc:  # SIGTERM while an output was written: its temporary file is gone
+        _say("nmt: terminated (SIGTERM); the output was not written, an older one is unchanged")
+        return exc.code
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a runtime failure, not the user's doing
         if debug:
             raise
-        click.echo(f"nmt: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        _say(f"nmt: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return 1
 
 

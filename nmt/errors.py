@@ -5,6 +5,34 @@ anything else is a runtime failure (exit code 1). Tracebacks appear only with ``
 """
 from __future__ import annotations
 
+import reprlib
+
+QUOTE_LIMIT = 80  # characters of a user's value echoed in a message
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters with ``...``: one readable line, however big the input."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 3, 6, 6, 6, 6
+_repr.maxstring = _repr.maxother = _repr.maxlong = QUOTE_LIMIT
+
+
+def quote(value, limit: int = QUOTE_LIMIT) -> str:
+    """The repr of a user's value for a message, at most ``limit`` characters.
+
+    reprlib stops at a few levels and items, so a value built from nested YAML aliases (billions of
+    items by reference) is never walked in full; ``repr`` of it would print hundreds of megabytes.
+    """
+    try:
+        text = _repr.repr(value)
+    except ValueError:  # an int beyond Python's int-to-str digit limit
+        text = f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<{type(value).__name__}>"
+    return shorten(text, limit)
+
 
 class UserError(Exception):
     """A problem the user can fix: a recipe, a command line, a data file."""

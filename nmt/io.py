@@ -87,16 +87,16 @@ def describe(exc: OSError) -> str:
     return USER_ERRNOS.get(exc.errno) or exc.strerror or str(exc)
 
 
-def _is_regular_target(path: Path) -> tuple[Path, bool]:
-    """(the file a write should replace, whether it is regular or absent): symlinks are resolved."""
-    target = Path(os.path.realpath(path))
+def _target(path: Path) -> tuple[Path, bool]:
+    """(the file to write, whether to replace it atomically): a regular file or a new name is
+    replaced, through any symlink resolved; anything else that exists is written through."""
     try:
-        mode = os.stat(target).st_mode
-    except FileNotFoundError:
-        return target, True
+        mode = os.stat(path).st_mode  # follows links: /dev/stdout is whatever fd 1 is
     except OSError:
-        return target, True  # let the write itself report it
-    return target, stat.S_ISREG(mode)
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        return path, False
+    return Path(os.path.realpath(path)), True
 
 
 def _new_file_mode(target: Path) -> int:
@@ -150,7 +150,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """
     path = Path(path)
     kwargs = {"encoding": "utf-8"} if "b" not in mode else {}
-    target, regular = _is_regular_target(path)
+    target, regular = _target(path)
     if not target.parent.is_dir():
         raise UserError(path, "output directory does not exist")
     if not regular:  # a device, FIFO or terminal: replacing it with a file would destroy it

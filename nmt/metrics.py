@@ -42,9 +42,13 @@ def score(hypotheses: list[str], references: list[list[str]], metrics=("bleu", "
 def evaluate_files(hyp: Path, refs: list[Path], metrics: list[str], as_json: bool = False) -> dict[str, Score]:
     from nmt.data.text import read_lines
 
+    from nmt.io import open_output
+
     for name in metrics:
         _metric(name)  # reject an unknown metric before reading anything
     hypotheses = read_lines(hyp)
+    if not hypotheses:  # sacrebleu fails on an empty corpus with an IndexError
+        raise DataError(hyp, "file is empty")
     references = []
     for ref in refs:
         lines = read_lines(ref)
@@ -52,9 +56,11 @@ def evaluate_files(hyp: Path, refs: list[Path], metrics: list[str], as_json: boo
             raise DataError(ref, f"line count differs from {hyp} ({len(lines)} vs {len(hypotheses)})")
         references.append(lines)
     scores = score(hypotheses, references, metrics)
-    if as_json:
-        click.echo(json.dumps({k: {"score": round(v.score, 2), "signature": v.signature} for k, v in scores.items()}))
-    else:
-        for s in scores.values():
-            click.echo(f"{s.text}\n  signature: {s.signature}")
+    with open_output(None) as out:  # a closed stdout is an error, not scores silently dropped
+        if as_json:
+            click.echo(json.dumps({k: {"score": round(v.score, 2), "signature": v.signature}
+                                   for k, v in scores.items()}), file=out)
+        else:
+            for s in scores.values():
+                click.echo(f"{s.text}\n  signature: {s.signature}", file=out)
     return scores

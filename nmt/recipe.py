@@ -5,20 +5,26 @@ everything else) and what was expected, so a user never has to read a traceback.
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
+import datetime
 import difflib
+import functools
 import inspect
 import os
 import re
+import stat
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from nmt import registry
-from nmt.errors import DataError, PluginError, RecipeError
+from nmt.errors import DataError, PluginError, RecipeError, UserError, quote, shorten
 
 
 class Section(BaseModel):
@@ -27,15 +33,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+# pydantic's PositiveFloat lets .inf through (and ge/le bounds let nothing else stop it): an infinite
+# learning rate or decay only shows up as NaN weights an epoch later.
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFinite = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class OptimConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: PositiveFloat = 1e-3
-    weight_decay: NonNegativeFloat = 0.0
+    lr: PositiveFinite = 1e-3
+    weight_decay: NonNegativeFinite = 0.0
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     scheduler: Literal["plateau", "none"] = "plateau"
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(2, ge=0)
-    min_lr: NonNegativeFloat = 1e-6
+    min_lr: NonNegativeFinite = 1e-6
     # Validate, checkpoint and predict with an exponential moving average of the weights (Polyak averaging),
     # updated after every optimiser step: w_avg = decay * w_avg + (1 - decay) * w. None: the raw weights.
     ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0)
@@ -43,7 +55,7 @@ class OptimConfig(Section):
 
 class EarlyStoppingConfig(Section):
     patience: Optional[int] = Field(None, ge=1)  # validations without improvement; None: off
-    min_delta: NonNegativeFloat = 0.0
+    min_delta: NonNegativeFinite = 0.0
 
 
 class RecipeSpec(Section):
@@ -52,7 +64,7 @@ class RecipeSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     task: str
     plugins: list[str] = []
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, le=2**32 - 1)  # the range Lightning's seed_everything accepts
     data: dict[str, Any] = {}
     model: dict[str, Any] = {}
     optim: OptimConfig = OptimConfig()
@@ -79,32 +91,178 @@ class Recipe:
 
 # --- loading --------------------------------------------------------------------------------
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few kilobytes; this only stops a wrong file being read whole
+MAX_YAML_ALIASES = 100  # no recipe needs many; nested aliases expand exponentially ("billion laughs")
+MAX_YAML_VALUES = 1_000_000  # after aliases are expanded; more than a 1 MB file can hold without them
+
+
+class RecipeYAMLProblem(yaml.YAMLError):
+    """YAML that parses but that a recipe must not hold (too many aliases, a key given twice)."""
+
+    def __init__(self, what: str, line: int | None = None):
+        super().__init__(what)
+        self.what, self.line = what, line  # line: 1-based, None for the whole file
+
+
 class RecipeLoader(yaml.SafeLoader):
-    """Safe YAML, except that ``1e-3`` is a float as in YAML 1.2 (PyYAML's 1.1 rules make it a string)."""
+    """Safe YAML, except that ``1e-3`` is a float as in YAML 1.2 (PyYAML's 1.1 rules make it a string),
+    a key given twice is an error (PyYAML keeps the last silently) and aliases are few."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+        self.root: yaml.Node | None = None
+        self.checked: set[int] = set()
+
+    def compose_node(self, parent, index):
+        # Counted where the alias is read, so the check costs nothing however far the aliases expand.
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise RecipeYAMLProblem(f"too many YAML aliases (more than {MAX_YAML_ALIASES}); recipes do not need them")
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node):
+        # Fewer than MAX_YAML_ALIASES aliases still nest to 9**11 values: code that walks the
+        # recipe (a message, a validator) must never meet that, so the expanded size is bounded too.
+        if _expanded_size(node) > MAX_YAML_VALUES:
+            raise RecipeYAMLProblem(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values; "
+                                    "recipes do not need them")
+        self.root = node
+        return super().construct_document(node)
+
+    def flatten_mapping(self, node) -> None:
+        # Every construct_mapping starts here; checked before merge keys (``<<``) rewrite node.value,
+        # since a merged key that the mapping sets again is an override, not a duplicate.
+        if id(node) not in self.checked:
+            self.checked.add(id(node))
+            self._refuse_duplicate_keys(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag in ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"):
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            try:
+                seen = key in first
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                continue
+            if seen:
+                place = _node_path(self.root, node)
+                where = f" in {shorten(place)}" if place else ""
+                raise RecipeYAMLProblem(f"duplicate key {quote(key)}{where} (first on line {first[key]})", line)
+            first[key] = line
+
+
+def _children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _expanded_size(root) -> int:
+    """How many values the document holds once every alias is expanded, counted per distinct node."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
+            continue
+        if id(node) in sizes:
+            continue
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_nodes:
+                raise RecipeYAMLProblem("a YAML alias inside its own anchor (a recursive value)",
+                                        child.start_mark.line + 1)
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _node_path(root, target) -> str | None:
+    """The dotted key path from ``root`` to the node ``target`` ('' for the root), for messages."""
+    stack, seen = [(root, "")], set()
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((v, f"{path}.{k.value}" if path else str(k.value)) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node.value))
+    return None
 
 
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
 
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_data: bool = True) -> Recipe:
-    """Load, override and validate a recipe; raise :class:`RecipeError` naming the key on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(path, "recipe file not found")
+
+def read_small_file(path: Path, limit: int, error: type[UserError] = RecipeError, what: str = "file") -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes, else ``error`` naming the path.
+
+    Checked with stat before opening: reading ``/dev/zero`` would never end and opening a FIFO
+    blocks until someone writes to it.
+    """
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader)
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(path, f"{what} not found") from None
+    except OSError as exc:
+        raise error(path, f"cannot read {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+        raise error(path, f"{kind}, not a {what}")
+    too_large = f"too large for a {what} (over {limit // 1024} KB)"
+    if info.st_size > limit:
+        raise error(path, too_large)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise error(path, f"cannot read {what} ({exc.strerror})") from None
+    if len(data) > limit:
+        raise error(path, too_large)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(path, f"not UTF-8 text ({exc.reason})") from None
+
+
+def read_recipe_file(path: Path) -> dict:
+    """The mapping in a recipe file (a user's or a run directory's), or :class:`RecipeError` naming the line."""
+    text = read_small_file(path, MAX_RECIPE_BYTES, RecipeError, "recipe file")
+    try:
+        raw = yaml.load(text, Loader=RecipeLoader)
+    except RecipeYAMLProblem as exc:
+        raise RecipeError(f"{path}:{exc.line}" if exc.line else path, exc.what) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(where, f"invalid YAML: {problem}") from None
-    except UnicodeDecodeError as exc:
-        raise RecipeError(path, f"not UTF-8 text ({exc.reason})") from None
+        raise RecipeError(where, f"invalid YAML: {shorten(problem)}") from None
     if not isinstance(raw, dict):
         raise RecipeError(path, f"expected a mapping of sections at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
+    return raw
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_data: bool = True) -> Recipe:
+    """Load, override and validate a recipe; raise :class:`RecipeError` naming the key on failure."""
+    path = Path(path)
+    raw = apply_overrides(read_recipe_file(path), overrides)
     return validate_recipe(raw, path, list(overrides), check_data=check_data)
 
 
@@ -133,9 +291,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", key):
-        raise RecipeError(f"override '{text}'", "expected key.path=value (e.g. trainer.max_epochs=3)")
+        raise RecipeError(f"override '{shorten(text)}'", "expected key.path=value (e.g. trainer.max_epochs=3)")
     try:
         parsed = yaml.load(value, Loader=RecipeLoader) if value.strip() else ""
+    except RecipeYAMLProblem as exc:
+        raise RecipeError(f"override '{shorten(text)}'", exc.what) from None
     except yaml.YAMLError:
         parsed = value  # an unparsable value is taken as a plain string; validation decides
     return key.split("."), parsed
@@ -153,7 +313,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 child = node[key] = {}
             if not isinstance(child, dict):
                 where = ".".join(keys[: depth + 1])
-                raise RecipeError(f"override '{text}'", f"{where} is {_article(type(child).__name__)}, not a section")
+                raise RecipeError(f"override '{shorten(text)}'", f"{shorten(where)} is {_article(type(child).__name__)}, not a section")
             node = child
         node[keys[-1]] = value
     return raw
@@ -172,7 +332,7 @@ def validate_section(model: type[BaseModel], data: Any, prefix: str, path: Path,
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = [str(p) for p in error["loc"]]
-        key = ".".join(([prefix] if prefix else []) + loc) or prefix or "(top level)"
+        key = shorten(".".join(([prefix] if prefix else []) + loc) or prefix or "(top level)", 200)
         raise RecipeError(_where(path, key, overrides), describe_error(error, model, loc)) from None
 
 
@@ -203,13 +363,13 @@ def describe_error(error: dict, model: type[BaseModel], loc: list[str]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         known = _known_keys(model, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1)
+        close = difflib.get_close_matches(loc[-1][:100], known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"expected one of: {', '.join(known)}"
         return f"unknown key; {hint}"
     if kind == "missing":
         return "required key is missing"
-    value = error.get("input")
-    return f"{error['msg'][0].lower()}{error['msg'][1:]}, got {value!r}"
+    msg = shorten(error["msg"], 200)  # pydantic may quote a pattern or a list of choices, never the input
+    return f"{msg[0].lower()}{msg[1:]}, got {quote(error.get('input'))}"
 
 
 def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
@@ -226,17 +386,78 @@ OWNED_TRAINER_ARGS = {"logger", "callbacks", "default_root_dir", "enable_checkpo
 
 
 def check_trainer_args(trainer: dict, path: Path, overrides=()) -> None:
-    """The ``trainer:`` section goes to Lightning's Trainer: reject names it would not accept."""
+    """The ``trainer:`` section goes to Lightning's Trainer: reject names it would not accept and values
+    of the wrong type (checked against ``Trainer.__init__``'s annotations), before a run directory exists."""
+    accepted = trainer_arg_types()
+    for key, value in trainer.items():
+        where = _where(path, f"trainer.{shorten(key)}", overrides)
+        if key in OWNED_TRAINER_ARGS:
+            raise RecipeError(where, "set by nmt from the run directory; remove it")
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key)[:100], list(accepted), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(where, f"unknown Trainer argument{hint}")
+        adapter = _trainer_arg_adapter(key)
+        if adapter is None:
+            continue
+        try:  # strict: Lightning gets the value as written, so "3" is no integer here either
+            adapter.validate_python(value, strict=True)
+        except ValidationError:
+            raise RecipeError(where, f"expected {_describe_type(accepted[key])}, got {quote(value)}") from None
+
+
+@functools.cache
+def trainer_arg_types() -> dict[str, Any]:
+    """Each ``Trainer.__init__`` parameter and its annotation (None where it cannot be resolved)."""
     import pytorch_lightning as pl
 
-    accepted = [p for p in inspect.signature(pl.Trainer.__init__).parameters if p != "self"]
-    for key in trainer:
-        if key in OWNED_TRAINER_ARGS:
-            raise RecipeError(_where(path, f"trainer.{key}", overrides), "set by nmt from the run directory; remove it")
-        if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise RecipeError(_where(path, f"trainer.{key}", overrides), f"unknown Trainer argument{hint}")
+    try:
+        hints = typing.get_type_hints(pl.Trainer.__init__)
+    except Exception:  # unresolvable annotations in some Lightning version: check the names only
+        hints = {}
+    return {name: hints.get(name) for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"}
+
+
+@functools.cache
+def _trainer_arg_adapter(name: str) -> TypeAdapter | None:
+    """A validator for one Trainer argument, built on first use (all of them take seconds)."""
+    annotation = trainer_arg_types().get(name)
+    if annotation is None:
+        return None
+    try:  # Lightning's own classes (an Accelerator object) match by isinstance
+        return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # an annotation pydantic cannot check
+        return None
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean",
+               type(None): "null", datetime.timedelta: "a duration"}
+
+
+def _describe_type(annotation) -> str:
+    """``Optional[int]`` as 'an integer or null', for a recipe writer rather than a Python programmer."""
+    parts: list[str] = []
+
+    def walk(tp) -> None:
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            for arg in args:
+                walk(arg)
+        elif origin is typing.Literal:
+            parts.extend(repr(a) for a in args)
+        elif origin in (list, collections.abc.Iterable):
+            parts.append("a list")
+        elif origin is dict:
+            parts.append("a mapping")
+        elif tp in _TYPE_NAMES:
+            parts.append(_TYPE_NAMES[tp])
+        # Lightning's classes (Accelerator, Strategy ...) cannot be written in YAML: not listed
+
+    walk(annotation)
+    parts = list(dict.fromkeys(parts))
+    if "a number" in parts and "an integer" in parts:  # an integer is a number
+        parts.remove("an integer")
+    return " or ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else (parts[0] if parts else "another type")
 
 
 def component(kind: str, section: dict | None, key: str, path: Path) -> tuple[type, Any]:

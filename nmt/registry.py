@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.errors import PluginError
+from nmt.errors import PluginError, quote
 
 ENTRY_POINT_GROUP = "nmt.plugins"
-KINDS = ("encoder", "decoder", "attention", "task", "tokenizer")
+KINDS = ("encoder", "decoder", "attention", "task", "tokenizer")  # what the core knows how to build
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,16 @@ _discovered = False
 
 def register(kind: str, name: str):
     """Class decorator: make ``cls`` available as ``name`` of ``kind`` (e.g. attention/bahdanau)."""
+    # Checked here, at import, so a typo in a plugin fails loudly instead of registering a class that
+    # no recipe can ever reach.
+    where = f"{_loading_origin[-1]}: register({quote(kind)}, {quote(name)})" if _loading_origin \
+        else f"register({quote(kind)}, {quote(name)})"
+    if kind not in KINDS:
+        close = difflib.get_close_matches(str(kind)[:100], KINDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise PluginError(where, f"unknown plugin kind (known: {', '.join(KINDS)}){hint}")
+    if not isinstance(name, str) or not name.strip():
+        raise PluginError(where, "the name must be a non-empty string")
 
     def decorate(cls: type) -> type:
         origin = _loading_origin[-1] if _loading_origin else _origin_of(cls)
@@ -154,9 +164,9 @@ def get(kind: str, name: str, where: str | None = None) -> type:
     if entry is not None:
         return entry.cls
     known = names(kind)
-    close = difflib.get_close_matches(str(name), known, n=1)
+    close = difflib.get_close_matches(str(name)[:100], known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known) or 'none'}"
-    raise PluginError(where, f"unknown {kind} '{name}'{hint}")
+    raise PluginError(where, f"unknown {kind} {quote(name)}{hint}")
 
 
 def names(kind: str) -> list[str]:

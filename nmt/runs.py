@@ -11,36 +11,49 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import stat
 from pathlib import Path
 
 import torch
 import yaml
 
 import nmt
-from nmt.errors import RecipeError, RunError, UserError
+from nmt.errors import RecipeError, RunError, UserError, shorten
 from nmt.io import atomic_write_text
 
 RUN_FORMAT = 1
 
 
 def is_run(run_dir: Path) -> bool:
-    return (Path(run_dir) / "run.json").exists()
+    """Whether ``run_dir`` claims to hold a run; :func:`check_run_info` then says whether it really does
+    (a run.json that is a folder or a dangling link still claims it, so it is reported, not overwritten)."""
+    return os.path.lexists(Path(run_dir) / "run.json")
+
+
+MAX_RUN_INFO_BYTES = 64 * 1024  # run.json holds two short fields
 
 
 def check_run_info(run_dir: Path) -> dict:
+    from nmt.recipe import read_small_file
+
     info_path = Path(run_dir) / "run.json"
-    if not info_path.exists():
+    if not is_run(run_dir):
         raise RunError(run_dir, "not a run directory (no run.json); train one with nmt train")
+    # A run directory may come from anyone: run.json may be a folder, a FIFO or a link to /dev/zero.
+    text = read_small_file(info_path, MAX_RUN_INFO_BYTES, RunError, "run file")
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(info_path, f"unreadable ({exc})") from None
+        info = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        reason = exc if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise RunError(info_path, f"unreadable ({reason})") from None
     if not isinstance(info, dict) or info.get("format") != RUN_FORMAT:
-        raise RunError(info_path, f"run format {info.get('format') if isinstance(info, dict) else '?'} "
-                                  f"(written by nmt {info.get('nmt_version', '?') if isinstance(info, dict) else '?'}) "
-                                  f"is not supported by nmt {nmt.__version__} (format {RUN_FORMAT})")
+        got = info if isinstance(info, dict) else {}  # quoted short: the file may be anyone's
+        raise RunError(info_path, f"run format {shorten(got.get('format', '?'), 20)} (written by nmt "
+                                  f"{shorten(got.get('nmt_version', '?'), 20)}) is not supported by nmt "
+                                  f"{nmt.__version__} (format {RUN_FORMAT})")
     return info
 
 
@@ -53,13 +66,13 @@ def write_run(run_dir: Path, raw_recipe: dict) -> None:
 
 
 def load_run_recipe(run_dir: Path):
-    from nmt.recipe import validate_recipe
+    from nmt.recipe import read_recipe_file, validate_recipe
 
     check_run_info(run_dir)
     path = Path(run_dir) / "recipe.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(raw, dict):
-        raise RunError(path, "not a recipe (expected a mapping)")
+    # As checked as a user's recipe (size, file type, aliases, duplicate keys): a run directory may
+    # come from someone else.
+    raw = read_recipe_file(path)
     # A run directory may come from someone else: it never imports code by itself. The plugins it
     # was trained with must be installed, or named again with --plugin (nmt train names them via
     # the recipe, which has loaded them already).
@@ -85,10 +98,37 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return path
 
 
+#: ``torch.save`` writes a zip archive; before PyTorch 1.6 it wrote a pickle that begins with this
+#: magic number (protocol 2, a 10-byte long). Anything else is not a checkpoint, and handing it to
+#: the unpickler only produces a misleading "holds Python objects" refusal.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    """Refuse what is not a checkpoint file before ``torch.load`` reads it: a device such as
+    ``/dev/zero`` would be read forever, random bytes or text would be reported as unsafe pickles."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise RunError(path, "is a directory, expected a checkpoint file")
+        if not stat.S_ISREG(mode):
+            raise RunError(path, "not a regular file, expected a checkpoint file")
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+    except OSError as exc:
+        raise RunError(path, f"cannot read checkpoint ({exc.strerror or exc})") from None
+    if not head:
+        raise RunError(path, "not a PyTorch checkpoint (empty file)")
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_MAGIC)):
+        raise RunError(path, "not a PyTorch checkpoint (not a zip archive)")
+
+
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint with ``weights_only=True``: tensors and plain data, never arbitrary code."""
+    _check_checkpoint_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         named = re.search(r"(?i)unsupported(?: global:)? GLOBAL ([\w.]+)", str(exc))
         what = f" ({named.group(1)})" if named else ""
@@ -98,25 +138,62 @@ def load_checkpoint(path: Path) -> dict:
     except (RuntimeError, EOFError, OSError) as exc:
         reason = str(exc).split(". ")[0].splitlines()[0][:100]
         raise RunError(path, f"unreadable checkpoint, truncated or not a checkpoint ({reason})") from None
+    if not isinstance(state, dict):
+        raise RunError(path, f"not an nmt checkpoint (holds a {type(state).__name__}, expected a dict)")
+    return state
 
 
 def pick_device(device: str) -> torch.device:
+    """The ``torch.device`` for ``--device``; one that this machine lacks is a one-line error here,
+    not a driver error from deep inside the first ``.to()``."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise RecipeError("--device", f"expected auto, cpu, cuda or cuda:N, got {device!r}") from exc
+        picked = torch.device(device)
+    except RuntimeError:
+        raise RecipeError("--device", f"expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if picked.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RecipeError("--device", f"{device}: CUDA is not available on this machine; use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if picked.index is not None and picked.index >= count:
+            raise RecipeError("--device", f"{device}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif picked.type == "mps" and not torch.backends.mps.is_available():
+        raise RecipeError("--device", f"{device}: MPS is not available on this machine; use --device cpu or auto")
+    elif picked.type not in ("cpu", "cuda", "mps"):
+        raise RecipeError("--device", f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return picked
+
+
+def check_weights_fit(task, weights: dict, path: Path) -> None:
+    """One line naming the first parameter whose shape or name differs: ``load_state_dict`` would
+    list every one of them over dozens of lines (another run's checkpoint, an edited recipe)."""
+    own = task.state_dict()
+    differ = [(name, tuple(weights[name].shape), tuple(own[name].shape)) for name in own
+              if name in weights and hasattr(weights[name], "shape") and tuple(weights[name].shape) != tuple(own[name].shape)]
+    missing = [name for name in own if name not in weights]
+    unexpected = [name for name in weights if name not in own]
+    if differ:
+        name, theirs, ours = differ[0]
+        more = f" ({len(differ) - 1} more parameters differ)" if len(differ) > 1 else ""
+        raise RunError(path, f"weights do not fit the run's model: {name} is {list(theirs)} in the checkpoint, "
+                             f"{list(ours)} in the model built from the recipe{more}; is it a checkpoint of another run?")
+    if missing or unexpected:
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        count = len(missing) + len(unexpected) - 1
+        more = f" ({count} more parameters differ)" if count else ""
+        raise RunError(path, f"weights do not fit the run's model: {first}{more}; is it a checkpoint of another run?")
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto"):
     """The task of a run with the weights of ``checkpoint``, in eval mode on ``device``."""
+    target = pick_device(device)  # before anything slow is loaded
     recipe = load_run_recipe(run_dir)
     task = recipe.task_cls.from_run(recipe, Path(run_dir))
-    state = load_checkpoint(checkpoint_path(run_dir, checkpoint))
-    if "state_dict" not in state:
-        raise RunError(checkpoint, "not an nmt checkpoint (no state_dict)")
-    missing, unexpected = task.load_state_dict(state["state_dict"], strict=False)
-    if missing or unexpected:
-        raise RunError(checkpoint, f"weights do not fit the run's model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return task.to(pick_device(device)).eval()
+    path = checkpoint_path(run_dir, checkpoint)
+    state = load_checkpoint(path)
+    if not isinstance(state.get("state_dict"), dict):
+        raise RunError(path, "not an nmt checkpoint (no state_dict)")
+    check_weights_fit(task, state["state_dict"], path)
+    task.load_state_dict(state["state_dict"])
+    return task.to(target).eval()

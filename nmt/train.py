@@ -1,13 +1,18 @@
 """``nmt train``: a recipe and a run directory in, a trained run out, through Lightning's Trainer."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import shutil
+import signal
+import socket
 import time
 import warnings
 from pathlib import Path
 
 import click
+import filelock
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint, EarlyStopping, LearningRateMonitor, ModelCheckpoint
@@ -16,10 +21,11 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nmt import runs
-from nmt.errors import RecipeError
-from nmt.io import atomic_open
+from nmt.errors import RecipeError, RunError, UserError
+from nmt.io import atomic_open, atomic_write_text
 from nmt.recipe import Recipe
 from nmt.tasks.tokenizers import READY, tokenizer_dir
 
@@ -39,22 +45,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(Checkpoint):
-    """Keeps ``last.ckpt``: rewritten after every validation and at the end of every finished epoch.
+    """Keeps ``last.ckpt`` at the step training reached, however the run ends.
 
     Lightning's ``save_last`` rewrites it only when the monitored score improved (2.6), so a kill
-    after a few validations without progress went back to the last improvement. Saved at an epoch's
-    end, the checkpoint resumes at the start of the next epoch; saved after a validation inside an
-    epoch (or at a stop by max_time, max_steps or early stopping, where Lightning validates), it
-    resumes at the next batch of that epoch's order (``BucketedDataModule.state_dict``). A
-    ``Checkpoint``, so Lightning runs it after the best-score ModelCheckpoint listed before it, and
-    the saved state holds the best score of this validation.
+    after a few validations without progress went back to the last improvement. Saved after every
+    validation inside an epoch, at the end of every finished epoch, at a stop inside an epoch
+    (max_steps, max_time, early stopping: Lightning still calls ``on_train_epoch_end`` then) and at a
+    SIGTERM, so a run stopped before its first validation still leaves weights to translate with
+    and to resume from. Saved at an epoch's end, the checkpoint resumes at the start of the next
+    epoch; saved inside one, it resumes at the next batch of that epoch's order
+    (``BucketedDataModule.state_dict``). A ``Checkpoint``, so Lightning runs it after the
+    best-score ModelCheckpoint listed before it, and the saved state holds the best score so far.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.saved_step: int | None = None  # the global step of the last save in this process
 
     def save(self, trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)  # full, to resume from; said, so Lightning logs nothing
+        self.saved_step = trainer.global_step
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
 
@@ -69,7 +79,16 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if self.epoch_finished(trainer):  # a stop before the last batch keeps the checkpoint of the validation at the stop
+        # A stop inside the epoch (max_steps, max_time, early stopping) saves the step it reached,
+        # unless a validation at that very step has just saved it.
+        if self.epoch_finished(trainer) or self.saved_step != trainer.global_step:
+            self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        # SIGTERM (a scheduler's preemption, a kill): Lightning raises it after the current batch, so
+        # the state is whole. Any other exception may leave it broken (a NaN loss): not saved.
+        if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
+                and self.saved_step != trainer.global_step and trainer.global_step > 0):
             self.save(trainer)
 
 
@@ -152,6 +171,10 @@ class WallClock(Callback):
 
 
 def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
+    """Lightning's Trainer for ``recipe``; ``task`` (a Task class or instance) gives the monitored score.
+
+    Writes nothing: ``train_recipe`` builds it before the run directory, so a bad trainer argument
+    leaves no half run behind."""
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode=task.monitor_mode,
@@ -161,9 +184,12 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
         WallClock(),
     ]
     if recipe.spec.early_stopping.patience:
+        # Checked after each validation only: at a stop inside an epoch before any validation (max_steps)
+        # Lightning's default check at the epoch's end found no score and failed the run.
         callbacks.append(EarlyStopping(monitor=task.monitor, mode=task.monitor_mode,
                                        patience=recipe.spec.early_stopping.patience,
-                                       min_delta=recipe.spec.early_stopping.min_delta))
+                                       min_delta=recipe.spec.early_stopping.min_delta,
+                                       check_on_train_epoch_end=False))
     if recipe.spec.optim.ema_decay is not None:
         callbacks.append(weight_average(recipe))
     loggers = [CheckpointAlignedCSVLogger(run_dir, name="logs", version="")]
@@ -204,9 +230,101 @@ def wait_for(path: Path, timeout: float = 3600.0) -> None:
         time.sleep(0.5)
 
 
+class TrainingStopped(UserError):
+    """Training was stopped by SIGTERM; ``last.ckpt`` holds the step it reached. Exit 143 (128 + SIGTERM),
+    as a scheduler expects of a process it terminated."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+LOCK_NAME, HOLDER_NAME = ".lock", ".lock.holder"  # in the run directory
+
+
+def lock_run_dir(run_dir: Path) -> filelock.BaseFileLock | None:
+    """Take the run directory for this process, or raise naming the ``nmt train`` that holds it.
+
+    ``flock`` based: the kernel releases it when the process dies, however it dies, so a killed run
+    never blocks the next one. Two trainings in one directory would interleave ``metrics.csv`` and
+    overwrite each other's checkpoints. The lock file itself cannot say who holds it (every try to
+    take it truncates it), so the holder's pid and host are written beside it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(run_dir, "is a file, expected a run directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(run_dir, f"cannot create the run directory ({exc.strerror or exc})") from None
+    try:  # filelock 4 falls back to a marker file where flock fails; that one outlives a killed process
+        lock = filelock.FileLock(run_dir / LOCK_NAME, timeout=0, fallback_to_soft=False)
+    except TypeError:  # filelock 3: flock only
+        lock = filelock.FileLock(run_dir / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            pid, host = (run_dir / HOLDER_NAME).read_text(encoding="utf-8").split()[:2]
+            holder = f" (pid {pid} on host {host})"
+        except (OSError, ValueError):  # the holder has not written it yet
+            holder = ""
+        raise RunError(run_dir, f"in use by another nmt train{holder}; wait for it or pick another --run-dir") from None
+    except (OSError, NotImplementedError) as exc:  # a file system without flock (some network mounts)
+        click.echo(f"nmt: {run_dir}: cannot lock ({exc}); two nmt train on it at once would mix their logs", err=True)
+        return None
+    atomic_write_text(run_dir / HOLDER_NAME, f"{os.getpid()} {socket.gethostname()}\n")
+    return lock
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("*.ckpt"))
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path):
+    """Hold the run directory's lock; if a first start fails before any checkpoint, undo what it wrote.
+
+    A half-written run (run.json and recipe.yaml, no checkpoint) would make the retry with fixed
+    data or trainer arguments fail as "differs from the run being resumed", and refuse --fresh.
+    Only what this process added goes: a directory that held a run before, or a checkpoint, is kept."""
+    existed = run_dir.exists()
+    ours = {name for name in (LOCK_NAME, HOLDER_NAME) if not (run_dir / name).exists()}
+    lock = lock_run_dir(run_dir)
+    before = set(os.listdir(run_dir)) - ours
+    first_start = not runs.is_run(run_dir)
+    try:
+        yield
+    except BaseException:
+        if first_start and not has_checkpoint(run_dir):
+            undo_start(run_dir, existed, before)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def undo_start(run_dir: Path, existed: bool, before: set[str]) -> None:
+    if not existed:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(run_dir)) - before:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
-    """Train ``recipe`` into ``run_dir``; an existing run there is resumed from its last checkpoint."""
+    """Train ``recipe`` into ``run_dir``; an existing run there is resumed from its last checkpoint.
+
+    Rank 0 holds the run directory's lock throughout; the other ranks of a distributed run start
+    after it has written the run, and wait for its artifacts."""
     run_dir = Path(run_dir)
+    if not is_rank_zero():
+        return _train(recipe, run_dir, fresh)
+    with claimed(run_dir):
+        return _train(recipe, run_dir, fresh)
+
+
+def _train(recipe: Recipe, run_dir: Path, fresh: bool) -> Path:
     resuming = runs.is_run(run_dir)
     if resuming:
         if fresh and is_rank_zero():  # other ranks start after rank 0 has written the run
@@ -217,6 +335,7 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
                 raise RecipeError(f"{run_dir}: {section}", "differs from the run being resumed; "
                                   "use another --run-dir for a different model or data")
     pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
+    trainer = build_trainer(recipe, run_dir, recipe.task_cls)  # before any file is written: bad arguments fail here
     ready = tokenizer_dir(run_dir) / READY  # the artifacts are complete once this exists
     if is_rank_zero():
         runs.write_run(run_dir, recipe.raw)
@@ -227,15 +346,23 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
         wait_for(ready)
     task = recipe.task_cls.from_run(recipe, run_dir)
     datamodule = task.make_datamodule()
-    trainer = build_trainer(recipe, run_dir, task)
+    train_set = getattr(datamodule, "train_set", None)
+    if train_set is not None and len(train_set) == 0:  # Lightning would say "No training batches" and exit 0
+        raise task.no_training_example()
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists() and trainer.is_global_zero:
         click.echo(f"nmt: resuming {run_dir} from {last}", err=True)
     # Lightning warns that a mid-epoch resume restarts the epoch; BucketedDataModule resumes it instead.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    except SIGTERMException:
+        kept = f"last.ckpt holds step {trainer.global_step}" if last.exists() else "no checkpoint was written yet"
+        raise TrainingStopped(run_dir, f"training stopped by SIGTERM ({kept}); "
+                                       "run the same nmt train again to resume") from None
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_score
         score = f"{task.monitor} {float(best):.4g}" if best is not None else "no validation yet"
-        click.echo(f"nmt: finished {recipe.name}: best {score}; run directory {run_dir}", err=True)
+        click.echo(f"nmt: finished {recipe.name} at step {trainer.global_step}: best {score}; "
+                   f"run directory {run_dir}", err=True)
     return run_dir

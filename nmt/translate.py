@@ -2,13 +2,16 @@
 
 Input is read in chunks so memory stays flat however long the input is; within a chunk, lines are
 sorted by length into token-count batches and put back in input order before they are written.
+Work per line is bounded too: a line is read up to a byte cap and encoded up to a token cap
+(``--max-input-tokens``), so one huge line can neither exhaust memory nor hold up the whole job.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import click
 import torch
@@ -19,6 +22,13 @@ from nmt.io import open_output, refuse_same_file
 from nmt.runs import load_run
 
 CHUNK_LINES = 2000
+#: --batch-size counts source tokens at beam sizes up to this; a wider beam keeps ``beam`` copies of
+#: every sentence in the batch, so proportionally fewer sentences fit (the memory stays the same).
+BUDGET_BEAM = 5
+#: Bytes read of a line per allowed token: generous for any tokenizer (a piece is rarely more than a
+#: few characters of up to 4 bytes), yet a 10 MB line is never held whole.
+BYTES_PER_TOKEN = 64
+_SKIP_BLOCK = 1 << 16
 
 
 def encode_lines(task, lines: list[str]) -> list[list[int]]:
@@ -28,14 +38,18 @@ def encode_lines(task, lines: list[str]) -> list[list[int]]:
 
 def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float, batch_tokens: int,
                     max_length_ratio: float, encoded: list[list[int]] | None = None) -> list[list[search.Hypothesis]]:
-    """Hypotheses for each line, in input order; an empty or blank line gets none."""
+    """Hypotheses for each line, in input order; an empty or blank line gets none.
+
+    A batch holds at most ``batch_tokens * BUDGET_BEAM`` hypothesis tokens (sentences x longest
+    source x beam, at least BUDGET_BEAM wide), so a wide beam takes fewer sentences at a time."""
     encoded = encode_lines(task, lines) if encoded is None else encoded
     order = sorted((i for i in range(len(lines)) if encoded[i]), key=lambda i: len(encoded[i]))
     results: list[list[search.Hypothesis]] = [[] for _ in lines]
     device = next(task.parameters()).device
+    width, budget = max(beam, BUDGET_BEAM), batch_tokens * BUDGET_BEAM
     batch: list[int] = []
-    for i in order + [None]:
-        if i is not None and (not batch or (len(batch) + 1) * len(encoded[i]) <= batch_tokens):
+    for i in order + [None]:  # sorted by length: the newest line is the longest of its batch
+        if i is not None and (not batch or (len(batch) + 1) * len(encoded[i]) * width <= budget):
             batch.append(i)
             continue
         if batch:
@@ -52,6 +66,51 @@ def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float,
     return results
 
 
+def standard_input() -> BinaryIO:
+    """The binary standard input; closed (``nmt translate <&-``) is a one-line error, not an AttributeError."""
+    stream = sys.stdin
+    if stream is None or getattr(stream, "closed", False) or not hasattr(stream, "buffer"):
+        raise UserError("<stdin>", "standard input is closed; pass the input with -i FILE")
+    return stream.buffer
+
+
+def capped_lines(stream: BinaryIO, max_bytes: int, cut: set[int]) -> Iterator[bytes]:
+    """The raw lines of ``stream``, each cut to its first ``max_bytes`` bytes (at a character
+    boundary); the rest of a longer line is skipped block by block, never held. The numbers of the
+    lines cut are added to ``cut``."""
+    for line_no in itertools.count(1):
+        raw = stream.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while (rest := stream.readline(_SKIP_BLOCK)) and not rest.endswith(b"\n"):
+                pass
+            raw = _whole_characters(raw[:max_bytes]) + b"\n"
+            cut.add(line_no)
+        yield raw
+
+
+def _whole_characters(raw: bytes) -> bytes:
+    """``raw`` without a UTF-8 character that the cut split (which would read as invalid UTF-8)."""
+    for back in range(1, min(4, len(raw)) + 1):
+        byte = raw[-back]
+        if byte & 0xC0 != 0x80:  # the start of the last character
+            needed = 1 if byte < 0x80 else 2 if byte >= 0xC0 and byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return raw if needed <= back else raw[:-back]
+    return raw
+
+
+def read_source(input_path: Path | None, encoding_errors: str, max_bytes: int, cut: set[int]) -> Iterator[str]:
+    """Decoded input lines (file or stdin), each read up to ``max_bytes``; see :func:`capped_lines`."""
+    from nmt.data.text import iter_stream, open_binary
+
+    if input_path is None:
+        yield from iter_stream(capped_lines(standard_input(), max_bytes, cut), "<stdin>", encoding_errors)
+        return
+    with open_binary(input_path) as stream:
+        yield from iter_stream(capped_lines(stream, max_bytes, cut), str(input_path), encoding_errors)
+
+
 def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
     iterator = iter(lines)
     while chunk := list(itertools.islice(iterator, size)):
@@ -60,25 +119,49 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest: int = 1, alpha: float = 0.6,
                    batch_tokens: int = 4000, max_length_ratio: float = 2.0, input_path: Path | None = None,
-                   output_path: Path | None = None, encoding_errors: str = "strict", device: str = "auto") -> None:
-    from nmt.data.text import iter_lines, iter_stream
+                   output_path: Path | None = None, encoding_errors: str = "strict", device: str = "auto",
+                   max_input_tokens: int | None = None) -> None:
+    """Translate ``input_path`` (default stdin) to ``output_path`` (default stdout), one line per line.
 
+    Lines longer than ``max_input_tokens`` (default 4 x the recipe's ``data.max_length``) are cut to
+    it, with a warning naming the first such line and a count of the others."""
     if nbest > beam:
         raise UserError("--nbest", f"must not exceed --beam ({nbest} > {beam})")
+    if not (math.isfinite(alpha) and alpha >= 0):  # the CLI checks bounds; this guards Python callers
+        raise UserError("--alpha", f"expected a finite number >= 0, got {alpha}")
+    if not (math.isfinite(max_length_ratio) and max_length_ratio > 0):
+        raise UserError("--max-length-ratio", f"expected a finite number > 0, got {max_length_ratio}")
+    if input_path is None:
+        standard_input()  # before the model is loaded
     refuse_same_file(output_path, input_path, stdin=input_path is None)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
     if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
         raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; use nmt predict")
-    source = iter_lines(input_path, encoding_errors) if input_path else iter_stream(sys.stdin.buffer, "<stdin>", encoding_errors)
     longest = task.recipe.data.max_length
-    warned = False
+    max_input_tokens = max_input_tokens or 4 * longest
+    name = str(input_path or "<stdin>")
+    cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens (below)
+    source = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, cut)
+    warned, first_cut, cut_count = False, None, 0
     with open_output(output_path) as out:
         line_no = 0
         for chunk in chunks(source, CHUNK_LINES):
             encoded = encode_lines(task, chunk)
-            too_long = next((k for k, ids in enumerate(encoded) if len(ids) > longest), None)
+            for k, ids in enumerate(encoded):
+                if len(ids) > max_input_tokens:
+                    encoded[k] = ids[:max_input_tokens]
+                    cut.add(line_no + k + 1)
+            chunk_cut = {n for n in cut if n <= line_no + len(chunk)}
+            cut -= chunk_cut
+            if chunk_cut and first_cut is None:
+                first_cut = min(chunk_cut)
+                click.echo(f"nmt: warning: {name}:{first_cut}: line longer than --max-input-tokens "
+                           f"({max_input_tokens} tokens); translating its first {max_input_tokens} tokens", err=True)
+            cut_count += len(chunk_cut)
+            too_long = next((k for k, ids in enumerate(encoded) if len(ids) > longest
+                             and line_no + k + 1 not in chunk_cut), None)
             if too_long is not None and not warned:
-                click.echo(f"nmt: warning: {input_path or '<stdin>'}:{line_no + too_long + 1}: line is longer than "
+                click.echo(f"nmt: warning: {name}:{line_no + too_long + 1}: line is longer than "
                            f"any training sentence ({longest} tokens); translating it anyway", err=True)
                 warned = True
             results = translate_lines(task, chunk, beam, nbest, alpha, batch_tokens, max_length_ratio, encoded)
@@ -90,3 +173,6 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
                         out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {h.score:.4f}\n")
             line_no += len(chunk)
             out.flush()
+    if cut_count > 1:
+        click.echo(f"nmt: warning: {name}: {cut_count} lines in all were cut to {max_input_tokens} tokens "
+                   f"(the first at line {first_cut})", err=True)

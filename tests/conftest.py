@@ -64,3 +64,10 @@ def _seed_and_threads():
     torch.manual_seed(0)
     random.seed(0)
     yield
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The bad-input table (``tests/reliability/test_table.py``) renders the rows every other
+    reliability test recorded, so it runs last whatever the modules are named."""
+    last = [item for item in items if item.nodeid.endswith("test_table.py::test_docs_table_matches_the_suite")]
+    items[:] = [item for item in items if item not in last] + last

@@ -135,6 +135,19 @@ def cases(base: dict) -> dict[str, Case]:
             with_values(base, model__attention={"name": "luong", "score": "dot"},
                         model__decoder={"name": "rnn", "hidden_size": 96}), TRAIN,
             ("model.attention.score", "dot attention needs key size", "128 vs 96")),
+        "duplicate key, with both lines": Case(
+            "name: reverse\ntask: seq2seq\noptim:\n  lr: 0.1\n  lr: 0.2\n", TRAIN,
+            ("{recipe}:5: duplicate key 'lr' in optim (first on line 4)",)),
+        "too many YAML aliases": Case(
+            "name: reverse\ntask: seq2seq\nx: &x 1\nplugins: [" + ", ".join(["*x"] * 101) + "]\n", TRAIN,
+            ("{recipe}: too many YAML aliases (more than 100)",)),
+        "Trainer argument of the wrong type": Case(
+            with_values(base, trainer__max_epochs="three"), TRAIN,
+            ("{recipe}: trainer.max_epochs: expected an integer or null, got 'three'",)),
+        "seed beyond 2**32 - 1": Case(
+            with_values(base, seed=2**32), TRAIN, ("{recipe}: seed: input should be less than or equal to 4294967295",)),
+        "infinite learning rate": Case(
+            with_values(base, optim__lr=float("inf")), TRAIN, ("{recipe}: optim.lr: input should be a finite number",)),
         "bad override syntax": Case(
             base, TRAIN + ("trainer.max_epochs",), ("override 'trainer.max_epochs'", "expected key.path=value")),
         "bad override key": Case(

@@ -87,6 +87,33 @@ def test_duplicate_registration_names_both_origins():
     assert registry.get("attention", "bahdanau").__name__ == "BahdanauAttention"  # the first one stays
 
 
+def test_register_refuses_an_unknown_kind():
+    """A typo in the kind would register a class that no recipe can reach: an error, listing the kinds."""
+    with pytest.raises(PluginError) as info:
+        nmt.register("atention", "mine")
+    assert info.value.message == ("register('atention', 'mine'): unknown plugin kind "
+                                  "(known: encoder, decoder, attention, task, tokenizer); did you mean 'attention'?")
+    with pytest.raises(PluginError, match=r"unknown plugin kind \(known: encoder, .*\)$"):
+        nmt.register("widget", "mine")
+    with pytest.raises(PluginError, match="the name must be a non-empty string"):
+        nmt.register("encoder", "")
+    assert not [e for e in registry.entries() if e.name == "mine"]
+
+
+def test_register_error_from_a_plugin_file_names_the_file(tmp_path):
+    plugin = write_plugin(tmp_path / "typo.py", "decodr", "mine")
+    with pytest.raises(PluginError) as info:
+        registry.load_plugin(str(plugin))
+    assert info.value.message.startswith(f"{plugin}: register('decodr', 'mine'): unknown plugin kind")
+    assert info.value.message.endswith("did you mean 'decoder'?")
+
+
+def test_unknown_name_is_quoted_short():
+    with pytest.raises(PluginError) as info:
+        registry.get("encoder", "x" * 100_000)
+    assert len(info.value.message) < 200
+
+
 def test_load_plugin_from_a_file(tmp_path):
     path = write_plugin(tmp_path / "my_plugin.py", "attention", "from_a_file")
     registry.load_plugin(str(path))

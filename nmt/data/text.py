@@ -111,3 +111,30 @@ def read_parallel(
             f"line count differs from {src_path} ({len(targets)} vs {len(sources)})",
         )
     return sources, targets
+
+
+def no_usable_example(paths: list[StrPath], max_length: int | None,
+                      encoding_errors: EncodingErrors = "strict") -> DataError:
+    """The error for training files of which every line was dropped, counting why.
+
+    Training skips a line (a pair of lines) that is blank on one side or longer than
+    ``data.max_length``; with nothing left Lightning would train on no batch and exit 0, so the user
+    learns nothing. A file with CR-only (old Mac) line endings reads as one long line: said outright.
+    """
+    total = empty = 0
+    blank = [0] * len(paths)
+    with_cr = [False] * len(paths)
+    for lines in zip(*(iter_lines(path, encoding_errors) for path in paths)):
+        total += 1
+        empty += any(not line.strip() for line in lines)
+        for k, line in enumerate(lines):
+            blank[k] += not line.strip()
+            with_cr[k] = with_cr[k] or "\r" in line
+    # Name the file at fault: the one with CR line endings, else the one with the most blank lines.
+    at = with_cr.index(True) if any(with_cr) else max(range(len(paths)), key=lambda k: (blank[k], -k))
+    limit = f"data.max_length={max_length}" if max_length is not None else "the length limit"
+    what = (f"no usable training example: {total} line{'s' if total != 1 else ''} dropped "
+            f"({empty} empty, {total - empty} longer than {limit})")
+    if with_cr[at]:
+        what += "; the file has CR (\\r) line endings, not \\n: convert them (tr '\\r' '\\n')"
+    return DataError(str(paths[at]), what)

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel
 
-from nmt.errors import TrainingDiverged
+from nmt.errors import DataError, TrainingDiverged, UserError
 from nmt.recipe import Recipe
 
 
@@ -51,9 +51,24 @@ class Task(pl.LightningModule):
     def make_datamodule(self) -> pl.LightningDataModule:
         raise NotImplementedError
 
-    def predict_file(self, input_path, output_path, **options) -> None:
-        from nmt.errors import UserError
+    def no_training_example(self) -> UserError:
+        """The error for a data module left with no training example: which file, how many lines, why.
 
+        Assumes the usual data section (``train`` with ``src``/``tgt`` or ``path``, ``max_length``);
+        a task that filters otherwise overrides it."""
+        from nmt.data.text import no_usable_example
+        from nmt.recipe import resolve_data_path
+
+        data = self.recipe.data
+        train = data.train
+        names = [getattr(train, side) for side in ("src", "tgt") if isinstance(getattr(train, side, None), str)]
+        names = names or [train if isinstance(train, str) else getattr(train, "path", None)]
+        if None in names:
+            return DataError(None, "no usable training example (every one was dropped)")
+        return no_usable_example([resolve_data_path(name, data.root) for name in names],
+                                 getattr(data, "max_length", None), getattr(data, "encoding_errors", "strict"))
+
+    def predict_file(self, input_path, output_path, **options) -> None:
         raise UserError(f"task '{self.recipe.spec.task}'", "does not support nmt predict")
 
     # --- optimisation ---------------------------------------------------------------------

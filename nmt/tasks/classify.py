@@ -64,7 +64,7 @@ class ClassifyData(Section):
 
 
 class InputEmbedding(Section):
-    size: PositiveInt = 256  # embedding size for tokens; projection size for vectors
+    size: int = Field(256, gt=0, le=65536)  # embedding size for tokens; projection size for vectors
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # Training only: each token becomes <unk> with this probability, so the model learns to use the
     # context of words it has never seen (Iyyer et al. 2015; Kiperwasser and Goldberg 2016).
@@ -72,7 +72,7 @@ class InputEmbedding(Section):
     # Training only: each batch is also scored with its embedded inputs moved this far (L2 norm per
     # sequence) in the direction that raises the loss most, and that loss is added (adversarial
     # training, Miyato et al. 2017): two forward and backward passes per step.
-    adversarial: float = Field(0.0, ge=0.0)
+    adversarial: float = Field(0.0, ge=0.0, allow_inf_nan=False)
 
 
 class ClassifyModel(Section):

@@ -37,7 +37,7 @@ class ForecastModel(Section):
     encoder: dict[str, Any] = {"name": "gru", "bidirectional": False}
     attention: dict[str, Any] = {"name": "bahdanau"}
     decoder: dict[str, Any] = {"name": "rnn"}
-    embedding_size: PositiveInt = 64  # the Linear embedding of input segments and of fed-back predictions
+    embedding_size: int = Field(64, gt=0, le=65536)  # the Linear embedding of input segments and of fed-back predictions
     segment: PositiveInt = 1  # rows per encoder and decoder step; divides lookback and horizon
     channel_independent: bool = False  # one shared univariate model per column (needs targets == columns)
     relative: bool = True  # work relative to each channel's last observed value

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from nmt.data.series import WindowShape
@@ -28,7 +28,7 @@ class GenerateData(SeriesData):
 
 class GenerateModel(Section):
     encoder: dict[str, Any] = {"name": "gru", "bidirectional": False}
-    embedding_size: PositiveInt = 64
+    embedding_size: int = Field(64, gt=0, le=65536)
     relative: bool = False  # predict changes from the current values of the targets
     loss: Loss = "mse"
 

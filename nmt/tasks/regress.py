@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from nmt.data.series import WindowShape
@@ -35,7 +35,7 @@ class RegressModel(Section):
     loss: Loss = "mse"
     relative: bool = False  # predict the change from the input value of each target column
     tbptt_steps: Optional[PositiveInt] = None  # truncated BPTT: optimiser steps per piece of this many steps
-    clip_norm: Optional[PositiveFloat] = 1.0  # gradient clipping under tbptt (trainer.gradient_clip_val otherwise)
+    clip_norm: Optional[float] = Field(1.0, gt=0, allow_inf_nan=False)  # gradient clipping under tbptt (trainer.gradient_clip_val otherwise)
 
 
 @register("task", "regress")

@@ -44,13 +44,13 @@ class Seq2SeqData(Section):
     batch_tokens: PositiveInt = 2000  # padded tokens per training batch
     max_sentences: Optional[PositiveInt] = None
     valid_batch_tokens: PositiveInt = 4000
-    valid_max_length_ratio: float = Field(1.5, gt=0)
+    valid_max_length_ratio: float = Field(1.5, gt=0, le=100, allow_inf_nan=False)  # .inf would crash greedy search
     num_workers: int = Field(0, ge=0)
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
 
 
 class EmbeddingConfig(Section):
-    size: PositiveInt = 256
+    size: int = Field(256, gt=0, le=65536)  # bounded: a typo (1e9) is a recipe error, not an allocation
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     tie_target: bool = False  # share the target embedding with the output layer (Press and Wolf 2017)
     share_source: bool = False  # one embedding for both languages (needs data.joint_vocab: true)

@@ -17,7 +17,7 @@ from typing import Literal, Optional, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, FiniteFloat, PositiveInt, field_validator
 
 from nmt.data.series import SPLITS, Scaler, Series, WindowDataModule, WindowDataset, WindowShape, read_series, \
     split_rows, window_origins
@@ -26,7 +26,7 @@ from nmt.recipe import Recipe, Section, resolve_data_path
 from nmt.io import atomic_write_text
 from nmt.tasks.base import Task
 
-Size = Union[int, float]
+Size = Union[int, FiniteFloat]  # NaN would pass the range check below
 SCALER_FILE = Path("tokenizer") / "scaler.json"
 
 

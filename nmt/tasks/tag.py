@@ -44,7 +44,7 @@ class TagData(Section):
 class WordEmbedding(Section):
     """A vector per whole word beside its pieces: the word's identity, which pieces only spell out."""
 
-    size: PositiveInt = 100
+    size: int = Field(100, gt=0, le=65536)
     min_freq: PositiveInt = 2  # rarer training words share <unk>
     # Training only: each word becomes <unk> with this probability, so <unk> is learned from
     # contexts rather than from the rare words alone (Kiperwasser and Goldberg 2016).

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from nmt.registry import register
@@ -16,7 +16,8 @@ class BahdanauAttention(nn.Module):
         """Recipe options of additive attention (``model.attention``)."""
 
         model_config = ConfigDict(extra="forbid")
-        hidden_size: PositiveInt | None = None  # size of the scoring MLP; None: the query size
+        # size of the scoring MLP; None: the query size. Bounded so a typo (1e9) is a recipe error, not an allocation
+        hidden_size: int | None = Field(None, gt=0, le=65536)
 
     def __init__(self, config: Config, query_size: int, key_size: int) -> None:
         super().__init__()

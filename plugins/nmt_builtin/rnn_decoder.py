@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from nmt.registry import register
@@ -30,8 +30,9 @@ class RNNDecoder(nn.Module):
 
         model_config = ConfigDict(extra="forbid")
         cell: Literal["gru", "lstm"] = "gru"
-        hidden_size: PositiveInt = 512
-        num_layers: PositiveInt = 1
+        # Bounded so a typo (1e9) is a recipe error naming the key, not an allocation failure.
+        hidden_size: int = Field(512, gt=0, le=65536)
+        num_layers: int = Field(1, gt=0, le=64)
         dropout: float = Field(0.0, ge=0, lt=1)  # on the input embeddings and between layers
         hidden_dropout: float = Field(0.0, ge=0, lt=1)  # on the attentional output
         input_feeding: bool = True  # feed the previous attentional output back as input

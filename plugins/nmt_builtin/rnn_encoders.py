@@ -7,7 +7,7 @@ each sequence's own last token, not at the padding.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -26,8 +26,9 @@ class RNNEncoder(nn.Module):
         """Recipe options of a recurrent encoder (``model.encoder``)."""
 
         model_config = ConfigDict(extra="forbid")
-        hidden_size: PositiveInt = 256  # per direction
-        num_layers: PositiveInt = 1
+        # Bounded so a typo (1e9) is a recipe error naming the key, not an allocation failure.
+        hidden_size: int = Field(256, gt=0, le=65536)  # per direction
+        num_layers: int = Field(1, gt=0, le=64)
         dropout: float = Field(0.0, ge=0, lt=1)  # between layers and on the output states
         bidirectional: bool = True
 

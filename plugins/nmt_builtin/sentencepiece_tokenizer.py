@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import sentencepiece as spm
-from pydantic import PositiveInt
+from pydantic import Field
 
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from nmt.errors import DataError, RecipeError
@@ -25,10 +25,10 @@ class SentencePieceTokenizer(Tokenizer):
     class Config(Tokenizer.Config):
         """Options passed to sentencepiece's trainer."""
 
-        vocab_size: PositiveInt = 8000
+        vocab_size: int = Field(8000, gt=0, le=1 << 20)  # sentencepiece's ids and our embeddings stay sane
         model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
-        character_coverage: float = 1.0
-        input_sentence_size: PositiveInt = 1_000_000  # sampled lines; bounds memory on huge corpora
+        character_coverage: float = Field(1.0, gt=0.0, le=1.0)  # a fraction of the characters
+        input_sentence_size: int = Field(1_000_000, gt=0, le=2**31 - 1)  # sampled lines; bounds memory on huge corpora
         # False lets a small corpus train with fewer pieces than asked instead of failing.
         hard_vocab_limit: bool = False
 
@@ -68,7 +68,12 @@ class SentencePieceTokenizer(Tokenizer):
         path = Path(directory) / f"{prefix}.model"
         if not path.is_file():
             raise DataError(str(path), "sentencepiece model not found")
-        processor = spm.SentencePieceProcessor(model_file=str(path))
+        try:
+            processor = spm.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as exc:  # sentencepiece says "INTERNAL: could not parse ModelProto ..."
+            reason = "empty file" if path.stat().st_size == 0 else str(exc).splitlines()[0].removeprefix("INTERNAL: ")[:100]
+            raise DataError(str(path), f"not a sentencepiece model, truncated or corrupt ({reason}); "
+                                       "copy the run's tokenizer/ directory again or retrain") from None
         found = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
         if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             # A model trained outside nmt may put the specials elsewhere; ids would silently clash.

@@ -69,8 +69,13 @@ class VocabularyTokenizer(Tokenizer):
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
             tokens = payload["tokens"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(str(path), f"not a vocabulary file ({exc})") from exc
+        except (ValueError, KeyError, TypeError) as exc:  # a truncated, empty or foreign file
+            reason = "empty file" if path.stat().st_size == 0 else str(exc)[:100]
+            raise DataError(str(path), f"not a vocabulary file, truncated or corrupt ({reason})") from None
+        except OSError as exc:
+            raise DataError(str(path), f"cannot read vocabulary file ({exc.strerror or exc})") from None
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise DataError(str(path), "not a vocabulary file (tokens must be a list of strings)")
         if tuple(tokens[: len(SPECIAL_PIECES)]) != SPECIAL_PIECES:
             raise DataError(str(path), f"vocabulary must begin with {', '.join(SPECIAL_PIECES)}")
         return cls(tokens)

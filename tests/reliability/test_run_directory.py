@@ -1,0 +1,105 @@
+"""The run directory belongs to one ``nmt train`` at a time, and a failed start leaves nothing that
+blocks the retry (issue 12)."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_recipe
+from reliability_support import (check, error_lines, nmt_subprocess, record, reliability_data, run_cli,  # noqa: F401
+                                 small_recipe)
+
+
+def quick_recipe(data: Path, **sections) -> dict:
+    """A few steps only: these tests are about the directory, not about learning."""
+    return small_recipe(data, trainer={"max_steps": 3, "max_epochs": 1, **sections.pop("trainer", {})}, **sections)
+
+
+def test_second_train_on_a_run_directory_in_use_is_refused(tmp_path, capsys, reliability_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(Path("r.yaml"), small_recipe(reliability_data, trainer={"max_epochs": 50}))
+    run_dir = Path("runs/x")
+    first = nmt_subprocess("train", recipe, "--run-dir", run_dir)
+    try:
+        holder = run_dir / ".lock.holder"
+        deadline = time.monotonic() + 120
+        while not (holder.exists() and holder.read_text().strip()) and first.poll() is None:
+            assert time.monotonic() < deadline, "the first nmt train never took the run directory"
+            time.sleep(0.05)
+        argv = ["train", recipe, "--run-dir", run_dir]
+        code, _, err = run_cli(capsys, *argv)
+        holder = f"(pid {first.pid} on host {socket.gethostname()})"
+        assert code == 2 and error_lines(err) == [
+            f"nmt: runs/x: in use by another nmt train {holder}; wait for it or pick another --run-dir"], err
+        record("run directory in use by another nmt train", argv, code, err.replace(holder, "(pid 1234 on host h)"))
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    # The kernel released the lock with the killed process: the next run takes the directory.
+    short = write_recipe(tmp_path / "short.yaml", small_recipe(reliability_data, trainer={"max_epochs": 50,
+                                                                                          "max_steps": 2}))
+    code, _, err = run_cli(capsys, "train", short, "--run-dir", run_dir)
+    assert code == 0, err[-2000:]
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["retry", "retry-fresh"])
+def test_failed_start_on_bad_data_leaves_nothing_behind(tmp_path, capsys, reliability_data, fresh, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = Path("data")
+    shutil.copytree(reliability_data, data)
+    (data / "train.src.gz").write_bytes(b"\x1f\x8b" + b"not really gzip\n" * 50)  # gzip magic, then junk
+    bad = quick_recipe(data)
+    bad["data"]["train"]["src"] = "train.src.gz"
+    run_dir = Path("runs/x")
+    more = ["--fresh"] if fresh else []
+    message = check(capsys, "fake .gz training file (gzip magic, not gzip)" + (" with --fresh" if fresh else ""),
+                    "train", write_recipe(Path("bad.yaml"), bad), "--run-dir", run_dir, *more)
+    assert "train.src.gz" in message
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+    code, _, err = run_cli(capsys, "train", write_recipe(tmp_path / "good.yaml", quick_recipe(data)),
+                           "--run-dir", run_dir, *more)
+    assert code == 0, err[-2000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_failed_start_on_a_bad_trainer_argument_then_fresh_retry(tmp_path, capsys, reliability_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("runs/x")
+    bad = write_recipe(Path("bad.yaml"), quick_recipe(reliability_data, trainer={"strategy": "nonsense"}))
+    message = check(capsys, "invalid trainer strategy (retried with --fresh)", "train", bad, "--run-dir", run_dir,
+                    "--fresh")
+    assert "strategy" in message
+    assert not run_dir.exists()
+    code, _, err = run_cli(capsys, "train", write_recipe(tmp_path / "good.yaml", quick_recipe(reliability_data)),
+                           "--run-dir", run_dir, "--fresh")
+    assert code == 0, err[-2000:]
+
+
+def test_failed_start_keeps_what_was_in_an_existing_directory(tmp_path, capsys, reliability_data):
+    """A directory the user made (with a note in it) loses only what the failed start added."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "NOTES.txt").write_text("mine\n")
+    bad = quick_recipe(reliability_data)
+    (tmp_path / "empty.tgt").write_text("\n" * 3)  # the wrong file: every line blank
+    bad["data"]["train"]["tgt"] = str(tmp_path / "empty.tgt")
+    code, _, err = run_cli(capsys, "train", write_recipe(tmp_path / "bad.yaml", bad), "--run-dir", run_dir)
+    assert code == 2, err[-2000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["NOTES.txt"]
+
+
+def test_a_failed_resume_keeps_the_run(tmp_path, capsys, reliability_data):
+    """Never undo a run that existed: a resume that fails leaves its files as they were."""
+    run_dir = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", quick_recipe(reliability_data))
+    assert run_cli(capsys, "train", recipe, "--run-dir", run_dir)[0] == 0
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    bad = write_recipe(tmp_path / "bad.yaml", quick_recipe(reliability_data, trainer={"strategy": "nonsense"}))
+    assert run_cli(capsys, "train", bad, "--run-dir", run_dir)[0] == 2
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
