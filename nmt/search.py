@@ -42,15 +42,11 @@ def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ra
     steps = []
     for t in range(int(limits.max())):
         log_probs, state = model.decode_step(prev, state, memory)  # [B,V]
-        at_limit = (t + 1 >= limits) & ~finished  # out of length: end here
-        if at_limit.any():
-            log_probs = log_probs.clone()
-            log_probs[at_limit, model.eos_id] = float("inf")
         best_lp, prev = log_probs.max(dim=-1)  # [B]
-        best_lp = torch.where(at_limit, torch.zeros_like(best_lp), best_lp)
         log_prob += torch.where(finished, torch.zeros_like(best_lp), best_lp)
         steps.append(torch.where(finished, torch.full_like(prev, model.eos_id), prev))
-        finished |= prev == model.eos_id
+        # out of length after this token: it ends here without EOS, as a live beam of beam_search does
+        finished |= (prev == model.eos_id) | (t + 1 >= limits)
         if finished.all():
             break
     tokens = torch.stack(steps, dim=1).tolist()  # [B,T]
@@ -88,7 +84,8 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         is_eos = top_token == model.eos_id
         at_limit = torch.tensor([t + 1 >= limits[s] for s in active], device=device)
         # EOS among the first K candidates finishes a hypothesis
-        for row, col in (is_eos[:, :k]).nonzero().tolist():
+        # (a beam wider than the vocabulary also offers the -inf copies of the start beam: not hypotheses)
+        for row, col in (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist():
             seq = tokens[row * k + top_beam[row, col]].tolist()[1:]
             lp = top_scores[row, col].item()
             finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha)))

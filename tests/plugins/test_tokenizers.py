@@ -1,4 +1,4 @@
-"""Tokenizer plugins: train, save, load in a fresh object, and round-trip text."""
+"""Built-in tokenizer plugins (sentencepiece, whitespace, characters): train, save, load, round-trip text."""
 from __future__ import annotations
 
 import random
