@@ -56,7 +56,7 @@ def make_batches(task, n: int, seed: int = 0):
 
 def variants(task, bucketed, unbucketed) -> tuple[dict, str]:
     """(name -> (batches, bf16, loss), the unit); ``loss(batch)`` gives (the loss to minimise, tokens counted)."""
-    from nmt.tasks.classify import LabelTask
+    from nmt.tasks.labels import LabelTask
 
     if isinstance(task, LabelTask):
         def plain(batch):

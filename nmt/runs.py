@@ -4,7 +4,8 @@ Layout::
 
     run.json            format version and the nmt version that wrote it
     recipe.yaml         the recipe with every override applied
-    tokenizer/          tokenizer models (or scalers, label sets) fitted by the task
+    fitted/             what the task fitted on the training data: tokenizer models, label sets,
+                        scalers; READY once complete (older runs: tokenizer/, still read)
     checkpoints/        best.ckpt, last.ckpt (written to a temporary file, then renamed)
     logs/metrics.csv    and tb/ for TensorBoard
 """
@@ -25,6 +26,21 @@ from nmt.errors import RecipeError, RunError, UserError, shorten
 from nmt.io import atomic_write_text
 
 RUN_FORMAT = 1
+FITTED = "fitted"
+LEGACY_FITTED = "tokenizer"  # the name of the fitted folder in runs written before it held more than tokenizers
+READY = "READY"  # written by nmt train after prepare_run: a half-fitted run dir is never taken for a finished one
+
+
+def fitted_dir(run_dir: Path) -> Path:
+    """The folder of what a task fitted on the training data (tokenizers, labels, scalers).
+
+    Runs written before it was named for what it holds keep theirs in ``tokenizer/``: that one is
+    used while it exists and ``fitted/`` does not, so an old run translates and resumes as it is."""
+    run_dir = Path(run_dir)
+    legacy = run_dir / LEGACY_FITTED
+    if legacy.is_dir() and not (run_dir / FITTED).exists():
+        return legacy
+    return run_dir / FITTED
 
 
 def is_run(run_dir: Path) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import shutil
 import signal
@@ -14,116 +13,15 @@ from pathlib import Path
 import click
 import filelock
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.callbacks import Callback, Checkpoint, EarlyStopping, LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter
-from pytorch_lightning.loggers.logger import rank_zero_experiment
-from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nmt import runs
 from nmt.errors import RecipeError, RunError, UserError
-from nmt.io import atomic_open, atomic_write_text
+from nmt.io import atomic_write_text
+from nmt.lightning_fixes import AtomicCheckpointIO, CheckpointAlignedCSVLogger, LastCheckpoint
 from nmt.recipe import Recipe
-from nmt.tasks.tokenizers import READY, tokenizer_dir
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints go to a temporary file that is renamed into place: a kill never leaves a torn file."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        """Resume with ``weights_only=True`` whatever Lightning asks for: a checkpoint never runs code."""
-        return runs.load_checkpoint(Path(path))
-
-
-class LastCheckpoint(Checkpoint):
-    """Keeps ``last.ckpt`` at the step training reached, however the run ends.
-
-    Lightning's ``save_last`` rewrites it only when the monitored score improved (2.6), so a kill
-    after a few validations without progress went back to the last improvement. Saved after every
-    validation inside an epoch, at the end of every finished epoch, at a stop inside an epoch
-    (max_steps, max_time, early stopping: Lightning still calls ``on_train_epoch_end`` then) and at a
-    SIGTERM, so a run stopped before its first validation still leaves weights to translate with
-    and to resume from. Saved at an epoch's end, the checkpoint resumes at the start of the next
-    epoch; saved inside one, it resumes at the next batch of that epoch's order
-    (``BucketedDataModule.state_dict``). A ``Checkpoint``, so Lightning runs it after the
-    best-score ModelCheckpoint listed before it, and the saved state holds the best score so far.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.saved_step: int | None = None  # the global step of the last save in this process
-
-    def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # full, to resume from; said, so Lightning logs nothing
-        self.saved_step = trainer.global_step
-        for logger in trainer.loggers:
-            logger.after_save_checkpoint(self)
-
-    @staticmethod
-    def epoch_finished(trainer) -> bool:
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
-            return
-        if not self.epoch_finished(trainer):  # at the epoch's last batch, on_train_epoch_end saves instead
-            self.save(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        # A stop inside the epoch (max_steps, max_time, early stopping) saves the step it reached,
-        # unless a validation at that very step has just saved it.
-        if self.epoch_finished(trainer) or self.saved_step != trainer.global_step:
-            self.save(trainer)
-
-    def on_exception(self, trainer, pl_module, exception):
-        # SIGTERM (a scheduler's preemption, a kill): Lightning raises it after the current batch, so
-        # the state is whole. Any other exception may leave it broken (a NaN loss): not saved.
-        if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
-                and self.saved_step != trainer.global_step and trainer.global_step > 0):
-            self.save(trainer)
-
-
-class AppendingExperimentWriter(ExperimentWriter):
-    """Lightning's CSV writer, but a resumed run appends to ``metrics.csv`` instead of deleting it.
-
-    (Lightning 2.6 removes an existing metrics file when the writer starts, so a resume lost the
-    curve of everything before it.) The existing header seeds the known columns: a new column
-    rewrites the file with the old rows kept, as Lightning does within one process.
-    """
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = sorted(next(csv.reader(file), []))
-
-
-class CheckpointAlignedCSVLogger(CSVLogger):
-    """Writes ``metrics.csv`` whenever a checkpoint is saved: a killed run keeps the log of what it kept.
-
-    (Lightning flushes it every 100 steps otherwise, so a kill lost the metrics of the last checkpoints.)
-    A resumed run appends to the same file.
-    """
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> AppendingExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
-        return self._experiment
-
-    def after_save_checkpoint(self, checkpoint_callback) -> None:
-        super().after_save_checkpoint(checkpoint_callback)
-        self.save()
 
 
 class Throughput(Callback):
@@ -336,7 +234,7 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool) -> Path:
                                   "use another --run-dir for a different model or data")
     pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
     trainer = build_trainer(recipe, run_dir, recipe.task_cls)  # before any file is written: bad arguments fail here
-    ready = tokenizer_dir(run_dir) / READY  # the artifacts are complete once this exists
+    ready = runs.fitted_dir(run_dir) / runs.READY  # the artifacts are complete once this exists
     if is_rank_zero():
         runs.write_run(run_dir, recipe.raw)
         recipe.task_cls.prepare_run(recipe, run_dir)

@@ -17,6 +17,7 @@ import click
 import torch
 
 from nmt import search
+from nmt.data.batching import bucket_by_length
 from nmt.errors import UserError
 from nmt.io import open_output, refuse_same_file
 from nmt.runs import load_run
@@ -43,26 +44,21 @@ def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float,
     A batch holds at most ``batch_tokens * BUDGET_BEAM`` hypothesis tokens (sentences x longest
     source x beam, at least BUDGET_BEAM wide), so a wide beam takes fewer sentences at a time."""
     encoded = encode_lines(task, lines) if encoded is None else encoded
-    order = sorted((i for i in range(len(lines)) if encoded[i]), key=lambda i: len(encoded[i]))
+    todo = [i for i in range(len(lines)) if encoded[i]]
     results: list[list[search.Hypothesis]] = [[] for _ in lines]
     device = next(task.parameters()).device
-    width, budget = max(beam, BUDGET_BEAM), batch_tokens * BUDGET_BEAM
-    batch: list[int] = []
-    for i in order + [None]:  # sorted by length: the newest line is the longest of its batch
-        if i is not None and (not batch or (len(batch) + 1) * len(encoded[i]) * width <= budget):
-            batch.append(i)
-            continue
-        if batch:
-            src = torch.nn.utils.rnn.pad_sequence([torch.tensor(encoded[j]) for j in batch], batch_first=True,
-                                                  padding_value=task.src_tokenizer.pad_id).to(device)
-            src_len = torch.tensor([len(encoded[j]) for j in batch])
-            if beam == 1 and nbest == 1:
-                hyps = [[h] for h in search.greedy_search(task, src, src_len, max_length_ratio)]
-            else:
-                hyps = search.beam_search(task, src, src_len, beam, alpha, nbest, max_length_ratio)
-            for j, h in zip(batch, hyps):
-                results[j] = h
-        batch = [i] if i is not None else []
+    for batch_ids in bucket_by_length([len(encoded[i]) for i in todo], batch_tokens * BUDGET_BEAM,
+                                      width=max(beam, BUDGET_BEAM)):
+        batch = [todo[k] for k in batch_ids]
+        src = torch.nn.utils.rnn.pad_sequence([torch.tensor(encoded[j]) for j in batch], batch_first=True,
+                                              padding_value=task.src_tokenizer.pad_id).to(device)
+        src_len = torch.tensor([len(encoded[j]) for j in batch])
+        if beam == 1 and nbest == 1:
+            hyps = [[h] for h in search.greedy_search(task, src, src_len, max_length_ratio)]
+        else:
+            hyps = search.beam_search(task, src, src_len, beam, alpha, nbest, max_length_ratio)
+        for j, h in zip(batch, hyps):
+            results[j] = h
     return results
 
 

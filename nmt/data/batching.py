@@ -23,12 +23,15 @@ def bucket_by_length(
     *,
     shuffle: bool = False,
     seed: int = 0,
+    width: int = 1,
 ) -> list[list[int]]:
-    """Group example indices into batches whose padded size ``longest * count`` fits ``max_tokens``.
+    """Group example indices into batches whose padded size ``longest * count * width`` fits ``max_tokens``.
 
-    The caller chooses what a length is (source tokens, or the longer of source and target).
+    The caller chooses what a length is (source tokens, or the longer of source and target), and
+    ``width``, the rows each example takes in the model (beam search keeps one per hypothesis).
     An example longer than ``max_tokens`` gets a batch of its own rather than being dropped.
-    Without ``shuffle`` the batches come out shortest first and in a fixed order.
+    Without ``shuffle`` the batches come out shortest first and in a fixed order: training,
+    validation and inference (``nmt translate``, ``nmt predict``) all batch this way.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
@@ -48,7 +51,7 @@ def bucket_by_length(
         # costs one token, or a run of them would form an unbounded batch.
         longest = max(int(lengths_array[index]), 1)
         full = max_sentences is not None and len(batch) >= max_sentences
-        if batch and (full or (len(batch) + 1) * longest > max_tokens):
+        if batch and (full or (len(batch) + 1) * longest * width > max_tokens):
             batches.append(batch)
             batch = []
         batch.append(index)

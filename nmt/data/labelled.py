@@ -310,15 +310,3 @@ class ExampleCollator:
         else:
             batch["labels"] = torch.tensor([e.target for e in examples], dtype=torch.long)  # [B]
         return batch
-
-
-def length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped for inference: sorted by length, each batch's padded size within ``max_tokens``."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * max(lengths[i], 1) <= max_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches

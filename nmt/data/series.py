@@ -1,18 +1,16 @@
-"""Numeric time series: a CSV reader, a z-score scaler, chronological splits and sliding windows.
+"""Numeric time series: a CSV reader, chronological splits and sliding windows.
 
 Follow one series from a file to a batch: :func:`read_series` reads the numeric columns (naming the
 file and row of anything that is not a finite number); :func:`split_rows` cuts the rows into
-train / valid / test in time order; :class:`Scaler` is fitted on the training rows alone and saved
-in the run directory; :func:`window_origins` lists the windows whose targets lie inside one split
-(inputs may reach back into earlier rows, never forward); :class:`WindowDataset` cuts them lazily.
+train / valid / test in time order; a :class:`~nmt.data.scaling.Scaler` is fitted on the training rows
+alone and saved in the run directory; :func:`window_origins` lists the windows whose targets lie inside
+one split (inputs may reach back into earlier rows, never forward); :class:`WindowDataset` cuts them lazily.
 """
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -133,7 +131,7 @@ def _number(text: str, where: str, column: str) -> float:
     return value
 
 
-# --- splits and scaling ---------------------------------------------------------------------
+# --- splits ---------------------------------------------------------------------------------
 
 def split_rows(n_rows: int, sizes: dict[str, float | int], where: str = "data.split") -> dict[str, tuple[int, int]]:
     """Consecutive row ranges ``[lo, hi)`` for train, valid and test, in time order.
@@ -152,50 +150,6 @@ def split_rows(n_rows: int, sizes: dict[str, float | int], where: str = "data.sp
     if bounds["train"][1] - bounds["train"][0] < 2:
         raise DataError(where, f"the training split has {bounds['train'][1] - bounds['train'][0]} rows")
     return bounds
-
-
-class Scaler:
-    """Per-column z-scores, ``(x - mean) / std``, fitted on training rows only; saved as JSON."""
-
-    def __init__(self, columns: Sequence[str], mean: Sequence[float], std: Sequence[float]):
-        self.columns = list(columns)
-        self.mean = np.asarray(mean, dtype=np.float64)
-        self.std = np.asarray(std, dtype=np.float64)
-
-    @classmethod
-    def fit(cls, columns: Sequence[str], values: np.ndarray, enabled: bool = True) -> "Scaler":
-        if not enabled:
-            return cls(columns, np.zeros(len(columns)), np.ones(len(columns)))
-        std = values.std(axis=0)
-        return cls(columns, values.mean(axis=0), np.where(std > 1e-12, std, 1.0))  # a constant column stays put
-
-    def transform(self, values: np.ndarray, columns: Sequence[str] | None = None) -> np.ndarray:
-        mean, std = self._select(columns)
-        return (values - mean) / std
-
-    def inverse(self, values: np.ndarray, columns: Sequence[str] | None = None) -> np.ndarray:
-        """Back to original units; ``columns`` names the last axis of ``values`` (default: all)."""
-        mean, std = self._select(columns)
-        return values * std + mean
-
-    def _select(self, columns):
-        if columns is None:
-            return self.mean, self.std
-        idx = [self.columns.index(c) for c in columns]
-        return self.mean[idx], self.std[idx]
-
-    def to_json(self) -> str:
-        return json.dumps({"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist()}, indent=1)
-
-    @classmethod
-    def load(cls, path: Path) -> "Scaler":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(data["columns"], data["mean"], data["std"])
-        except (OSError, ValueError, KeyError) as exc:
-            from nmt.errors import RunError
-
-            raise RunError(path, f"unreadable scaler ({exc})") from None
 
 
 # --- windows --------------------------------------------------------------------------------

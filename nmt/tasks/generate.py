@@ -18,7 +18,7 @@ from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
 from nmt.recipe import Recipe, Section, component
 from nmt.registry import register
-from nmt.tasks.series import Loss, SeriesData, SeriesTask, _fmt
+from nmt.tasks.series import Loss, SeriesData, SeriesTask, format_value
 
 
 class GenerateData(SeriesData):
@@ -81,5 +81,5 @@ class GenerateTask(SeriesTask):
         rows = []
         for i, forecast in enumerate(pred):
             origin = series.times[i] or i
-            rows.extend([origin, k + 1, *map(_fmt, values)] for k, values in enumerate(forecast))
+            rows.extend([origin, k + 1, *map(format_value, values)] for k, values in enumerate(forecast))
         return ["origin", "step", *self.targets], rows

@@ -22,7 +22,7 @@ from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
 from nmt.recipe import Recipe, Section, component
 from nmt.registry import register
-from nmt.tasks.series import Loss, SeriesData, SeriesTask, _fmt, last_state_detached
+from nmt.tasks.series import Loss, SeriesData, SeriesTask, format_value, last_state_detached
 
 
 class RegressData(SeriesData):
@@ -138,10 +138,10 @@ class RegressTask(SeriesTask):
             offset = self.recipe.data.offset
             pred = self.scaler.inverse(pred, self.targets)
             return (["time", "offset", *self.targets],
-                    [[series.times[i] or i, offset, *map(_fmt, row)] for i, row in enumerate(pred)])
+                    [[series.times[i] or i, offset, *map(format_value, row)] for i, row in enumerate(pred)])
         lookback = self.recipe.data.lookback
         windows = inputs.unfold(0, lookback, 1).transpose(1, 2)  # [W, L, C_in]
         pred = self.scaler.inverse(self.predict_windows(windows)[:, 0].numpy(), self.targets)  # [W, C_out]
         return (["time", "offset", *self.targets],
-                [[series.times[lookback - 1 + w] or lookback - 1 + w, self.recipe.data.offset, *map(_fmt, row)]
-                 for w, row in enumerate(pred)])
+                [[series.times[lookback - 1 + w] or lookback - 1 + w, self.recipe.data.offset,
+                  *map(format_value, row)] for w, row in enumerate(pred)])

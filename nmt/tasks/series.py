@@ -2,7 +2,7 @@
 validation, and ``nmt predict`` from a CSV to a CSV.
 
 Follow one window: ``prepare_run`` reads the training rows and saves a z-score scaler in
-``run_dir/tokenizer/scaler.json``; ``windows`` scales the whole series with it and cuts the windows of
+``run_dir/fitted/scaler.json``; ``windows`` scales the whole series with it and cuts the windows of
 each split (:mod:`nmt.data.series`); the subclass (``regress``, ``forecast``, ``generate``) maps inputs
 [B, L, C_in] to predictions [B, T, C_out] in z-score units; ``predict_file`` inverts the scaling so a
 user sees original units. Subclasses declare ``window_shape`` and ``forward``.
@@ -19,15 +19,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, FiniteFloat, PositiveInt, field_validator
 
-from nmt.data.series import SPLITS, Scaler, Series, WindowDataModule, WindowDataset, WindowShape, read_series, \
-    split_rows, window_origins
+from nmt.data.scaling import Scaler
+from nmt.data.series import SPLITS, Series, WindowDataModule, WindowDataset, WindowShape, read_series, split_rows, \
+    window_origins
 from nmt.errors import DataError, RecipeError
 from nmt.recipe import Recipe, Section, resolve_data_path
-from nmt.io import atomic_write_text
+from nmt.runs import fitted_dir
 from nmt.tasks.base import Task
 
 Size = Union[int, FiniteFloat]  # NaN would pass the range check below
-SCALER_FILE = Path("tokenizer") / "scaler.json"
+SCALER_FILE = "scaler.json"  # in the run's fitted folder
 
 
 class SplitSizes(Section):
@@ -127,18 +128,17 @@ class SeriesTask(Task):
     @classmethod
     def prepare_run(cls, recipe: Recipe, run_dir: Path) -> None:
         """Fit the z-score scaler on the training rows only and save it (kept when a run resumes)."""
-        target = Path(run_dir) / SCALER_FILE
+        target = fitted_dir(run_dir) / SCALER_FILE
         if target.exists():
             return
         series = cls.read(recipe)
         lo, hi = split_rows(len(series), recipe.data.split.model_dump(), f"{recipe.path}: data.split")["train"]
-        scaler = Scaler.fit(series.columns, series.values[lo:hi], enabled=recipe.data.scale)
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, scaler.to_json() + "\n")
+        Scaler.fit(series.values[lo:hi], series.columns, enabled=recipe.data.scale).save(target)
 
     @classmethod
     def from_run(cls, recipe: Recipe, run_dir: Path) -> "SeriesTask":
-        return cls(recipe, run_dir, Scaler.load(Path(run_dir) / SCALER_FILE))
+        return cls(recipe, run_dir, Scaler.load(fitted_dir(run_dir) / SCALER_FILE))
 
     def windows(self, series: Series | None = None, stride: int | None = None) -> dict[str, WindowDataset]:
         """The windows of each split of ``series`` (default: the recipe's data), scaled with the run's scaler."""
@@ -230,10 +230,12 @@ class SeriesTask(Task):
         pred = self.predict_windows(inputs[-lookback:].unsqueeze(0))[0].numpy()  # [T, C_out]
         pred = self.scaler.inverse(pred, self.targets)
         origin = series.times[-1] if series.times[-1] else str(len(series) - 1)
-        return ["origin", "step", *self.targets], [[origin, k + 1, *map(_fmt, row)] for k, row in enumerate(pred)]
+        rows = [[origin, k + 1, *map(format_value, row)] for k, row in enumerate(pred)]
+        return ["origin", "step", *self.targets], rows
 
 
-def _fmt(value: float) -> str:
+def format_value(value: float) -> str:
+    """A predicted value as written to a CSV: six significant digits."""
     return f"{float(value):.6g}"
 
 

@@ -19,11 +19,12 @@ import torch
 from pydantic import Field, PositiveInt
 
 from nmt import registry
-from nmt.data.labelled import Example, ExampleCollator, LabelVocab, TaggedSentence, length_batches, read_conllu
+from nmt.data.labelled import Example, TaggedSentence, read_conllu
 from nmt.recipe import Recipe, Section, component, resolve_data_path
 from nmt.registry import register
-from nmt.tasks.classify import LABELS_FILE, InputEmbedding, LabelTask, drop_to_unk
-from nmt.tasks.tokenizers import load_tokenizers, tokenizer_dir, train_tokenizers
+from nmt.runs import fitted_dir
+from nmt.tasks.labels import InputEmbedding, LabelTask, drop_to_unk
+from nmt.tasks.tokenizers import load_tokenizers, train_tokenizers
 
 
 class TagData(Section):
@@ -60,7 +61,7 @@ class TagModel(Section):
     word_encoder: Optional[dict[str, Any]] = None  # e.g. {name: lstm, hidden_size: 256}: a second encoder over words
 
 
-WORDS_PREFIX = "words"  # the whole-word vocabulary of model.word_embedding: tokenizer/words.vocab.json
+WORDS_PREFIX = "words"  # the whole-word vocabulary of model.word_embedding: fitted/words.vocab.json
 
 
 @register("task", "tag")
@@ -101,11 +102,9 @@ class TagTask(LabelTask):
 
     @classmethod
     def prepare_run(cls, recipe: Recipe, run_dir: Path) -> None:
-        directory = tokenizer_dir(run_dir)
-        directory.mkdir(parents=True, exist_ok=True)
         sentences = cls.read_split(recipe, recipe.data.train)
-        if not (directory / LABELS_FILE).exists():  # before the tokenizer's READY, which other ranks wait for
-            LabelVocab.fit(t for s in sentences for t in s.tags).save(directory / LABELS_FILE)
+        cls.fit_labels(run_dir, (t for s in sentences for t in s.tags))
+        directory = fitted_dir(run_dir)
         if recipe.model.word_embedding is not None and not (directory / f"{WORDS_PREFIX}.vocab.json").exists():
             vocabulary = cls.word_vocabulary(recipe)
             config = vocabulary.Config(min_freq=recipe.model.word_embedding.min_freq)
@@ -122,8 +121,8 @@ class TagTask(LabelTask):
         tokenizer, _ = load_tokenizers(recipe, run_dir, joint=False, target=False)
         words = None
         if recipe.model.word_embedding is not None:
-            words = cls.word_vocabulary(recipe).load(tokenizer_dir(run_dir), WORDS_PREFIX)
-        return cls(recipe, run_dir, tokenizer, LabelVocab.load(tokenizer_dir(run_dir) / LABELS_FILE), words)
+            words = cls.word_vocabulary(recipe).load(fitted_dir(run_dir), WORDS_PREFIX)
+        return cls(recipe, run_dir, tokenizer, cls.load_labels(run_dir), words)
 
     def forward(self, batch, perturbation: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B,W,C] for each word of a padded batch."""
@@ -172,18 +171,13 @@ class TagTask(LabelTask):
             examples.append(Example(i, ids, tags, starts, self.word_ids(sentence.words)))
         return examples
 
-    def predict_lines(self, lines, wheres, probabilities, batch_tokens) -> list[str]:
-        encoded = [self.encode_words(line.split()) if line.strip() else ([], []) for line in lines]
-        word_ids = [self.word_ids(line.split()) for line in lines]
-        answers = [""] * len(lines)
-        todo = [i for i, (ids, _) in enumerate(encoded) if ids]
-        collate = ExampleCollator(self.pad_id)
-        for batch_ids in length_batches([len(encoded[i][0]) for i in todo], batch_tokens):
-            indices = [todo[j] for j in batch_ids]
-            batch = collate([Example(i, encoded[i][0], [0] * len(encoded[i][1]), encoded[i][1], word_ids[i])
-                             for i in indices])
-            batch = {k: v.to(self.device) if k not in ("src_len", "word_len") else v for k, v in batch.items()}
-            best = self(batch).argmax(-1).cpu()  # [B,W]
-            for row, i in enumerate(indices):
-                answers[i] = " ".join(self.labels.labels[int(t)] for t in best[row, : len(encoded[i][1])])
-        return answers
+    def line_example(self, index: int, line: str, where: str) -> Example:
+        words = line.split()
+        ids, starts = self.encode_words(words)
+        return Example(index, ids, [0] * len(starts), starts, self.word_ids(words))
+
+    def batch_answers(self, logits: torch.Tensor, examples: list[Example], probabilities: bool) -> list[str]:
+        """The most probable tag of each word, space-separated."""
+        best = logits.argmax(-1).cpu()  # [B,W]
+        return [" ".join(self.labels.labels[int(t)] for t in best[row, : len(e.word_starts)])
+                for row, e in enumerate(examples)]

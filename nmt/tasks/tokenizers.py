@@ -1,20 +1,15 @@
-"""Fitting and loading the tokenizer plugins of a run (joint or one per side), kept in ``run/tokenizer``."""
+"""Fitting and loading the tokenizer plugins of a run (joint or one per side), kept in its fitted folder."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from nmt.recipe import Recipe, component
-
-READY = "READY"  # written by nmt train after prepare_run: a half-fitted run dir is never taken for a finished one
-
-
-def tokenizer_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "tokenizer"
+from nmt.runs import READY, fitted_dir
 
 
 def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[str] | None, joint: bool) -> None:
     """Fit the recipe's tokenizer(s) on training text unless the run already has them."""
-    directory = tokenizer_dir(run_dir)
+    directory = fitted_dir(run_dir)
     if (directory / READY).exists():
         return
     directory.mkdir(parents=True, exist_ok=True)
@@ -31,7 +26,7 @@ def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[st
 def load_tokenizers(recipe: Recipe, run_dir: Path, joint: bool, target: bool = True):
     """(source tokenizer, target tokenizer); the same object twice for a joint vocabulary."""
     cls, _ = component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
-    directory = tokenizer_dir(run_dir)
+    directory = fitted_dir(run_dir)
     if not target:
         return cls.load(directory, "src"), None
     if joint:

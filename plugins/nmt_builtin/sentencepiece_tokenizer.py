@@ -73,7 +73,7 @@ class SentencePieceTokenizer(Tokenizer):
         except (RuntimeError, OSError) as exc:  # sentencepiece says "INTERNAL: could not parse ModelProto ..."
             reason = "empty file" if path.stat().st_size == 0 else str(exc).splitlines()[0].removeprefix("INTERNAL: ")[:100]
             raise DataError(str(path), f"not a sentencepiece model, truncated or corrupt ({reason}); "
-                                       "copy the run's tokenizer/ directory again or retrain") from None
+                                       f"copy the run's {path.parent.name}/ directory again or retrain") from None
         found = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
         if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             # A model trained outside nmt may put the specials elsewhere; ids would silently clash.

@@ -37,6 +37,14 @@ def test_batches_group_similar_lengths():
     assert batches == [[0, 2, 4], [1, 3], [5]]  # 3 * 50 would exceed 100
 
 
+def test_width_counts_each_example_that_many_times():
+    """A beam of 5 keeps 5 rows per sentence: ``nmt translate`` passes its beam as ``width``."""
+    lengths = [5, 50, 5, 50, 5, 0]
+    assert bucket_by_length(lengths, max_tokens=400, width=4) == bucket_by_length(lengths, max_tokens=100)
+    assert bucket_by_length(lengths, max_tokens=400, width=5) == [[5, 0, 2, 4], [1], [3]]  # 2 * 50 * 5 > 400
+    assert sorted(i for b in bucket_by_length([5, 1, 3, 9], 10) for i in b) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("num_replicas", [2, 3, 4])
 def test_sharding_uses_every_example_once_with_equal_batch_counts(num_replicas):
     rng = random.Random(num_replicas)

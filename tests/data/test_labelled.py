@@ -5,7 +5,7 @@ import gzip
 
 import pytest
 
-from nmt.data.labelled import (LabelVocab, TaggedSentence, length_batches, majority_baseline,
+from nmt.data.labelled import (LabelVocab, TaggedSentence, majority_baseline,
                                most_frequent_tag_baseline, parse_vectors, read_conllu, read_tsv)
 from nmt.errors import DataError
 
@@ -95,4 +95,3 @@ def test_vectors_and_baselines():
     train = [TaggedSentence(["the", "run"], ["DET", "NOUN"], ""), TaggedSentence(["run", "x"], ["VERB", "NOUN"], ""),
              TaggedSentence(["run"], ["VERB"], "")]
     assert most_frequent_tag_baseline(train, [TaggedSentence(["run", "new"], ["VERB", "ADJ"], "")]) == 0.5
-    assert sorted(i for b in length_batches([5, 1, 3, 9], 10) for i in b) == [0, 1, 2, 3]

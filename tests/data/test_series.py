@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nmt.data.series import Scaler, WindowDataset, WindowShape, read_series, split_rows, window_origins
+from nmt.data.scaling import Scaler
+from nmt.data.series import WindowDataset, WindowShape, read_series, split_rows, window_origins
 from nmt.errors import DataError
 
 
@@ -55,7 +56,7 @@ def test_splits_are_chronological_and_windows_stay_inside():
 def test_scaler_round_trip_and_json(tmp_path):
     values = np.random.default_rng(0).normal(50, 7, size=(200, 3))
     values[:, 2] = 4.0  # a constant column is centred, not divided by zero
-    scaler = Scaler.fit(["a", "b", "c"], values)
+    scaler = Scaler.fit(values, ["a", "b", "c"])
     z = scaler.transform(values)
     np.testing.assert_allclose(z[:, :2].mean(0), 0, atol=1e-9)
     np.testing.assert_allclose(z[:, :2].std(0), 1, atol=1e-9)
@@ -76,7 +77,7 @@ def test_shuffling_the_future_leaves_training_windows_and_scaler_unchanged():
 
     def train_windows(v):
         lo, hi = bounds["train"]
-        scaler = Scaler.fit(["a", "b"], v[lo:hi])
+        scaler = Scaler.fit(v[lo:hi], ["a", "b"])
         origins = window_origins(bounds["train"], shape, inputs_within=True)
         return scaler, WindowDataset(scaler.transform(v), [0, 1], [1], shape, origins).tensors()
 

@@ -1,6 +1,6 @@
 """Crash recovery: SIGKILL a real ``nmt train`` at random moments, rerun the same command, finish.
 
-Checkpoints are written to a temporary file and renamed (``nmt.train.AtomicCheckpointIO``), so a
+Checkpoints are written to a temporary file and renamed (``nmt.lightning_fixes.AtomicCheckpointIO``), so a
 kill can never leave ``best.ckpt`` or ``last.ckpt`` torn; the rerun resumes from ``last.ckpt``.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path, reliability_data):
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from nmt.train import AtomicCheckpointIO
+    from nmt.lightning_fixes import AtomicCheckpointIO
     io, target, size = AtomicCheckpointIO(), sys.argv[1], int(sys.argv[2])
     io.save_checkpoint({"state_dict": {"w": torch.zeros(4)}, "generation": 0}, target)
     print("first", flush=True)
@@ -144,7 +144,8 @@ def test_lightning_writes_best_and_last_through_atomic_io(tmp_path, monkeypatch,
     """Both checkpoint files go through AtomicCheckpointIO (not a direct torch.save)."""
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from nmt.train import AtomicCheckpointIO, LastCheckpoint, build_trainer
+    from nmt.lightning_fixes import AtomicCheckpointIO, LastCheckpoint
+    from nmt.train import build_trainer
     from nmt.recipe import validate_recipe
 
     recipe = validate_recipe(small_recipe(reliability_data), tmp_path / "r.yaml")

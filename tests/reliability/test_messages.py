@@ -75,14 +75,14 @@ def test_corrupt_sentencepiece_model_in_a_run(workdir, capsys):
     recipe["data"]["tokenizer"] = {"name": "sentencepiece", "vocab_size": 30}
     recipe["data"]["joint_vocab"] = True
     recipe_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    target = workdir / "run" / "tokenizer" / "joint.model"
+    target = workdir / "run" / "fitted" / "joint.model"
     target.write_bytes(model[: len(model) // 3])
     message = check(capsys, "truncated sentencepiece model in a run directory", *translate_argv())
-    assert message.startswith("nmt: run/tokenizer/joint.model: not a sentencepiece model, truncated or corrupt")
+    assert message.startswith("nmt: run/fitted/joint.model: not a sentencepiece model, truncated or corrupt")
     target.write_bytes(b"")
     code, out, err = run_cli(capsys, *translate_argv())
-    assert code == 2 and error_lines(err) == ["nmt: run/tokenizer/joint.model: not a sentencepiece model, truncated "
-                                              "or corrupt (empty file); copy the run's tokenizer/ directory again or "
+    assert code == 2 and error_lines(err) == ["nmt: run/fitted/joint.model: not a sentencepiece model, truncated "
+                                              "or corrupt (empty file); copy the run's fitted/ directory again or "
                                               "retrain"], err
 
 

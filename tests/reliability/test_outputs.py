@@ -23,7 +23,7 @@ from reliability_support import (NMT, check, error_lines, record, reliability_da
                                  trained_run)
 from nmt.cli import main
 from nmt.io import atomic_open, atomic_write_text
-from nmt.train import AtomicCheckpointIO
+from nmt.lightning_fixes import AtomicCheckpointIO
 
 PREVIOUS = "an earlier translation, which must survive\n"
 SOURCE = "ab cd ef\nef gh\n"

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import write_recipe
+from nmt import runs
 from reliability_support import (check, error_lines, nmt_subprocess, record, reliability_data, run_cli,  # noqa: F401
-                                 small_recipe)
+                                 run_copy, small_recipe, trained_run)
 
 
 def quick_recipe(data: Path, **sections) -> dict:
@@ -103,3 +104,30 @@ def test_a_failed_resume_keeps_the_run(tmp_path, capsys, reliability_data):
     bad = write_recipe(tmp_path / "bad.yaml", quick_recipe(reliability_data, trainer={"strategy": "nonsense"}))
     assert run_cli(capsys, "train", bad, "--run-dir", run_dir)[0] == 2
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
+def test_fitted_dir_falls_back_to_the_old_name(tmp_path):
+    assert runs.fitted_dir(tmp_path) == tmp_path / "fitted"  # a new run
+    (tmp_path / "tokenizer").mkdir()
+    assert runs.fitted_dir(tmp_path) == tmp_path / "tokenizer"  # a run written before fitted/ had its name
+    (tmp_path / "fitted").mkdir()
+    assert runs.fitted_dir(tmp_path) == tmp_path / "fitted"
+
+
+def test_a_run_with_the_old_tokenizer_folder_translates_and_resumes(tmp_path, capsys, trained_run, run_copy,
+                                                                     reliability_data):
+    """Runs written before ``fitted/`` kept tokenizers (and labels, scalers) in ``tokenizer/``."""
+    (run_copy / "fitted").rename(run_copy / "tokenizer")
+    source = tmp_path / "in.txt"
+    source.write_text((reliability_data / "dev.src").read_text(encoding="utf-8"), encoding="utf-8")
+    outputs = []
+    for run_dir in (trained_run, run_copy):
+        output = tmp_path / f"{run_dir.name}-{len(outputs)}.txt"
+        code, _, err = run_cli(capsys, "translate", "--run", run_dir, "-i", source, "-o", output, "--device", "cpu")
+        assert code == 0, err[-2000:]
+        outputs.append(output.read_text(encoding="utf-8"))
+    assert outputs[0] == outputs[1] and outputs[0].strip()
+    recipe = write_recipe(tmp_path / "reverse.yaml", small_recipe(reliability_data))
+    code, _, err = run_cli(capsys, "train", recipe, "--run-dir", run_copy)  # finished already: resumes and stops
+    assert code == 0, err[-2000:]
+    assert not (run_copy / "fitted").exists()

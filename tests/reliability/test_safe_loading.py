@@ -1,7 +1,7 @@
 """Safe loading: a checkpoint or run directory from someone else can hold data, never code.
 
 Checkpoints load with ``torch.load(weights_only=True)`` (``nmt.runs.load_checkpoint``), and so does
-Lightning when it resumes (``nmt.train.AtomicCheckpointIO.load_checkpoint``). A run directory's
+Lightning when it resumes (``nmt.lightning_fixes.AtomicCheckpointIO.load_checkpoint``). A run directory's
 recipe does not import the plugins it names: the user installs them or passes ``--plugin``.
 """
 from __future__ import annotations

@@ -82,7 +82,7 @@ def test_classify_beats_majority(counting_run):
     run_dir, data = counting_run
     accuracy, majority = dev_accuracy(run_dir, data)
     assert accuracy >= majority + 0.3, (accuracy, majority)
-    assert (run_dir / "tokenizer" / "labels.json").exists()
+    assert (run_dir / "fitted" / "labels.json").exists()
 
 
 def test_predict_probabilities_and_empty_lines(counting_run, tmp_path):
@@ -146,7 +146,7 @@ def test_missing_column_through_the_cli(tmp_path, capsys):
 
 
 def test_word_dropout_replaces_real_tokens_only():
-    from nmt.tasks.classify import drop_to_unk
+    from nmt.tasks.labels import drop_to_unk
 
     torch.manual_seed(0)
     ids = torch.tensor([[5, 6, 7, 8, 0, 0]] * 2000)  # [B,S], two padding positions per row

@@ -212,7 +212,7 @@ def test_task_windows_and_scaler_ignore_the_future(tmp_path):
         run = tmp_path / f"run_{name}"
         loaded.task_cls.prepare_run(loaded, run)
         task = loaded.task_cls.from_run(loaded, run)
-        results.append(((run / "tokenizer" / "scaler.json").read_text(), task.windows()["train"].tensors()))
+        results.append(((run / "fitted" / "scaler.json").read_text(), task.windows()["train"].tensors()))
     (scaler_a, (xa, ya)), (scaler_b, (xb, yb)) = results
     assert scaler_a == scaler_b
     assert len(xa) == cut - 24 - 12 + 1 and torch.equal(xa, xb) and torch.equal(ya, yb)

@@ -176,7 +176,7 @@ def test_word_embedding_knows_words_that_the_pieces_do_not_show(tmp_path):
     accuracy, task = dev_accuracy(data, tmp_path / "with", {"encoder": encoder,
                                                             "word_embedding": {"size": 16, "word_dropout": 0.1}})
     assert accuracy >= 0.95
-    vocabulary = json.loads((tmp_path / "with" / "tokenizer" / "words.vocab.json").read_text())["tokens"]
+    vocabulary = json.loads((tmp_path / "with" / "fitted" / "words.vocab.json").read_text())["tokens"]
     assert set(words) <= set(vocabulary) and "zzz" not in vocabulary
     assert len(task.predict_lines(["pa unseen qad"], [""], False, 4000)[0].split()) == 3  # <unk> is tagged too
     assert dev_accuracy(data, tmp_path / "without", {"encoder": encoder})[0] < 0.7  # measured: 0.29

@@ -1,0 +1,125 @@
+"""Where nmt changes what PyTorch Lightning does, in one place: each fix reaches into Lightning's
+internals, so each class names the Lightning version it was written and checked for.
+
+On a Lightning upgrade, read these first: a fix may have become unnecessary, or may need the new
+version's internals. The tests that hold them are in ``tests/reliability`` (crash recovery,
+mid-epoch resume, outputs, safe loading).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from nmt import runs
+from nmt.io import atomic_open
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file that is renamed into place: a kill never leaves a torn file.
+
+    For Lightning 2.6 (checked with 2.6.6): written through :func:`nmt.io.atomic_open` like every
+    other file nmt writes (links, modes, cleanup at SIGTERM), and loaded safely when a run resumes."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """Resume with ``weights_only=True`` whatever Lightning asks for: a checkpoint never runs code."""
+        return runs.load_checkpoint(Path(path))
+
+
+class LastCheckpoint(Checkpoint):
+    """Keeps ``last.ckpt`` at the step training reached, however the run ends.
+
+    For Lightning 2.6 (checked with 2.6.6), whose ``save_last`` rewrites it only when the monitored
+    score improved, so a kill after a few validations without progress went back to the last
+    improvement. It reads the fit loop's batch progress, an internal. Saved after every
+    validation inside an epoch, at the end of every finished epoch, at a stop inside an epoch
+    (max_steps, max_time, early stopping: Lightning still calls ``on_train_epoch_end`` then) and at a
+    SIGTERM, so a run stopped before its first validation still leaves weights to translate with
+    and to resume from. Saved at an epoch's end, the checkpoint resumes at the start of the next
+    epoch; saved inside one, it resumes at the next batch of that epoch's order
+    (``BucketedDataModule.state_dict``). A ``Checkpoint``, so Lightning runs it after the
+    best-score ModelCheckpoint listed before it, and the saved state holds the best score so far.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.saved_step: int | None = None  # the global step of the last save in this process
+
+    def save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)  # full, to resume from; said, so Lightning logs nothing
+        self.saved_step = trainer.global_step
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(self)
+
+    @staticmethod
+    def epoch_finished(trainer) -> bool:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed >= trainer.num_training_batches
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if not self.epoch_finished(trainer):  # at the epoch's last batch, on_train_epoch_end saves instead
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # A stop inside the epoch (max_steps, max_time, early stopping) saves the step it reached,
+        # unless a validation at that very step has just saved it.
+        if self.epoch_finished(trainer) or self.saved_step != trainer.global_step:
+            self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        # SIGTERM (a scheduler's preemption, a kill): Lightning raises it after the current batch, so
+        # the state is whole. Any other exception may leave it broken (a NaN loss): not saved.
+        if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
+                and self.saved_step != trainer.global_step and trainer.global_step > 0):
+            self.save(trainer)
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, but a resumed run appends to ``metrics.csv`` instead of deleting it.
+
+    For Lightning 2.6 (checked with 2.6.6), which removes an existing metrics file when the writer
+    starts (``ExperimentWriter._check_log_dir_exists``), so a resume lost the curve of everything
+    before it. The existing header seeds the known columns: a new column rewrites the file with
+    the old rows kept, as Lightning does within one process.
+    """
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class CheckpointAlignedCSVLogger(CSVLogger):
+    """Writes ``metrics.csv`` whenever a checkpoint is saved: a killed run keeps the log of what it kept.
+
+    For Lightning 2.6 (checked with 2.6.6), which flushes it every 100 steps otherwise, so a kill
+    lost the metrics of the last checkpoints. A resumed run appends to the same file
+    (:class:`AppendingExperimentWriter`, set through the logger's private ``_experiment``).
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> AppendingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        self.save()

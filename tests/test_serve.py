@@ -1,0 +1,293 @@
+"""``nmt serve``: a real server on a free loopback port, talked to with a real HTTP client (httpx).
+
+The server runs uvicorn in a thread of this process (the model thread and the collector are the
+production ones); one test starts ``nmt serve`` as a child process, one drives the page in headless
+Chromium (skipped where Debian's chromium and chromium-driver are not installed).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # where the shared trained run lives
+from reliability_support import NMT, reliability_data, run_cli, trained_run  # noqa: E402,F401
+
+from nmt.runs import load_run  # noqa: E402
+from nmt.serve import create_app, listen  # noqa: E402
+
+LINES = ["a0 b1 c2 d3", "f3 e2", "", "c1 c1 d2 a3 b0 e1 f2", "b2"]
+MAX_SENTENCES = 20
+MAX_BODY = 4096
+
+
+class ServerThread:
+    """uvicorn serving ``app`` from a thread, on a port the kernel picked."""
+
+    def __init__(self, app):
+        self.app = app
+        self.sock = listen("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    task = load_run(trained_run, device="cpu")
+    # A 20 ms window: requests sent together join one batch even on a busy two-core machine.
+    app = create_app(task, "run", wait_s=0.02, max_body_bytes=MAX_BODY, max_sentences=MAX_SENTENCES)
+    with ServerThread(app) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def cli_translate(capsys, tmp_path, run, lines, *options) -> list[str]:
+    (tmp_path / "in.txt").write_text("".join(line + "\n" for line in lines))
+    code, out, err = run_cli(capsys, "translate", "--run", run, "-i", tmp_path / "in.txt", "--device", "cpu", *options)
+    assert code == 0, err
+    return out.splitlines()
+
+
+# --- answers ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_translations_equal_nmt_translate(client, trained_run, capsys, tmp_path, beam):
+    expected = cli_translate(capsys, tmp_path, trained_run, LINES, "--beam", str(beam))
+    response = client.post("/translate", json={"sentences": LINES, "beam": beam})
+    assert response.status_code == 200, response.text
+    got = response.json()["translations"]
+    assert [t["translation"] for t in got] == expected
+    assert got[2] == {"translation": "", "score": None, "log_prob": None, "cut": False, "hypotheses": []}
+
+
+def test_nbest_equals_nmt_translate_nbest(client, trained_run, capsys, tmp_path):
+    expected = cli_translate(capsys, tmp_path, trained_run, LINES, "--beam", "4", "--nbest", "3", "--alpha", "1.0")
+    got = client.post("/translate", json={"sentences": LINES, "beam": 4, "nbest": 3, "alpha": 1.0}).json()
+    ours = [f"{i} ||| {h['translation']} ||| {h['score']:.4f}"
+            for i, t in enumerate(got["translations"]) for h in t["hypotheses"] or [{"translation": "", "score": 0.0}]]
+    assert ours == expected
+
+
+def test_long_sentence_is_cut_to_max_input_tokens(client):
+    got = client.post("/translate", json={"sentences": ["a0 b1 c2 d3 e0 f1", "a0 b1"], "max_input_tokens": 2,
+                                          "beam": 1}).json()["translations"]
+    assert [t["cut"] for t in got] == [True, False]
+    assert got[0]["translation"] == got[1]["translation"]  # both are "a0 b1" to the model
+
+
+def test_health_names_the_run(client):
+    health = client.get("/health").json()
+    assert health["ok"] is True and health["model_loaded"] is True
+    assert health["run"] == "run" and health["device"] == "cpu"
+    assert set(health["stats"]) >= {"requests", "sentences", "batches"}
+
+
+def test_concurrent_requests_share_model_batches(server, client):
+    sentences = [f"a{i % 4} b{i % 3} c{i % 2} d{(i * 7) % 4} e{i % 4}" for i in range(16)]
+    alone = {s: client.post("/translate", json={"sentences": [s]}).json()["translations"][0]["translation"]
+             for s in sentences}
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as c:
+            return await asyncio.gather(*[c.post("/translate", json={"sentences": [s]}) for s in sentences])
+
+    before = client.get("/health").json()["stats"]
+    responses = asyncio.run(together())
+    after = client.get("/health").json()["stats"]
+    assert [r.status_code for r in responses] == [200] * len(sentences)
+    # each answer is its own request's, not a neighbour's from the same batch
+    assert [r.json()["translations"][0]["translation"] for r in responses] == [alone[s] for s in sentences]
+    assert after["requests"] - before["requests"] == len(sentences)
+    batches = after["batches"] - before["batches"]
+    assert 1 <= batches < len(sentences), after
+    assert after["largest_batch_requests"] > 1
+
+
+# --- refusals --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, status, field, words", [
+    (b'{"sentences": ["a0"', 400, "request", "not valid JSON"),
+    (b"\xff\xfe{", 400, "request", "not valid JSON"),
+    (b"[" * 5000 + b"]" * 5000, 400, "request", "not valid JSON"),
+    (b'["a0"]', 422, "request", "expected a JSON object"),
+    (b'{"beam": 2}', 422, "sentences", "required"),
+    (b'{"sentences": "a0 b1"}', 422, "sentences", "a list of strings"),
+    (b'{"sentences": ["a0", 5]}', 422, "sentences[1]", "expected a string"),
+    (b'{"sentences": ["a0"], "beem": 3}', 422, "beem", "did you mean 'beam'"),
+    (b'{"sentences": ["a0"], "beam": 0}', 422, "beam", "expected at least 1"),
+    (b'{"sentences": ["a0"], "beam": 101}', 422, "beam", "expected at most 100"),
+    (b'{"sentences": ["a0"], "beam": "5"}', 422, "beam", "expected an integer"),
+    (b'{"sentences": ["a0"], "beam": 2.5}', 422, "beam", "expected an integer"),
+    (b'{"sentences": ["a0"], "nbest": true}', 422, "nbest", "expected an integer"),
+    (b'{"sentences": ["a0"], "beam": 2, "nbest": 3}', 422, "nbest", "must not exceed beam"),
+    (b'{"sentences": ["a0"], "alpha": NaN}', 422, "alpha", "finite"),
+    (b'{"sentences": ["a0"], "alpha": -1}', 422, "alpha", "at least 0"),
+    (b'{"sentences": ["a0"], "max_length_ratio": Infinity}', 422, "max_length_ratio", "finite"),
+    (b'{"sentences": ["a0"], "max_length_ratio": 0.01}', 422, "max_length_ratio", "at least 0.1"),
+    (b'{"sentences": ["a0"], "max_length_ratio": 11}', 422, "max_length_ratio", "at most 10"),
+    (b'{"sentences": ["a0"], "max_input_tokens": 0}', 422, "max_input_tokens", "at least 1"),
+    (b'{"sentences": ["a0"], "max_input_tokens": 100001}', 422, "max_input_tokens", "at most 100000"),
+])
+def test_bad_requests_get_one_json_line_naming_the_field(client, body, status, field, words):
+    response = client.post("/translate", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["field"] == field
+    assert error["error"].startswith(f"nmt: {field}: ") and words in error["error"], error
+    assert "\n" not in error["error"]
+
+
+def test_oversized_requests_get_413_and_the_server_lives_on(client):
+    too_many = client.post("/translate", json={"sentences": ["a0"] * (MAX_SENTENCES + 1)})
+    assert too_many.status_code == 413 and too_many.json()["field"] == "sentences"
+    declared = client.post("/translate", content=b" " * (MAX_BODY * 50))
+    assert declared.status_code == 413 and "over the limit" in declared.json()["error"]
+    streamed = client.post("/translate", content=iter([b" " * 1000] * 50))  # chunked: no Content-Length
+    assert streamed.status_code == 413 and "over the limit" in streamed.json()["error"]
+    assert client.post("/translate", json={"sentences": ["a0 b1"]}).status_code == 200
+
+
+def test_unknown_path_and_method_are_json_errors(client):
+    assert client.get("/nowhere").status_code == 404
+    assert client.get("/nowhere").json()["error"] == "nmt: /nowhere: Not Found"
+    assert client.get("/translate").status_code == 405
+
+
+def test_model_error_is_a_500_with_one_line_and_the_next_request_works(server, client):
+    batcher = server.app.state.batcher
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+
+    batcher.translate = broken
+    try:
+        response = client.post("/translate", json={"sentences": ["a0 b1"]})
+    finally:
+        del batcher.translate  # back to the class default, translate_lines
+    assert response.status_code == 500
+    assert response.json()["error"] == "nmt: model: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert client.post("/translate", json={"sentences": ["a0 b1"]}).status_code == 200
+    assert client.get("/health").json()["stats"]["model_errors"] >= 1
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def test_nmt_serve_runs_until_interrupted(trained_run):
+    proc = subprocess.Popen([*NMT, "serve", "--run", str(trained_run), "--port", "0", "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stderr.readline()  # printed once the model is loaded
+        match = re.search(r"on (http://127\.0\.0\.1:\d+)/", line)
+        assert match, line + proc.stderr.read()[-2000:] if proc.poll() is not None else line
+        url = match.group(1)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(url + "/health", timeout=5).json()["ok"] is True
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nmt serve never answered"
+                time.sleep(0.1)
+        answer = httpx.post(url + "/translate", json={"sentences": ["a0 b1"], "beam": 2}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["translations"][0]["translation"]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        assert proc.returncode in (0, 130), proc.stderr.read()  # 130: "nmt: interrupted", like every command
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_port_in_use_is_one_line(trained_run, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(capsys, "serve", "--run", trained_run, "--port", port, "--device", "cpu")
+    assert code == 2
+    assert err.strip() == f"nmt: --port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+
+
+def test_missing_run_is_one_line(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "serve", "--run", tmp_path / "none", "--port", "0")
+    assert code == 2 and err.strip().endswith("not a run directory (no run.json); train one with nmt train")
+
+
+# --- the page --------------------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_translates_a_typed_sentence(server, client, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    expected = client.post("/translate", json={"sentences": ["a0 b1 c2"], "beam": 5}).json()["translations"][0]
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "run").text)  # /health answered
+    assert "run run on cpu" in browser.find_element(By.ID, "run").text
+    browser.find_element(By.ID, "source").send_keys("a0 b1 c2")
+    browser.find_element(By.ID, "translate").click()
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "output").text)
+    assert browser.find_element(By.ID, "output").text == expected["translation"]
+    assert browser.find_element(By.ID, "score").text == f"score {expected['score']:.4f}"
+    assert not browser.find_element(By.ID, "attention").is_displayed()  # no attention weights yet
+    # self-contained: every resource the page loaded came from the server itself
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(name.startswith(server.url) for name in resources), resources
+
+    browser.find_element(By.ID, "beam").clear()
+    browser.find_element(By.ID, "beam").send_keys("500")
+    browser.find_element(By.ID, "translate").click()
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
+    assert browser.find_element(By.ID, "error").text == "nmt: beam: expected at most 100, got 500"
