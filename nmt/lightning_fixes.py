@@ -8,6 +8,9 @@ mid-epoch resume, outputs, safe loading).
 from __future__ import annotations
 
 import csv
+import logging
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -123,3 +126,25 @@ class CheckpointAlignedCSVLogger(CSVLogger):
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         super().after_save_checkpoint(checkpoint_callback)
         self.save()
+
+
+#: What Lightning prints that is noise for an nmt user: an advertisement, a deprecation inside Lightning
+#: itself, the TPU line on every machine, and a logging-interval notice for short epochs (nmt logs
+#: throughput and validation scores on its own schedule). News (the GPU line, why fit stopped) stays.
+NOISE = ("litlogger", "TPU available", "isinstance(treespec, LeafSpec)", "is smaller than the logging interval")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in NOISE)
+
+
+def quiet_lightning() -> None:
+    """Silence :data:`NOISE` (Lightning 2.6, checked with 2.6.6: its rank-zero loggers and warnings)."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    for noise in NOISE:
+        warnings.filterwarnings("ignore", message=f".*{re.escape(noise)}")

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,12 @@ class Entry:
 
     @property
     def description(self) -> str:
-        doc = inspect.getdoc(self.cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The docstring's first line as plain text: reStructuredText roles (:meth:`x`) and literals
+        (``x``) are for the API docs, not for a terminal."""
+        doc = (inspect.getdoc(self.cls) or "").strip()
+        first = doc.splitlines()[0] if doc else ""
+        first = re.sub(r":[\w:]+:`~?([^`<]*?)(?:\s*<[^`]*>)?`", r"\1", first)  # :meth:`prepare` -> prepare
+        return re.sub(r"``([^`]*)``", r"\1", first)
 
 
 _entries: dict[tuple[str, str], Entry] = {}

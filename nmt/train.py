@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from nmt import runs
 from nmt.errors import RecipeError, RunError, UserError
 from nmt.io import atomic_write_text
-from nmt.lightning_fixes import AtomicCheckpointIO, CheckpointAlignedCSVLogger, LastCheckpoint
+from nmt.lightning_fixes import AtomicCheckpointIO, CheckpointAlignedCSVLogger, LastCheckpoint, quiet_lightning
 from nmt.recipe import Recipe
 
 
@@ -73,6 +73,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
 
     Writes nothing: ``train_recipe`` builds it before the run directory, so a bad trainer argument
     leaves no half run behind."""
+    quiet_lightning()
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode=task.monitor_mode,

@@ -107,6 +107,13 @@ def read_source(input_path: Path | None, encoding_errors: str, max_bytes: int, c
         yield from iter_stream(capped_lines(stream, max_bytes, cut), str(input_path), encoding_errors)
 
 
+def nbest_entries(hyps: list[search.Hypothesis], nbest: int) -> list[search.Hypothesis]:
+    """``nbest`` entries: an empty input line gets ``nbest`` empty ones (log-probability 0 of the empty
+    translation), a search that found fewer distinct hypotheses is padded with empty ones scored -inf."""
+    filler = search.Hypothesis([], 0.0, 0.0) if not hyps else search.Hypothesis([], float("-inf"), float("-inf"))
+    return hyps[:nbest] + [filler] * (nbest - len(hyps))
+
+
 def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
     iterator = iter(lines)
     while chunk := list(itertools.islice(iterator, size)):
@@ -164,8 +171,8 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
             for k, hyps in enumerate(results):
                 if nbest == 1:
                     out.write((task.tgt_tokenizer.decode(hyps[0].tokens) if hyps else "") + "\n")
-                else:  # an empty input line still gets its numbered (empty) entry
-                    for h in hyps or [search.Hypothesis([], 0.0, 0.0)]:
+                else:  # exactly nbest entries per line, so scripts can read N lines per input
+                    for h in nbest_entries(hyps, nbest):
                         out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {h.score:.4f}\n")
             line_no += len(chunk)
             out.flush()

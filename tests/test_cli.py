@@ -73,3 +73,23 @@ def test_no_command_shows_usage():
     result = run_nmt()
     assert "Usage: nmt" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_plugin_descriptions_are_plain_text():
+    result = run_nmt("plugins")
+    assert result.returncode == 0, result.stderr
+    assert ":meth:" not in result.stdout and "``" not in result.stdout
+    assert "projected once per batch by prepare" in result.stdout
+
+
+def test_training_prints_no_lightning_noise(tmp_path):
+    """No advertisement, no deprecation inside Lightning, no TPU line; nmt's own summary stays."""
+    from conftest import reverse_recipe, write_recipe, write_reverse_corpus
+
+    data = write_reverse_corpus(tmp_path / "data", n_train=200, n_dev=20)
+    recipe = write_recipe(tmp_path / "r.yaml", reverse_recipe(data, trainer={"max_epochs": 1}))
+    result = run_nmt("train", str(recipe), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for noise in ("litlogger", "TPU available", "LeafSpec", "smaller than the logging interval"):
+        assert noise not in result.stderr, result.stderr
+    assert "nmt: finished reverse" in result.stderr

@@ -234,3 +234,14 @@ def test_temporaries_of_a_killed_process_are_removed_by_the_next_write(tmp_path)
         f.write("whole\n")
     assert not stale.exists() and live.exists()
     assert (tmp_path / "out.txt").read_text() == "whole\n"
+
+
+def test_nbest_gives_every_line_exactly_n_entries(workdir, capsys):
+    """Scripts read N entries per input line: an empty line gets N (empty) entries, not one."""
+    (workdir / "in.txt").write_text("ab cd ef\n\nef gh\n")
+    code, out, err = run_cli(capsys, "translate", "--run", "run", "-i", "in.txt", "--beam", "3", "--nbest", "3",
+                             "--device", "cpu")
+    assert code == 0, err
+    ids = [line.split(" ||| ")[0] for line in out.splitlines()]
+    assert ids == ["0"] * 3 + ["1"] * 3 + ["2"] * 3
+    assert all(line.split(" ||| ")[1] == "" for line in out.splitlines()[3:6])

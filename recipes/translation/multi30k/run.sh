@@ -26,5 +26,5 @@ for test in test_2016_flickr test_2017_flickr; do
   nmt evaluate --hyp "$run_dir/$test.$tgt.hyp" --ref "$ref" --metrics bleu,chrf --json |
     python -c "import json,sys; [print(f'%-18s %-8s %6.2f  %s' % ('$test', k, v['score'], v['signature'])) for k, v in json.load(sys.stdin).items()]"
 done
-python -m nmt.plots "$run_dir" val/bleu | sed 's/^/dev curve: /'
+nmt plot "$run_dir" val/bleu | sed 's/^/dev curve: /'
 echo "training wall time: $((trained - start)) s; total: $(( $(date +%s) - start )) s; run directory: $run_dir"
