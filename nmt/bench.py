@@ -34,12 +34,17 @@ class StreamingResult:
     detail: str = ""
 
 
-SCRIPT_BENCHMARKS = {"train-speed": "train_speed.py", "tbptt-memory": "tbptt_memory.py"}
+SCRIPT_BENCHMARKS = {"train-speed": "train_speed.py", "tbptt-memory": "tbptt_memory.py", "serve-load": "serve_load.py"}
+RUN_SCRIPTS = {"serve-load"}  # scripts that measure a run: nmt bench's --run and --device go to them
 
 
 def run_benchmark(what: str, run_dir: Path | None = None, device: str = "auto", args: tuple[str, ...] = (),
                   **options) -> object:
     """Entry point of ``nmt bench WHAT``; returns the measurements it printed."""
+    if what in RUN_SCRIPTS:
+        if run_dir is None:
+            raise UserError("--run", f"{what} needs a run directory to measure (train one with nmt train)")
+        args = ("--run", str(run_dir), "--device", device, *args)
     if what in SCRIPT_BENCHMARKS:
         return run_script(SCRIPT_BENCHMARKS[what], args)
     benchmarks = {"streaming-memory": streaming_memory, "translate-speed": translate_speed}
@@ -58,7 +63,10 @@ def run_script(name: str, args: tuple[str, ...]) -> int:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / name
     if not script.exists():
         raise UserError(script, "benchmark script not found: nmt bench runs it from a source checkout")
-    return subprocess.run([sys.executable, str(script), *args], check=False).returncode
+    code = subprocess.run([sys.executable, str(script), *args], check=False).returncode
+    if code:  # a failed measurement (serve-load: a request lost) fails nmt bench too
+        raise click.exceptions.Exit(code)
+    return code
 
 
 def translate_speed(run_dir: Path, device: str = "auto", sentences: int = 300, beam: int = 5, **options):

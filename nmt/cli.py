@@ -75,7 +75,10 @@ def cli(plugins: tuple[str, ...], debug: bool) -> None:
               help="Where checkpoints, logs and the tokenizer go [default: runs/<recipe name>]. "
                    "An existing run directory is resumed, never overwritten.")
 @click.option("--fresh", is_flag=True, help="Refuse to resume: fail if the run directory already holds a run.")
-def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh: bool) -> None:
+@click.option("--init-from", type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR",
+              help="Start a new run from this trained run's best weights and tokenizer (fine-tuning on new "
+                   "data); the model and tokenizer sections must match it. A resumed run ignores it.")
+def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh: bool, init_from: Path | None) -> None:
     """Train a model from RECIPE, with optional dotted OVERRIDES such as trainer.max_epochs=3.
 
     The recipe's trainer: section is passed to PyTorch Lightning's Trainer."""
@@ -83,7 +86,7 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
     from nmt.train import train_recipe
 
     loaded = load_recipe(recipe, list(overrides))
-    train_recipe(loaded, run_dir or Path("runs") / loaded.name, fresh=fresh)
+    train_recipe(loaded, run_dir or Path("runs") / loaded.name, fresh=fresh, init_from=init_from)
 
 
 @cli.command()
@@ -161,6 +164,44 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, encodin
 
 
 @cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A translation run directory written by nmt train.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 serves every network interface.")
+@click.option("--port", default=8000, show_default=True, type=Bounded(int, 0, 65535), help="Port (0: any free one).")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
+              help="Source tokens per model batch: concurrent requests are joined up to this many.")
+@click.option("--batch-wait-ms", default=5.0, show_default=True, type=Bounded(float, 0.0, 1000.0),
+              help="How long a request waits for others to join its batch.")
+def serve(run_dir, host, port, checkpoint, device, batch_size, batch_wait_ms) -> None:
+    """Serve a translation run over HTTP until Ctrl-C.
+
+    \b
+    POST /translate  {"sentences": [...], "beam": 5, "nbest": 1, "alpha": 0.6, ...}: the same
+                     options and bounds as nmt translate
+    GET  /health     run name, device and batch counters
+    GET  /           a page to try sentences in a browser"""
+    from nmt.serve import serve_run
+
+    serve_run(run_dir, host=host, port=port, checkpoint=checkpoint, device=device, batch_tokens=batch_size,
+              wait_s=batch_wait_ms / 1000)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("metrics", nargs=-1)
+def plot(run_dir: Path, metrics: tuple[str, ...]) -> None:
+    """Learning curves of a run: RUN_DIR/<metric>.png against steps and wall time, and the points.
+
+    METRICS default to every metric the run logged (e.g. val/bleu train/loss lr-Adam)."""
+    from nmt.plots import plot_run
+
+    plot_run(run_dir, metrics)
+
+
+@cli.command()
 def plugins() -> None:
     """List every registered plugin: kind, name, origin and a one-line description."""
     from nmt import registry
@@ -173,7 +214,8 @@ def plugins() -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.argument("what", type=click.Choice(["translate-speed", "streaming-memory", "train-speed", "tbptt-memory"]),
+@click.argument("what", type=click.Choice(["translate-speed", "streaming-memory", "train-speed", "tbptt-memory",
+                                           "serve-load"]),
                 default="translate-speed")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -186,7 +228,9 @@ def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -
     translate-speed   batched beam search vs one sentence at a time, and greedy (--run)
     streaming-memory  peak memory of nmt translate on 10k and 100k lines (--run)
     train-speed       training tokens/s of a recipe: bucketed, bf16, unbucketed; classify, tag: one pass, adversarial (ARGS: recipe.yaml [--steps N])
-    tbptt-memory      peak memory of truncated vs full BPTT as sequences grow (ARGS: [--lengths A B])"""
+    tbptt-memory      peak memory of truncated vs full BPTT as sequences grow (ARGS: [--lengths A B])
+    serve-load        nmt serve on loopback under concurrent clients: throughput, p50/p99 latency (--run;
+                      ARGS: [--requests 500] [--clients 32] [--beam 5])"""
     from nmt.bench import run_benchmark
 
     run_benchmark(what, run_dir=run_dir, device=device, args=args)

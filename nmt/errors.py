@@ -65,5 +65,14 @@ class RunError(UserError):
     """A run directory or checkpoint is missing, incompatible or unsafe to load."""
 
 
+class RequestError(UserError):
+    """An HTTP request to ``nmt serve`` is malformed, too large or out of bounds; ``status`` is the
+    HTTP status it is answered with (``where`` names the JSON field at fault)."""
+
+    def __init__(self, status: int, where: str | None, what: str):
+        self.status = status
+        super().__init__(where, what)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -211,19 +211,61 @@ def undo_start(run_dir: Path, existed: bool, before: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False) -> Path:
+def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False, init_from: Path | None = None) -> Path:
     """Train ``recipe`` into ``run_dir``; an existing run there is resumed from its last checkpoint.
 
+    ``init_from``: a new run starts from that trained run's best weights and fitted tokenizer (fine-tuning
+    on new data); a resumed run continues from its own ``last.ckpt`` and ignores it.
     Rank 0 holds the run directory's lock throughout; the other ranks of a distributed run start
     after it has written the run, and wait for its artifacts."""
     run_dir = Path(run_dir)
+    start = InitialRun.check(init_from, recipe) if init_from is not None and not runs.is_run(run_dir) else None
     if not is_rank_zero():
-        return _train(recipe, run_dir, fresh)
+        return _train(recipe, run_dir, fresh, start)
     with claimed(run_dir):
-        return _train(recipe, run_dir, fresh)
+        return _train(recipe, run_dir, fresh, start)
 
 
-def _train(recipe: Recipe, run_dir: Path, fresh: bool) -> Path:
+class InitialRun:
+    """The trained run a new run starts from (``nmt train --init-from RUN``): its weights and tokenizer.
+
+    The vocabulary must stay the same for the weights to mean anything, so the fitted folder
+    (tokenizers, labels, scalers) is copied rather than fitted on the new data, and the recipe must
+    name the same task and tokenizer. A model of another shape is refused naming the first parameter."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path):
+        self.run_dir, self.checkpoint = run_dir, checkpoint
+
+    @classmethod
+    def check(cls, run_dir: Path, recipe: Recipe) -> "InitialRun":
+        run_dir = Path(run_dir)
+        saved = runs.load_run_recipe(run_dir)
+        for key in ("task", "data.tokenizer"):
+            section, _, field = key.partition(".")
+            ours, theirs = recipe.raw.get(section), saved.raw.get(section)
+            if field:
+                ours, theirs = (ours or {}).get(field), (theirs or {}).get(field)
+            if ours != theirs:
+                raise RecipeError(f"{recipe.path}: {key}", f"differs from the run it starts from (--init-from "
+                                  f"{run_dir}), whose tokenizer and weights it reuses; use that run's {key}")
+        return cls(run_dir, runs.checkpoint_path(run_dir, "best"))
+
+    def copy_fitted(self, run_dir: Path) -> None:
+        """The fitted folder of the initial run, before ``prepare_run`` (which then fits nothing)."""
+        target = runs.fitted_dir(run_dir)
+        if not (target / runs.READY).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(runs.fitted_dir(self.run_dir), target)
+
+    def load_weights(self, task) -> None:
+        state = runs.load_checkpoint(self.checkpoint)
+        if not isinstance(state.get("state_dict"), dict):
+            raise RunError(self.checkpoint, "not an nmt checkpoint (no state_dict)")
+        runs.check_weights_fit(task, state["state_dict"], self.checkpoint)
+        task.load_state_dict(state["state_dict"])
+
+
+def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None) -> Path:
     resuming = runs.is_run(run_dir)
     if resuming:
         if fresh and is_rank_zero():  # other ranks start after rank 0 has written the run
@@ -238,12 +280,16 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool) -> Path:
     ready = runs.fitted_dir(run_dir) / runs.READY  # the artifacts are complete once this exists
     if is_rank_zero():
         runs.write_run(run_dir, recipe.raw)
+        if start is not None:
+            start.copy_fitted(run_dir)
         recipe.task_cls.prepare_run(recipe, run_dir)
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.touch()
     else:
         wait_for(ready)
     task = recipe.task_cls.from_run(recipe, run_dir)
+    if start is not None:
+        start.load_weights(task)
     datamodule = task.make_datamodule()
     train_set = getattr(datamodule, "train_set", None)
     if train_set is not None and len(train_set) == 0:  # Lightning would say "No training batches" and exit 0

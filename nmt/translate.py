@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import select
+import stat
 import sys
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import click
 import torch
@@ -96,15 +99,52 @@ def _whole_characters(raw: bytes) -> bytes:
     return raw
 
 
-def read_source(input_path: Path | None, encoding_errors: str, max_bytes: int, cut: set[int]) -> Iterator[str]:
-    """Decoded input lines (file or stdin), each read up to ``max_bytes``; see :func:`capped_lines`."""
+class LiveInput:
+    """Standard input that is a terminal or a pipe, read as it arrives.
+
+    ``readline(limit)`` as on a binary stream, and ``pending()``: whether the next line can be read
+    without waiting. A chunk of input is translated as soon as nothing more is pending, so a user at
+    a terminal (or a program feeding one line at a time) gets each translation right away, while a
+    pipe that is kept full still fills whole chunks. A buffered stream cannot say what it holds, so
+    the file descriptor is read directly."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer, self.eof = fd, b"", False
+
+    def readline(self, limit: int) -> bytes:
+        while b"\n" not in self.buffer[:limit] and len(self.buffer) < limit and not self.eof:
+            data = os.read(self.fd, 1 << 16)
+            self.eof = not data
+            self.buffer += data
+        end = self.buffer.find(b"\n", 0, limit)
+        size = end + 1 if end >= 0 else min(limit, len(self.buffer))
+        line, self.buffer = self.buffer[:size], self.buffer[size:]
+        return line
+
+    def pending(self) -> bool:
+        if self.eof or b"\n" in self.buffer:
+            return True
+        return bool(select.select([self.fd], [], [], 0)[0])
+
+
+def read_source(input_path: Path | None, encoding_errors: str, max_bytes: int,
+                cut: set[int]) -> tuple[Iterator[str], Callable[[], bool] | None]:
+    """Decoded input lines (file or stdin), each read up to ``max_bytes`` (see :func:`capped_lines`),
+    and for a terminal or pipe on stdin, whether another line is waiting (see :class:`LiveInput`)."""
     from nmt.data.text import iter_stream, open_binary
 
     if input_path is None:
-        yield from iter_stream(capped_lines(standard_input(), max_bytes, cut), "<stdin>", encoding_errors)
-        return
-    with open_binary(input_path) as stream:
-        yield from iter_stream(capped_lines(stream, max_bytes, cut), str(input_path), encoding_errors)
+        stream = standard_input()
+        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+            live = LiveInput(stream.fileno())
+            return iter_stream(capped_lines(live, max_bytes, cut), "<stdin>", encoding_errors), live.pending
+        return iter_stream(capped_lines(stream, max_bytes, cut), "<stdin>", encoding_errors), None
+
+    def from_file() -> Iterator[str]:
+        with open_binary(input_path) as stream:
+            yield from iter_stream(capped_lines(stream, max_bytes, cut), str(input_path), encoding_errors)
+
+    return from_file(), None
 
 
 def nbest_entries(hyps: list[search.Hypothesis], nbest: int) -> list[search.Hypothesis]:
@@ -114,9 +154,17 @@ def nbest_entries(hyps: list[search.Hypothesis], nbest: int) -> list[search.Hypo
     return hyps[:nbest] + [filler] * (nbest - len(hyps))
 
 
-def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None = None) -> Iterator[list[str]]:
+    """Lists of up to ``size`` lines; with ``pending``, a list also ends when no line is waiting."""
     iterator = iter(lines)
-    while chunk := list(itertools.islice(iterator, size)):
+    while True:
+        chunk = []
+        for line in iterator:
+            chunk.append(line)
+            if len(chunk) >= size or (pending is not None and not pending()):
+                break
+        if not chunk:
+            return
         yield chunk
 
 
@@ -144,11 +192,11 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
     cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens (below)
-    source = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, cut)
+    source, pending = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, cut)
     warned, first_cut, cut_count = False, None, 0
     with open_output(output_path) as out:
         line_no = 0
-        for chunk in chunks(source, CHUNK_LINES):
+        for chunk in chunks(source, CHUNK_LINES, pending):
             encoded = encode_lines(task, chunk)
             for k, ids in enumerate(encoded):
                 if len(ids) > max_input_tokens:

@@ -245,3 +245,25 @@ def test_nbest_gives_every_line_exactly_n_entries(workdir, capsys):
     ids = [line.split(" ||| ")[0] for line in out.splitlines()]
     assert ids == ["0"] * 3 + ["1"] * 3 + ["2"] * 3
     assert all(line.split(" ||| ")[1] == "" for line in out.splitlines()[3:6])
+
+
+def test_a_pipe_gets_each_translation_as_soon_as_its_line_is_read(workdir):
+    """Interactive use: the first answer arrives while standard input is still open."""
+    proc = subprocess.Popen([*NMT, "translate", "--run", "run", "--beam", "1", "--device", "cpu"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    answers: list[str] = []
+    reader = threading.Thread(target=lambda: answers.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        for n, line in enumerate(["ab cd ef\n", "ef gh\n"], start=1):
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            deadline = time.monotonic() + 120
+            while len(answers) < n:  # stdin stays open: a chunked reader would wait for more lines
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+    finally:
+        proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    reader.join(timeout=10)
+    assert len(answers) == 2
