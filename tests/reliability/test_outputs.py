@@ -260,10 +260,13 @@ def test_a_pipe_gets_each_translation_as_soon_as_its_line_is_read(workdir):
             proc.stdin.flush()
             deadline = time.monotonic() + 120
             while len(answers) < n:  # stdin stays open: a chunked reader would wait for more lines
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, f"no answer to line {n} while standard input stays open"
                 time.sleep(0.05)
     finally:
         proc.stdin.close()
+        if proc.poll() is None and len(answers) < 2:
+            proc.kill()
     assert proc.wait(timeout=60) == 0
     reader.join(timeout=10)
     assert len(answers) == 2
