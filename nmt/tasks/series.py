@@ -202,14 +202,18 @@ class SeriesTask(Task):
     # --- nmt predict ----------------------------------------------------------------------
 
     def predict_file(self, input_path, output_path, encoding_errors: str = "strict", **options) -> None:
-        """A series CSV (with the training columns) in; a CSV of predictions in original units out."""
+        """A series CSV (with the training columns) in; a CSV of predictions in original units out.
+
+        Rows before the recipe's ``data.start`` are dropped, as in training: the model never saw that
+        era (MSFT's 1986 prices are a hundredth of its 2012 ones). ``data.end`` is not applied: what
+        comes after the data the model was trained on is what a prediction is for."""
         from nmt.io import open_output
 
         name = str(input_path) if input_path else "<stdin>"
         stream = None if input_path else sys.stdin
         data = self.recipe.data
         series = read_series(input_path or name, self.all_columns, data.time_column, means=data.means,
-                             encoding_errors=encoding_errors, stream=stream)
+                             start=getattr(data, "start", None), encoding_errors=encoding_errors, stream=stream)
         needed = self.rows_needed()
         if len(series) < needed:
             raise DataError(series.where(len(series) - 1),

@@ -216,3 +216,18 @@ def test_task_windows_and_scaler_ignore_the_future(tmp_path):
     (scaler_a, (xa, ya)), (scaler_b, (xb, yb)) = results
     assert scaler_a == scaler_b
     assert len(xa) == cut - 24 - 12 + 1 and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_predict_reads_from_the_recipes_start_as_training_did(regress_run, tmp_path):
+    """Rows before data.start are outside what the model learned (MSFT's 1986 prices): not predicted."""
+    import shutil
+
+    run, data_dir = regress_run
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    saved["data"]["start"] = "01000"
+    (run / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--run", str(run), "-i", str(data_dir / "sines.csv"), "-o", str(out)]) == 0
+    times = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    assert times[0] == f"{1000 + 24 - 1:05d}" and len(times) == 500 - 24 + 1
