@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -39,14 +39,42 @@ PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFinite = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+@dataclass(frozen=True)
+class PluginKind:
+    """Marks a recipe field as a plugin section ``{name: ..., **options}`` of this registry kind."""
+
+    kind: str
+
+
+# A task declares its plugin sections with these types; each is resolved once, when the recipe is
+# validated, into ``Recipe.components`` (the raw mapping stays in the section and in ``Recipe.raw``).
+EncoderSection = Annotated[dict[str, Any], PluginKind("encoder")]
+DecoderSection = Annotated[dict[str, Any], PluginKind("decoder")]
+AttentionSection = Annotated[dict[str, Any], PluginKind("attention")]
+TokenizerSection = Annotated[dict[str, Any], PluginKind("tokenizer")]
+
+
+class Component(NamedTuple):
+    """A resolved plugin section: the registered class and its validated ``Config``."""
+
+    cls: type
+    config: Any
+
+
 class OptimConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: PositiveFinite = 1e-3
     weight_decay: NonNegativeFinite = 0.0
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    scheduler: Literal["plateau", "none"] = "plateau"
+    # plateau: halve on a stalled dev score (stepped after each validation). The others are stepped
+    # every optimiser step after warmup_steps of linear warm-up from 0: warmup keeps lr, inverse_sqrt
+    # decays it as sqrt(warmup_steps / step) (Vaswani et al. 2017), cosine anneals it to min_lr at
+    # total_steps (default: what trainer.max_steps or max_epochs make).
+    scheduler: Literal["plateau", "none", "warmup", "inverse_sqrt", "cosine"] = "plateau"
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)
     plateau_patience: int = Field(2, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=10_000_000)
+    total_steps: Optional[int] = Field(None, ge=1, le=1_000_000_000)
     min_lr: NonNegativeFinite = 1e-6
     # Validate, checkpoint and predict with an exponential moving average of the weights (Polyak averaging),
     # updated after every optimiser step: w_avg = decay * w_avg + (1 - decay) * w. None: the raw weights.
@@ -83,6 +111,8 @@ class Recipe:
     data: Any = None  # the task's DataConfig
     model: Any = None  # the task's ModelConfig
     overrides: list[str] = field(default_factory=list)
+    # Each plugin section, resolved once at validation: "model.encoder" -> Component(cls, config).
+    components: dict[str, Component] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -275,9 +305,10 @@ def validate_recipe(raw: dict, path: Path, overrides: list[str] = (), check_data
     recipe.data = validate_section(task_cls.DataConfig, spec.data, "data", path, overrides)
     recipe.model = validate_section(task_cls.ModelConfig, spec.model, "model", path, overrides)
     check_trainer_args(spec.trainer, path, overrides)
+    recipe.components = resolve_components({"data": recipe.data, "model": recipe.model}, path, overrides)
     try:
         task_cls.check_recipe(recipe, check_data=check_data)
-    except (RecipeError, PluginError) as exc:  # plugin sections are checked without the overrides
+    except (RecipeError, PluginError) as exc:  # a task names the recipe file; name the override that set the key
         prefix = f"{path}: "
         if exc.where and exc.where.startswith(prefix) and overrides:
             where = _where(path, exc.where[len(prefix):], overrides)
@@ -460,13 +491,43 @@ def _describe_type(annotation) -> str:
     return " or ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else (parts[0] if parts else "another type")
 
 
-def component(kind: str, section: dict | None, key: str, path: Path) -> tuple[type, Any]:
+def component(kind: str, section: dict | None, key: str, path: Path, overrides=()) -> Component:
     """Resolve ``{name: ..., **options}`` to a registered class and its validated Config."""
     if not isinstance(section, dict) or not section.get("name"):
-        raise RecipeError(f"{path}: {key}.name", f"required: the name of a registered {kind}")
+        raise RecipeError(_where(path, f"{key}.name", overrides), f"required: the name of a registered {kind}")
     options = {k: v for k, v in section.items() if k != "name"}
-    cls = registry.get(kind, section["name"], where=f"{path}: {key}.name")
-    return cls, validate_section(cls.Config, options, key, path)
+    cls = registry.get(kind, section["name"], where=_where(path, f"{key}.name", overrides))
+    return Component(cls, validate_section(cls.Config, options, key, path, overrides))
+
+
+def resolve_components(sections: dict[str, BaseModel], path: Path, overrides=()) -> dict[str, Component]:
+    """Every plugin section (a field typed ``EncoderSection``, ``TokenizerSection`` ...) under ``sections``,
+    nested sections included, resolved by :func:`component`, keyed by its dotted path; None is skipped."""
+    found: dict[str, Component] = {}
+    stack = list(sections.items())
+    while stack:
+        prefix, section = stack.pop(0)
+        for name, info in type(section).model_fields.items():
+            value, key = getattr(section, name), f"{prefix}.{name}"
+            kind = _plugin_kind(info.metadata, info.annotation)
+            if kind is not None and value is not None:
+                found[key] = component(kind, value, key, path, overrides)
+            elif isinstance(value, BaseModel):
+                stack.append((key, value))
+    return found
+
+
+def _plugin_kind(metadata: list, annotation: Any) -> str | None:
+    """The registry kind a field's annotation marks with :class:`PluginKind` (also inside Optional[...])."""
+    for item in metadata:
+        if isinstance(item, PluginKind):
+            return item.kind
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Annotated:
+            kind = _plugin_kind(list(arg.__metadata__), None)
+            if kind is not None:
+                return kind
+    return None
 
 
 # --- data files -----------------------------------------------------------------------------

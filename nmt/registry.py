@@ -46,7 +46,10 @@ _discovered = False
 
 
 def register(kind: str, name: str):
-    """Class decorator: make ``cls`` available as ``name`` of ``kind`` (e.g. attention/bahdanau)."""
+    """Class decorator: make ``cls`` available as ``name`` of ``kind`` (e.g. attention/bahdanau).
+
+    The class is checked against the contract of its kind (:mod:`nmt.contracts`): a ``Config``, the
+    constructor and ``forward`` arguments the builders pass, ``output_size`` for encoders and decoders."""
     # Checked here, at import, so a typo in a plugin fails loudly instead of registering a class that
     # no recipe can ever reach.
     where = f"{_loading_origin[-1]}: register({quote(kind)}, {quote(name)})" if _loading_origin \
@@ -70,6 +73,12 @@ def register(kind: str, name: str):
                 f"registered twice: by {old.origin} ({old.cls.__module__}.{old.cls.__qualname__}) "
                 f"and by {origin} ({cls.__module__}.{cls.__qualname__})",
             )
+        from nmt.contracts import check_plugin  # here, not at the top: the contracts import torch
+
+        problem = check_plugin(kind, cls)
+        if problem:
+            what = getattr(cls, "__qualname__", repr(cls))
+            raise PluginError(where, f"{what} does not meet the {kind} contract (nmt.contracts): {problem}")
         _entries[key] = Entry(kind, name, cls, origin)
         cls.registered_name = name
         return cls

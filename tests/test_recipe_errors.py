@@ -116,8 +116,8 @@ def cases(base: dict) -> dict[str, Case]:
             with_values(base, model__attention={"name": "bahdanu"}), TRAIN,
             ("{recipe}: model.attention.name", "unknown attention 'bahdanu'; did you mean 'bahdanau'?")),
         "unknown encoder, far from any name": Case(
-            with_values(base, model__encoder={"name": "transformer"}), TRAIN,
-            ("unknown encoder 'transformer'; known: ", "gru, lstm")),
+            with_values(base, model__encoder={"name": "wavenet"}), TRAIN,
+            ("unknown encoder 'wavenet'; known: ", "gru, lstm")),
         "plugin section without a name": Case(
             with_values(base, model__decoder={"name": None, "hidden_size": 8}), TRAIN,
             ("model.decoder.name", "required")),

@@ -11,6 +11,7 @@ import nmt
 from nmt import registry
 from nmt.cli import main
 from nmt.errors import PluginError
+from nmt_builtin.bahdanau import BahdanauAttention
 
 
 @pytest.fixture(autouse=True)
@@ -20,13 +21,20 @@ def private_registry(monkeypatch):
     monkeypatch.setattr(registry, "_entries", dict(registry._entries))
 
 
+# A base per kind that meets its contract (nmt.contracts), so a local plugin only has to name it.
+CONFORMING_BASES = {"encoder": "nmt_builtin.rnn_encoders.GRUEncoder", "decoder": "nmt_builtin.rnn_decoder.RNNDecoder",
+                    "attention": "nmt_builtin.bahdanau.BahdanauAttention",
+                    "tokenizer": "nmt_builtin.simple_tokenizers.WhitespaceTokenizer"}
+
+
 def write_plugin(path: Path, kind: str, name: str, body: str = "") -> Path:
+    module, _, base = CONFORMING_BASES.get(kind, "torch.nn.Module").rpartition(".")
     path.write_text(textwrap.dedent(f'''
-        from torch import nn
         import nmt
+        from {module} import {base}
 
         @nmt.register("{kind}", "{name}")
-        class LocalThing(nn.Module):
+        class LocalThing({base}):
             """A plugin defined in a local file."""
         {body}
     '''))
@@ -46,7 +54,7 @@ def test_builtins_are_discovered_through_entry_points():
 
 def test_register_then_get():
     @nmt.register("attention", "unit_test_attention")
-    class UnitTestAttention(torch.nn.Module):
+    class UnitTestAttention(BahdanauAttention):
         """One line.
 
         More text."""
@@ -68,8 +76,8 @@ def test_unknown_name_suggests_the_closest():
 
 
 def test_unknown_name_without_a_close_match_lists_the_known_ones():
-    with pytest.raises(PluginError, match=r"unknown encoder 'transformer'; known: (\w+, )*gru, lstm(, \w+)*$"):
-        registry.get("encoder", "transformer")
+    with pytest.raises(PluginError, match=r"unknown encoder 'wavenet'; known: (\w+, )*gru, lstm(, \w+)*$"):
+        registry.get("encoder", "wavenet")
     with pytest.raises(PluginError, match=r"unknown widget 'x'; known: none$"):
         registry.get("widget", "x")
 

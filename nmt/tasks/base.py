@@ -6,6 +6,7 @@ themselves with ``@nmt.register("task", name)``.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pydantic import BaseModel
 
-from nmt.errors import DataError, TrainingDiverged, UserError
+from nmt.errors import DataError, RecipeError, TrainingDiverged, UserError
 from nmt.recipe import Recipe
 
 
@@ -86,7 +87,23 @@ class Task(pl.LightningModule):
             self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=self.monitor_mode, factor=cfg.plateau_factor,
                 patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+        if cfg.scheduler in ("warmup", "inverse_sqrt", "cosine"):
+            # Lightning steps it after every optimiser step and keeps its state in the checkpoint.
+            scheduler = step_schedule(optimizer, cfg, self.total_steps(cfg))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         return optimizer
+
+    def total_steps(self, cfg) -> int | None:
+        """Optimiser steps the cosine schedule spans: optim.total_steps, else what the trainer will run."""
+        if cfg.scheduler != "cosine":
+            return None
+        if cfg.total_steps is not None:
+            return cfg.total_steps
+        estimated = self.trainer.estimated_stepping_batches
+        if not math.isfinite(estimated):
+            raise RecipeError(f"{self.recipe.path}: optim.total_steps",
+                              "required by the cosine schedule when the trainer has no max_steps or max_epochs")
+        return int(estimated)
 
     def step_plateau(self, value: float) -> None:
         if self._plateau is not None and not self.trainer.sanity_checking:
@@ -112,3 +129,26 @@ class Task(pl.LightningModule):
                 f"(epoch {self.current_epoch}); the last good checkpoint is kept in {self.run_dir / 'checkpoints'}; "
                 "try a lower optim.lr or trainer.gradient_clip_val")
         return loss
+
+
+def step_schedule(optimizer: torch.optim.Optimizer, cfg, total: int | None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step schedules of ``optim.scheduler``: a factor of ``optim.lr`` at each step, from
+    ``torch.optim.lr_scheduler`` (LambdaLR for warm-up and inverse square root, CosineAnnealingLR after
+    a LinearLR warm-up for cosine)."""
+    warmup = cfg.warmup_steps
+    if cfg.scheduler == "cosine":
+        floor = min(cfg.min_lr / cfg.lr, 1.0)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1), eta_min=cfg.min_lr)
+        if not warmup:
+            return cosine
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=max(1 / warmup, floor), total_iters=warmup)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+
+    def factor(step: int) -> float:  # step 0 is the first optimiser step's learning rate
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "inverse_sqrt":
+            return math.sqrt(max(warmup, 1) / (step + 1))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

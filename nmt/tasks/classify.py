@@ -2,25 +2,27 @@
 
 Follow one sentence: a TSV row gives text and label; the tokenizer plugin turns the text into ids
 (or, with ``data.input: vectors``, each time step is a vector of numbers); ``embed`` maps them to
-vectors; the encoder plugin (the same GRU or LSTM as translation) gives one state per position;
-``pool`` reduces them to one vector (the final state, the mean, the maximum, or attention); a linear layer
-scores each label. What classification shares with tagging (the embedding, the encoder, the label
-vocabulary, accuracy, ``nmt predict``) is in :mod:`nmt.tasks.labels`.
+vectors; the encoder plugin (the same GRU, LSTM or Transformer as translation) gives one state per
+position and a pooled summary; ``pool`` reduces them to one vector (``final``: the encoder's summary,
+the mean, the maximum, or attention); a linear layer scores each label. What classification shares
+with tagging (the embedding, the encoder, the label vocabulary, accuracy, ``nmt predict``) is in
+:mod:`nmt.tasks.labels`.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from nmt.contracts import EncoderOutput
 from nmt.data.labelled import Column, Example, LabelledText, LabelVocab, parse_vectors, read_tsv
 from nmt.data.scaling import Scaler
 from nmt.errors import DataError
-from nmt.recipe import Recipe, Section, component, resolve_data_path
+from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolve_data_path
 from nmt.registry import register
 from nmt.runs import fitted_dir
 from nmt.tasks.labels import FEATURES_FILE, InputEmbedding, LabelTask
@@ -45,7 +47,7 @@ class ClassifyData(Section):
     text_column: Column = "sentence"  # a header name, or a 0-based column number
     label_column: Column = "label"
     input: Literal["tokens", "vectors"] = "tokens"  # vectors: "v1,v2,... v1,v2,..." per line, one per step
-    tokenizer: dict[str, Any] = {"name": "whitespace"}  # only for tokens
+    tokenizer: TokenizerSection = {"name": "whitespace"}  # only for tokens
     max_length: PositiveInt = 200  # training examples longer than this (tokens or steps) are skipped
     batch_tokens: PositiveInt = 4000  # padded tokens per training batch
     max_sentences: Optional[PositiveInt] = None
@@ -56,7 +58,8 @@ class ClassifyData(Section):
 
 class ClassifyModel(Section):
     embedding: InputEmbedding = InputEmbedding()
-    encoder: dict[str, Any] = {"name": "gru"}
+    encoder: EncoderSection = {"name": "gru"}
+    # final: the encoder's pooled summary (an RNN's last forward and first backward states; a Transformer's mean)
     pooling: Literal["final", "mean", "max", "attention"] = "attention"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the pooled vector, before the output layer
 
@@ -77,12 +80,6 @@ class AttentionPooling(nn.Module):
         return torch.bmm(weights.unsqueeze(1), states).squeeze(1), weights  # [B,D], [B,S]
 
 
-def last_layer(final) -> torch.Tensor:
-    """The top layer of an encoder's final state: a tensor [L,B,D] or an LSTM's (h, c) -> [B,D]."""
-    h = final[0] if isinstance(final, tuple) else final
-    return h[-1] if h.dim() == 3 else h
-
-
 # --- classification -------------------------------------------------------------------------
 
 @register("task", "classify")
@@ -95,9 +92,6 @@ class ClassifyTask(LabelTask):
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         data = recipe.data
-        component("encoder", recipe.model.encoder, "model.encoder", recipe.path)
-        if data.input == "tokens":
-            component("tokenizer", data.tokenizer, "data.tokenizer", recipe.path)
         if check_data:
             for split in (data.train, data.valid):
                 resolve_data_path(split if isinstance(split, str) else split.path, data.root)
@@ -145,10 +139,11 @@ class ClassifyTask(LabelTask):
         if self.pooling == "attention":
             self.attention = AttentionPooling(self.encoder.output_size)
 
-    def pool(self, states: torch.Tensor, final, mask: torch.Tensor) -> torch.Tensor:
-        """Encoder states [B,S,D] to one vector per sequence [B,D]."""
+    def pool(self, encoded: EncoderOutput) -> torch.Tensor:
+        """The encoder's output (states [B,S,D], mask [B,S]) to one vector per sequence [B,D]."""
+        states, mask = encoded.states, encoded.mask
         if self.pooling == "final":
-            return last_layer(final)
+            return encoded.pooled  # [B,D]
         if self.pooling == "mean":
             weights = mask.unsqueeze(-1).to(states.dtype)  # [B,S,1]
             return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
@@ -158,8 +153,8 @@ class ClassifyTask(LabelTask):
 
     def forward(self, batch, perturbation: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B,C] for a padded batch."""
-        states, final, mask = self.encode(batch["src"], batch["src_len"], perturbation)  # [B,S,D], ..., [B,S]
-        return self.output(self.output_dropout(self.pool(states, final, mask)))  # [B,C]
+        encoded = self.encode(batch["src"], batch["src_len"], perturbation)  # states [B,S,D], mask [B,S]
+        return self.output(self.output_dropout(self.pool(encoded)))  # [B,C]
 
     def examples(self, split: str) -> list[Example]:
         rows = self.read_split(self.recipe, getattr(self.recipe.data, split))

@@ -16,15 +16,14 @@ embedding), as PatchTST and SegRNN do.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from nmt.contracts import EncoderDecoderBuilder
 from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
-from nmt.recipe import Recipe, Section, component
+from nmt.recipe import AttentionSection, DecoderSection, EncoderSection, Recipe, Section
 from nmt.registry import register
 from nmt.tasks.series import Loss, SeriesData, SeriesTask
 
@@ -34,9 +33,9 @@ class ForecastData(SeriesData):
 
 
 class ForecastModel(Section):
-    encoder: dict[str, Any] = {"name": "gru", "bidirectional": False}
-    attention: dict[str, Any] = {"name": "bahdanau"}
-    decoder: dict[str, Any] = {"name": "rnn"}
+    encoder: EncoderSection = {"name": "gru", "bidirectional": False}
+    attention: AttentionSection = {"name": "bahdanau"}
+    decoder: DecoderSection = {"name": "rnn"}
     embedding_size: int = Field(64, gt=0, le=65536)  # the Linear embedding of input segments and of fed-back predictions
     segment: PositiveInt = 1  # rows per encoder and decoder step; divides lookback and horizon
     channel_independent: bool = False  # one shared univariate model per column (needs targets == columns)
@@ -61,8 +60,6 @@ class ForecastTask(SeriesTask):
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         super().check_recipe(recipe, check_data)
         path, data, model = recipe.path, recipe.data, recipe.model
-        for kind in ("encoder", "attention", "decoder"):
-            component(kind, getattr(model, kind), f"model.{kind}", path)
         targets = data.targets or data.columns
         if any(t not in data.columns for t in targets):
             raise RecipeError(f"{path}: data.targets", "every target must also be an input column "
@@ -77,20 +74,15 @@ class ForecastTask(SeriesTask):
     def __init__(self, recipe: Recipe, run_dir: Path, scaler):
         super().__init__(recipe, run_dir, scaler)
         cfg = recipe.model
-        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
-        attention_cls, attention_cfg = component("attention", cfg.attention, "model.attention", recipe.path)
-        decoder_cls, decoder_cfg = component("decoder", cfg.decoder, "model.decoder", recipe.path)
+        builder = EncoderDecoderBuilder.from_recipe(recipe)
         self.independent = cfg.channel_independent
         c_in, c_out = (1, 1) if self.independent else (len(self.columns), len(self.targets))
         size, seg = cfg.embedding_size, cfg.segment
         self.input_embed = nn.Linear(seg * c_in, size)
         self.output_embed = nn.Linear(seg * c_out, size)  # the previous segment's values -> decoder input
         self.channel_embed = nn.Embedding(len(self.columns), size) if self.independent else None
-        self.encoder = encoder_cls(encoder_cfg, input_size=size)
-        self.decoder = decoder_cls(
-            decoder_cfg, input_size=size, encoder_output_size=self.encoder.output_size,
-            attention_factory=lambda q, k: attention_cls(attention_cfg, q, k),
-            encoder_final_size=self.encoder.output_size)
+        self.encoder = builder.build_encoder(input_size=size)
+        self.decoder = builder.build_decoder(input_size=size, encoder=self.encoder)
         self.project = nn.Linear(self.decoder.output_size, seg * c_out)
         self.highway = nn.Linear(recipe.data.lookback, recipe.data.horizon) if cfg.highway else None
         if self.highway is not None:  # start from the recurrent forecast alone, not from random noise added to it
@@ -125,9 +117,9 @@ class ForecastTask(SeriesTask):
         segments = history.reshape(history.shape[0], -1, seg * history.shape[2])  # [B', L/s, s*c_in]
         embedded = self._embed(self.input_embed, segments)  # [B', L/s, E]
         lengths = torch.full((embedded.shape[0],), embedded.shape[1], dtype=torch.long)
-        states, final, mask = self.encoder(embedded, lengths)  # [B', L/s, D], ..., [B', L/s]
-        memory = self.decoder.prepare_memory(states, mask)
-        state = self.decoder.init_state(final, embedded.shape[0])
+        encoded = self.encoder(embedded, lengths)  # states [B', L/s, D], mask [B', L/s], pooled [B', D]
+        memory = self.decoder.prepare_memory(encoded)
+        state = self.decoder.init_state(encoded)
         targets_in_x = x[:, :, self.target_in_input]  # [B, L, C_out]
         prev = self._flat(targets_in_x[:, -seg:]).flatten(1)  # last observed segment [B', s*c_out]
         teacher = None

@@ -8,15 +8,14 @@ C_out values of that future row. With ``relative`` the head predicts changes fro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from nmt.contracts import build_encoder
 from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
-from nmt.recipe import Recipe, Section, component
+from nmt.recipe import EncoderSection, Recipe, Section
 from nmt.registry import register
 from nmt.tasks.series import Loss, SeriesData, SeriesTask, format_value
 
@@ -27,7 +26,7 @@ class GenerateData(SeriesData):
 
 
 class GenerateModel(Section):
-    encoder: dict[str, Any] = {"name": "gru", "bidirectional": False}
+    encoder: EncoderSection = {"name": "gru", "bidirectional": False}
     embedding_size: int = Field(64, gt=0, le=65536)
     relative: bool = False  # predict changes from the current values of the targets
     loss: Loss = "mse"
@@ -48,7 +47,6 @@ class GenerateTask(SeriesTask):
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         super().check_recipe(recipe, check_data)
         path, data = recipe.path, recipe.data
-        component("encoder", recipe.model.encoder, "model.encoder", path)
         if data.lookback != 1:
             raise RecipeError(f"{path}: data.lookback", f"generate reads one row; expected 1, got {data.lookback}")
         if recipe.model.relative and any(t not in data.columns for t in (data.targets or data.columns)):
@@ -57,10 +55,9 @@ class GenerateTask(SeriesTask):
     def __init__(self, recipe: Recipe, run_dir: Path, scaler):
         super().__init__(recipe, run_dir, scaler)
         cfg = recipe.model
-        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
         self.input_embed = nn.Linear(len(self.columns), cfg.embedding_size)
         self.step_embed = nn.Embedding(recipe.data.horizon, cfg.embedding_size)
-        self.encoder = encoder_cls(encoder_cfg, input_size=cfg.embedding_size)
+        self.encoder = build_encoder(recipe.components["model.encoder"], input_size=cfg.embedding_size)
         self.head = nn.Linear(self.encoder.output_size, len(self.targets))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,7 +66,7 @@ class GenerateTask(SeriesTask):
         steps = self.step_embed.weight.unsqueeze(0)  # [1, H, E]
         inputs = self.input_embed(row).unsqueeze(1) + steps  # the same input at every step [B, H, E]
         lengths = torch.full((x.shape[0],), inputs.shape[1], dtype=torch.long)
-        states, _, _ = self.encoder(inputs, lengths)  # [B, H, D]
+        states = self.encoder(inputs, lengths).states  # [B, H, D]
         pred = self.head(states)  # [B, H, C_out]
         if self.recipe.model.relative:
             pred = pred + row[:, self.target_in_input].unsqueeze(1)

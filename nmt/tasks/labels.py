@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from nmt.contracts import EncoderOutput, build_encoder
 from nmt.data.batching import BucketedDataModule, bucket_by_length
 from nmt.data.labelled import Example, ExampleCollator, ExampleDataset, LabelVocab, parse_vectors
 from nmt.data.scaling import Scaler
 from nmt.errors import DataError
-from nmt.recipe import Recipe, Section, component
+from nmt.recipe import Recipe, Section
 from nmt.runs import fitted_dir
 from nmt.tasks.base import Task
 
@@ -69,8 +70,7 @@ class LabelTask(Task):
         else:
             self.embed = nn.Linear(scaler.dim, emb.size)
         self.embed_dropout = nn.Dropout(emb.dropout)
-        encoder_cls, encoder_cfg = component("encoder", recipe.model.encoder, "model.encoder", recipe.path)
-        self.encoder = encoder_cls(encoder_cfg, input_size=emb.size)
+        self.encoder = build_encoder(recipe.components["model.encoder"], input_size=emb.size)
         self.output_dropout = nn.Dropout(recipe.model.dropout)
         self.output = nn.Linear(self.encoder.output_size, len(labels))
         self._valid = [0.0, 0, 0]  # loss sum, correct, count
@@ -79,8 +79,9 @@ class LabelTask(Task):
     def pad_id(self) -> int:
         return self.tokenizer.pad_id if self.tokenizer is not None else 0
 
-    def encode(self, src: torch.Tensor, src_len: torch.Tensor, perturbation: torch.Tensor | None = None):
-        """Ids [B,S] (or vectors [B,S,F]) to encoder (states [B,S,D], final, mask [B,S]).
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor,
+               perturbation: torch.Tensor | None = None) -> EncoderOutput:
+        """Ids [B,S] (or vectors [B,S,F]) to the encoder's output (states [B,S,D], mask [B,S], pooled [B,D]).
 
         ``perturbation`` [B,S,E] is added to the embedded inputs (adversarial training)."""
         if self.training and self.tokenizer is not None:

@@ -1,26 +1,29 @@
 """Many-to-one (or per-step) regression over a window of a numeric series, with truncated BPTT.
 
 Follow one window: inputs [B, L, C_in] go through the encoder plugin; ``output: last`` reads the
-top layer's final state and a Linear head gives one vector [B, 1, C_out] (the row ``offset`` rows
-after the window); ``output: every_step`` puts the head on every state [B, L, C_out].
+encoder's pooled summary (an RNN's top-layer final state) and a Linear head gives one vector
+[B, 1, C_out] (the row ``offset`` rows after the window); ``output: every_step`` puts the head on
+every state [B, L, C_out].
 
 With ``model.tbptt_steps`` = k, a long window is cut into pieces of k steps: the encoder runs over
-each piece from the previous piece's final state (detached, so gradients stop at the piece border
+each piece from the previous piece's recurrent state (detached, so gradients stop at the piece border
 while values flow on), and the optimiser steps once per piece (manual optimisation: Lightning 2.x
 has no built-in TBPTT). Memory holds one piece's graph, whatever the window length.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from nmt.contracts import EncoderOutput, RecurrentState, build_encoder
 from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
-from nmt.recipe import Recipe, Section, component
+from nmt.recipe import EncoderSection, Recipe, Section
 from nmt.registry import register
 from nmt.tasks.series import Loss, SeriesData, SeriesTask, format_value, last_state_detached
 
@@ -31,7 +34,7 @@ class RegressData(SeriesData):
 
 
 class RegressModel(Section):
-    encoder: dict[str, Any] = {"name": "gru", "bidirectional": False}
+    encoder: EncoderSection = {"name": "gru", "bidirectional": False}
     loss: Loss = "mse"
     relative: bool = False  # predict the change from the input value of each target column
     tbptt_steps: Optional[PositiveInt] = None  # truncated BPTT: optimiser steps per piece of this many steps
@@ -55,11 +58,14 @@ class RegressTask(SeriesTask):
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         super().check_recipe(recipe, check_data)
         path, model = recipe.path, recipe.model
-        encoder_cls, encoder_cfg = component("encoder", model.encoder, "model.encoder", path)
+        encoder_cls, encoder_cfg = recipe.components["model.encoder"]
         targets = recipe.data.targets or recipe.data.columns
         if model.relative and any(t not in recipe.data.columns for t in targets):
             raise RecipeError(f"{path}: model.relative", "needs every target among data.columns")
         if model.tbptt_steps:
+            if "initial_state" not in inspect.signature(encoder_cls.forward).parameters:
+                raise RecipeError(f"{path}: model.encoder.name", "model.tbptt_steps needs an encoder that continues "
+                                  "from a recurrent state (forward(inputs, lengths, initial_state), e.g. gru or lstm)")
             if getattr(encoder_cfg, "bidirectional", False):
                 raise RecipeError(f"{path}: model.encoder.bidirectional",
                                   "must be false with model.tbptt_steps (a backward pass cannot be truncated)")
@@ -71,8 +77,7 @@ class RegressTask(SeriesTask):
     def __init__(self, recipe: Recipe, run_dir: Path, scaler):
         super().__init__(recipe, run_dir, scaler)
         cfg = recipe.model
-        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
-        self.encoder = encoder_cls(encoder_cfg, input_size=len(self.columns))
+        self.encoder = build_encoder(recipe.components["model.encoder"], input_size=len(self.columns))
         self.head = nn.Linear(self.encoder.output_size, len(self.targets))
         self.every_step = recipe.data.output == "every_step"
         if cfg.tbptt_steps:
@@ -80,18 +85,18 @@ class RegressTask(SeriesTask):
 
     # --- the model ------------------------------------------------------------------------
 
-    def run(self, x: torch.Tensor, state=None):
-        """Inputs [B, S, C_in] from ``state`` to (predictions [B, T, C_out], final state)."""
+    def run(self, x: torch.Tensor, state: RecurrentState | None = None) -> tuple[torch.Tensor, RecurrentState | None]:
+        """Inputs [B, S, C_in] from ``state`` to (predictions [B, T, C_out], the encoder's recurrent state)."""
         lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        states, final, _ = self.encoder(x, lengths, initial_state=state)  # [B, S, D], [L, B, D] (or (h, c))
+        encoded: EncoderOutput = (self.encoder(x, lengths) if state is None
+                                  else self.encoder(x, lengths, initial_state=state))  # states [B, S, D]
         if self.every_step:
-            pred = self.head(states)  # [B, S, C_out]
+            pred = self.head(encoded.states)  # [B, S, C_out]
             base = x[:, :, self.target_in_input] if self.recipe.model.relative else 0.0
         else:
-            top = (final[0] if isinstance(final, tuple) else final)[-1]  # [B, D]: forward end and backward start
-            pred = self.head(top).unsqueeze(1)  # [B, 1, C_out]
+            pred = self.head(encoded.pooled).unsqueeze(1)  # [B, D] (an RNN's forward end, backward start) -> [B, 1, C_out]
             base = x[:, -1:, self.target_in_input] if self.recipe.model.relative else 0.0
-        return pred + base, final
+        return pred + base, encoded.recurrent
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.run(x)[0]

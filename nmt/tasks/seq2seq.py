@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -17,12 +17,14 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from nmt import metrics, search
+from nmt.contracts import EncoderDecoderBuilder
 from nmt.data.batching import BucketedDataModule
 from nmt.data.parallel import Pair, PairCollator, PairDataset
 from nmt.data.text import read_parallel
 from nmt.data.tokenizer import PAD_ID
 from nmt.errors import RecipeError
-from nmt.recipe import Recipe, Section, component, resolve_data_path
+from nmt.recipe import AttentionSection, DecoderSection, EncoderSection, Recipe, Section, TokenizerSection, \
+    resolve_data_path
 from nmt.registry import register
 from nmt.tasks.base import Task
 from nmt.tasks.tokenizers import load_tokenizers, train_tokenizers
@@ -38,7 +40,7 @@ class Seq2SeqData(Section):
     train: ParallelFiles
     valid: ParallelFiles
     test: dict[str, ParallelFiles] = {}
-    tokenizer: dict[str, Any] = {"name": "sentencepiece"}
+    tokenizer: TokenizerSection = {"name": "sentencepiece"}
     joint_vocab: bool = True
     max_length: PositiveInt = 100  # training pairs longer than this (in tokens, either side) are skipped
     batch_tokens: PositiveInt = 2000  # padded tokens per training batch
@@ -58,9 +60,9 @@ class EmbeddingConfig(Section):
 
 class Seq2SeqModel(Section):
     embedding: EmbeddingConfig = EmbeddingConfig()
-    encoder: dict[str, Any] = {"name": "gru"}
-    attention: dict[str, Any] = {"name": "bahdanau"}
-    decoder: dict[str, Any] = {"name": "rnn"}
+    encoder: EncoderSection = {"name": "gru"}
+    attention: AttentionSection = {"name": "bahdanau"}
+    decoder: DecoderSection = {"name": "rnn"}
 
 
 @register("task", "seq2seq")
@@ -74,7 +76,6 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
-        component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
         if recipe.model.embedding.share_source and not recipe.data.joint_vocab:
             raise RecipeError(f"{recipe.path}: model.embedding.share_source",
                               "needs one vocabulary for both sides (data.joint_vocab: true)")
@@ -116,21 +117,16 @@ class Seq2SeqTask(Task):
     @staticmethod
     def build_network(recipe: Recipe, src_vocab: int, tgt_vocab: int) -> dict[str, nn.Module]:
         """The modules of the network, from the recipe's plugin sections and the vocabulary sizes."""
-        cfg, emb, pad_id = recipe.model, recipe.model.embedding, PAD_ID
-        encoder_cls, encoder_cfg = component("encoder", cfg.encoder, "model.encoder", recipe.path)
-        attention_cls, attention_cfg = component("attention", cfg.attention, "model.attention", recipe.path)
-        decoder_cls, decoder_cfg = component("decoder", cfg.decoder, "model.decoder", recipe.path)
-        encoder = encoder_cls(encoder_cfg, input_size=emb.size)
+        emb, pad_id = recipe.model.embedding, PAD_ID
+        builder = EncoderDecoderBuilder.from_recipe(recipe)
+        encoder = builder.build_encoder(input_size=emb.size)
         tgt_embed = nn.Embedding(tgt_vocab, emb.size, padding_idx=pad_id)
         modules = {  # with share_source one module under both names: parameters() and the optimiser see it once
             "src_embed": tgt_embed if emb.share_source else nn.Embedding(src_vocab, emb.size, padding_idx=pad_id),
             "tgt_embed": tgt_embed,
             "embed_dropout": nn.Dropout(emb.dropout),
             "encoder": encoder,
-            "decoder": decoder_cls(
-                decoder_cfg, input_size=emb.size, encoder_output_size=encoder.output_size,
-                attention_factory=lambda query_size, key_size: attention_cls(attention_cfg, query_size, key_size),
-                encoder_final_size=encoder.output_size),
+            "decoder": builder.build_decoder(input_size=emb.size, encoder=encoder),
         }
         if emb.tie_target:  # project to the embedding size, then score with the embedding matrix
             modules["pre_output"] = nn.Linear(modules["decoder"].output_size, emb.size, bias=False)
@@ -147,8 +143,8 @@ class Seq2SeqTask(Task):
     def encode(self, src: torch.Tensor, src_len: torch.Tensor):
         """Source ids [B,S] to (memory for attention, initial decoder state)."""
         embedded = self.embed_dropout(self.src_embed(src))  # [B,S,E]
-        states, final, mask = self.encoder(embedded, src_len)  # [B,S,D], ..., [B,S]
-        return self.decoder.prepare_memory(states, mask), self.decoder.init_state(final, src.size(0))
+        encoded = self.encoder(embedded, src_len)  # states [B,S,D], mask [B,S], pooled [B,D]
+        return self.decoder.prepare_memory(encoded), self.decoder.init_state(encoded)
 
     def decode_step(self, prev: torch.Tensor, state, memory):
         """One target step: previous ids [B] to log-probabilities [B,V] and the next state."""

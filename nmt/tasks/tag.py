@@ -13,14 +13,15 @@ step per word; a linear layer scores each tag.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field, PositiveInt
 
 from nmt import registry
+from nmt.contracts import build_encoder
 from nmt.data.labelled import Example, TaggedSentence, read_conllu
-from nmt.recipe import Recipe, Section, component, resolve_data_path
+from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolve_data_path
 from nmt.registry import register
 from nmt.runs import fitted_dir
 from nmt.tasks.labels import InputEmbedding, LabelTask, drop_to_unk
@@ -33,7 +34,7 @@ class TagData(Section):
     valid: str
     format: Literal["conllu"] = "conllu"  # .conllu or .conllu.gz
     tag_column: Literal["upos", "xpos", "deprel"] = "upos"
-    tokenizer: dict[str, Any] = {"name": "whitespace"}
+    tokenizer: TokenizerSection = {"name": "whitespace"}
     max_length: PositiveInt = 250  # training sentences longer than this (in pieces) are skipped
     batch_tokens: PositiveInt = 4000  # padded pieces per training batch
     max_sentences: Optional[PositiveInt] = None
@@ -54,11 +55,11 @@ class WordEmbedding(Section):
 
 class TagModel(Section):
     embedding: InputEmbedding = InputEmbedding()
-    encoder: dict[str, Any] = {"name": "lstm"}
+    encoder: EncoderSection = {"name": "lstm"}
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on each word's state, before the output layer
     word_state: Literal["first", "first_last"] = "first"  # which piece states represent a word
     word_embedding: Optional[WordEmbedding] = None  # e.g. {size: 100}: a learned vector per frequent word
-    word_encoder: Optional[dict[str, Any]] = None  # e.g. {name: lstm, hidden_size: 256}: a second encoder over words
+    word_encoder: Optional[EncoderSection] = None  # e.g. {name: lstm, hidden_size: 256}: a second encoder over words
 
 
 WORDS_PREFIX = "words"  # the whole-word vocabulary of model.word_embedding: fitted/words.vocab.json
@@ -80,17 +81,12 @@ class TagTask(LabelTask):
             word_size += recipe.model.word_embedding.size
         self.word_encoder = None
         if recipe.model.word_encoder is not None:
-            encoder_cls, encoder_cfg = component("encoder", recipe.model.word_encoder, "model.word_encoder", recipe.path)
-            self.word_encoder = encoder_cls(encoder_cfg, input_size=word_size)
+            self.word_encoder = build_encoder(recipe.components["model.word_encoder"], input_size=word_size)
             word_size = self.word_encoder.output_size
         self.output = torch.nn.Linear(word_size, len(labels))
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
-        component("encoder", recipe.model.encoder, "model.encoder", recipe.path)
-        if recipe.model.word_encoder is not None:
-            component("encoder", recipe.model.word_encoder, "model.word_encoder", recipe.path)
-        component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
         if check_data:
             for split in (recipe.data.train, recipe.data.valid):
                 resolve_data_path(split, recipe.data.root)
@@ -126,14 +122,14 @@ class TagTask(LabelTask):
 
     def forward(self, batch, perturbation: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B,W,C] for each word of a padded batch."""
-        states, _, _ = self.encode(batch["src"], batch["src_len"], perturbation)  # [B,S,D]
+        states = self.encode(batch["src"], batch["src_len"], perturbation).states  # [B,S,D]
         words = self.gather_words(states, batch["word_starts"])  # [B,W,D]
         if self.recipe.model.word_state == "first_last":
             words = torch.cat([words, self.gather_words(states, batch["word_ends"])], dim=-1)  # [B,W,2D]
         if self.words is not None:
             words = torch.cat([words, self.embed_whole_words(batch["word_ids"])], dim=-1)  # [B,W,D+E]
         if self.word_encoder is not None:
-            words, _, _ = self.word_encoder(words, batch["word_len"])  # [B,W,D']
+            words = self.word_encoder(words, batch["word_len"]).states  # [B,W,D']
         return self.output(self.output_dropout(words))  # [B,W,C]
 
     def embed_whole_words(self, word_ids: torch.Tensor) -> torch.Tensor:

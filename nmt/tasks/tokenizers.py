@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nmt.recipe import Recipe, component
+from nmt.recipe import Recipe
 from nmt.runs import READY, fitted_dir
 
 
@@ -13,7 +13,7 @@ def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[st
     if (directory / READY).exists():
         return
     directory.mkdir(parents=True, exist_ok=True)
-    cls, config = component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
+    cls, config = recipe.components["data.tokenizer"]
     if tgt is None:
         cls.train(config, src, directory, "src")
     elif joint:
@@ -25,7 +25,7 @@ def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[st
 
 def load_tokenizers(recipe: Recipe, run_dir: Path, joint: bool, target: bool = True):
     """(source tokenizer, target tokenizer); the same object twice for a joint vocabulary."""
-    cls, _ = component("tokenizer", recipe.data.tokenizer, "data.tokenizer", recipe.path)
+    cls = recipe.components["data.tokenizer"].cls
     directory = fitted_dir(run_dir)
     if not target:
         return cls.load(directory, "src"), None

@@ -4,16 +4,19 @@ One step: [embedded previous token ; previous attentional output] -> RNN -> quer
 -> attention over the encoder states -> attentional output o = tanh(W [query ; context]).
 The decoder state is a tuple ``(hidden, prev_output)``: ``hidden`` is [L, B, H] (GRU) or a tuple
 (h, c) of such (LSTM), ``prev_output`` is [B, H]. The memory is ``(prepared_keys, values, mask)``.
-Both are passed in and returned; nothing per batch is kept on the module.
+Both are passed in and returned; nothing per batch is kept on the module. It meets
+:class:`nmt.contracts.Decoder`: it starts from the encoder's recurrent state when the encoder has
+one (its top layer), else from the encoder's pooled summary, so any encoder can feed it.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from nmt.contracts import AttentionFactory, EncoderOutput, top_layer
 from nmt.registry import register
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -24,6 +27,8 @@ Memory = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 @register("decoder", "rnn")
 class RNNDecoder(nn.Module):
     """Conditional GRU/LSTM decoder with attention, optional input feeding and an encoder bridge."""
+
+    output_size: int  # H, the hidden size
 
     class Config(BaseModel):
         """Recipe options of the recurrent decoder (``model.decoder``)."""
@@ -36,15 +41,14 @@ class RNNDecoder(nn.Module):
         dropout: float = Field(0.0, ge=0, lt=1)  # on the input embeddings and between layers
         hidden_dropout: float = Field(0.0, ge=0, lt=1)  # on the attentional output
         input_feeding: bool = True  # feed the previous attentional output back as input
-        bridge: bool = True  # initial hidden = tanh(W encoder_final); False: zeros
+        bridge: bool = True  # initial hidden = tanh(W encoder summary); False: zeros
 
     def __init__(
         self,
         config: Config,
         input_size: int,
         encoder_output_size: int,
-        encoder_final_size: int,
-        attention_factory: Callable[[int, int], nn.Module],
+        attention_factory: AttentionFactory,
     ) -> None:
         super().__init__()
         self.config = config
@@ -60,27 +64,29 @@ class RNNDecoder(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         self.attention = attention_factory(config.hidden_size, encoder_output_size)
-        self.bridge = nn.Linear(encoder_final_size, config.hidden_size) if config.bridge else None
+        self.bridge = nn.Linear(encoder_output_size, config.hidden_size) if config.bridge else None
         self.output_layer = nn.Linear(config.hidden_size + encoder_output_size, config.hidden_size)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
-    def init_state(self, encoder_final: Hidden | None, batch_size: int) -> State:
-        """The state before the first step, from the encoder's top-layer final state (or zeros)."""
+    def init_state(self, encoded: EncoderOutput) -> State:
+        """The state before the first step: the bridge over the encoder's recurrent state (its top layer)
+        when it has one, else over its pooled summary (the same vector for the RNN encoders); or zeros."""
         if self.bridge is not None:
-            top = encoder_final[0] if isinstance(encoder_final, tuple) else encoder_final  # h of (h, c)
-            h0 = torch.tanh(self.bridge(top[-1]))  # top layer [B, encoder_final_size] -> [B, H]
+            summary = encoded.pooled if encoded.recurrent is None else top_layer(encoded.recurrent)  # [B, D]
+            h0 = torch.tanh(self.bridge(summary))  # [B, D] -> [B, H]
         else:
-            h0 = self.output_layer.weight.new_zeros(batch_size, self.hidden_size)  # [B, H]
+            h0 = self.output_layer.weight.new_zeros(encoded.states.size(0), self.hidden_size)  # [B, H]
         prev_output = torch.zeros_like(h0)  # [B, H]
         hidden = h0.unsqueeze(0).repeat(self.num_layers, 1, 1)  # [L, B, H]
         if self.config.cell == "lstm":
             hidden = (hidden, hidden.clone())  # the cell state starts like the hidden state (as Joey NMT)
         return hidden, prev_output
 
-    def prepare_memory(self, encoder_states: torch.Tensor, mask: torch.Tensor) -> Memory:
+    def prepare_memory(self, encoded: EncoderOutput) -> Memory:
         """Project the attention keys once per batch: returns (prepared_keys, values, mask)."""
-        return self.attention.prepare(encoder_states), encoder_states, mask  # [B, S, A], [B, S, V], [B, S]
+        states = encoded.states  # [B, S, V]
+        return self.attention.prepare(states), states, encoded.mask  # [B, S, A], [B, S, V], [B, S]
 
     def step(self, input_emb: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """One decoding step for ``input_emb`` [B, E]; returns (output [B, H], new state, weights [B, S])."""

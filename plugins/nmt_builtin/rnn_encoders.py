@@ -1,5 +1,10 @@
 """Recurrent encoders (GRU, LSTM): embedded source tokens in, one state per position out.
 
+They meet :class:`nmt.contracts.RecurrentEncoder`: the output's ``pooled`` summary is the top layer
+of the final state (the forward direction's end beside the backward direction's start), and
+``recurrent`` the final state of every layer, which a decoder may start from and truncated BPTT
+carries on (``initial_state``).
+
 Sequences are packed (``pack_padded_sequence``) so padding costs no computation and never leaks
 into the states of real positions; the backward direction of a bidirectional encoder starts at
 each sequence's own last token, not at the padding.
@@ -11,16 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmt.contracts import EncoderOutput, RecurrentState, top_layer
 from nmt.registry import register
 
 # GRU final state: a tensor [num_layers, B, output_size]; LSTM: a tuple (h, c) of such tensors.
-RNNState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+RNNState = RecurrentState
 
 
 class RNNEncoder(nn.Module):
     """A (bi)directional multi-layer RNN over padded batches; subclasses choose the cell."""
 
     rnn_class: type[nn.RNNBase]
+    output_size: int  # D = hidden_size * directions
 
     class Config(BaseModel):
         """Recipe options of a recurrent encoder (``model.encoder``)."""
@@ -51,8 +58,9 @@ class RNNEncoder(nn.Module):
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, initial_state: RNNState | None = None
-    ) -> tuple[torch.Tensor, RNNState, torch.Tensor]:
-        """Encode ``x`` [B, S, input_size]; return (states [B, S, output_size], final, mask [B, S])."""
+    ) -> EncoderOutput:
+        """Encode ``x`` [B, S, input_size] (from ``initial_state`` [L, B, D], if given) into states [B, S, D],
+        mask [B, S], pooled [B, D] (the top layer's final state) and the final state [L, B, D] of every layer."""
         max_len = x.shape[1]
         positions = torch.arange(max_len, device=x.device)  # [S]
         mask = positions.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)  # [B, S], True at real tokens
@@ -63,7 +71,7 @@ class RNNEncoder(nn.Module):
         states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=max_len)  # [B, S, D*H]
         states = self.dropout(states)  # padded positions stay exactly zero
         final = _map(hn, self._from_torch_layout)  # [L, B, D*H] (or a tuple of two)
-        return states, final, mask
+        return EncoderOutput(states=states, mask=mask, pooled=top_layer(final), recurrent=final)  # pooled [B, D*H]
 
     def _from_torch_layout(self, h: torch.Tensor) -> torch.Tensor:
         """[L*D, B, H] (PyTorch's layout) -> [L, B, D*H] (forward and backward concatenated)."""
@@ -90,13 +98,13 @@ def _map(state: RNNState, fn) -> RNNState:
 
 @register("encoder", "gru")
 class GRUEncoder(RNNEncoder):
-    """Bidirectional (by default) GRU encoder; ``final`` is a tensor [num_layers, B, output_size]."""
+    """Bidirectional (by default) GRU encoder; its recurrent state is a tensor [num_layers, B, output_size]."""
 
     rnn_class = nn.GRU
 
 
 @register("encoder", "lstm")
 class LSTMEncoder(RNNEncoder):
-    """Bidirectional (by default) LSTM encoder; ``final`` is a tuple (h, c), each [num_layers, B, output_size]."""
+    """Bidirectional (by default) LSTM encoder; its recurrent state is a tuple (h, c) of [num_layers, B, output_size]."""
 
     rnn_class = nn.LSTM

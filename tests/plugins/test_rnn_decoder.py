@@ -1,15 +1,18 @@
-"""Tests of the attentional RNN decoder: step/forward agreement, state selection, memory preparation."""
+"""Tests of the attentional RNN decoder: step/forward agreement, state selection, memory preparation,
+starting from an encoder's recurrent state or from its pooled summary."""
 import importlib
 from functools import partial
 
 import pytest
 import torch
 
+from nmt.contracts import Decoder, EncoderOutput
+
 RNNDecoder = importlib.import_module("nmt_builtin.rnn_decoder").RNNDecoder
 BahdanauAttention = importlib.import_module("nmt_builtin.bahdanau").BahdanauAttention
 LuongAttention = importlib.import_module("nmt_builtin.luong").LuongAttention
 
-B, S, T, E, V, F, H = 3, 6, 5, 4, 10, 7, 8  # batch, source, target, embedding, encoder states, encoder final, hidden
+B, S, T, E, V, H = 3, 6, 5, 4, 10, 8  # batch, source, target, embedding, encoder states, hidden
 
 
 def make(cell: str = "gru", attention: type = BahdanauAttention, **options) -> RNNDecoder:
@@ -17,15 +20,17 @@ def make(cell: str = "gru", attention: type = BahdanauAttention, **options) -> R
     torch.manual_seed(0)
     factory = partial(attention, attention.Config())
     config = RNNDecoder.Config(cell=cell, hidden_size=H, num_layers=2, **options)
-    return RNNDecoder(config, E, V, F, factory).eval()
+    return RNNDecoder(config, E, V, factory).eval()
 
 
 def inputs(cell: str):
+    """(encoder output with a recurrent state [2, B, V] (or (h, c)), target embeddings [B, T, E])."""
     torch.manual_seed(1)
-    h = torch.randn(2, B, F)
-    final = (h, torch.randn(2, B, F)) if cell == "lstm" else h
+    h = torch.randn(2, B, V)
+    final = (h, torch.randn(2, B, V)) if cell == "lstm" else h
     mask = torch.arange(S)[None, :] < torch.tensor([6, 2, 4])[:, None]
-    return final, torch.randn(B, S, V), mask, torch.randn(B, T, E)
+    encoded = EncoderOutput(states=torch.randn(B, S, V), mask=mask, pooled=h[-1], recurrent=final)
+    return encoded, torch.randn(B, T, E)
 
 
 def as_list(state):
@@ -38,10 +43,12 @@ def as_list(state):
 @pytest.mark.parametrize("input_feeding", [True, False])
 def test_forward_equals_repeated_steps(cell, attention, input_feeding):
     decoder = make(cell, attention, input_feeding=input_feeding)
-    final, states, mask, targets = inputs(cell)
-    state, memory = decoder.init_state(final, B), decoder.prepare_memory(states, mask)
+    encoded, targets = inputs(cell)
+    mask = encoded.mask
+    state, memory = decoder.init_state(encoded), decoder.prepare_memory(encoded)
     outputs, forward_state, attention_weights = decoder(targets, state, memory)
     assert outputs.shape == (B, T, H) and attention_weights.shape == (B, T, S) and decoder.output_size == H
+    assert isinstance(decoder, Decoder)
     assert torch.all(attention_weights.masked_select(~mask[:, None, :].expand(B, T, S)) == 0)
     for t in range(T):
         output, state, weights = decoder.step(targets[:, t], state, memory)
@@ -54,8 +61,8 @@ def test_forward_equals_repeated_steps(cell, attention, input_feeding):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_select_state_and_memory_expand_the_batch(cell):
     decoder = make(cell)
-    final, states, mask, targets = inputs(cell)
-    state, memory = decoder.init_state(final, B), decoder.prepare_memory(states, mask)
+    encoded, targets = inputs(cell)
+    state, memory = decoder.init_state(encoded), decoder.prepare_memory(encoded)
     _, state, _ = decoder(targets[:, :2], state, memory)
     index = torch.tensor([0, 0, 2, 1, 1, 1])
     expanded, expanded_memory = RNNDecoder.select_state(state, index), RNNDecoder.select_memory(memory, index)
@@ -73,24 +80,41 @@ def test_bahdanau_keys_are_projected_once_per_batch():
     decoder = make("gru", BahdanauAttention)
     calls = []
     decoder.attention.key_layer.register_forward_hook(lambda *args: calls.append(1))
-    final, states, mask, targets = inputs("gru")
-    memory = decoder.prepare_memory(states, mask)
-    decoder(targets, decoder.init_state(final, B), memory)
+    encoded, targets = inputs("gru")
+    memory = decoder.prepare_memory(encoded)
+    decoder(targets, decoder.init_state(encoded), memory)
     assert len(calls) == 1
 
 
 def test_init_state_with_and_without_bridge():
-    final, states, mask, targets = inputs("lstm")
-    hidden, prev_output = make("lstm").init_state(final, B)
+    encoded, targets = inputs("lstm")
+    hidden, prev_output = make("lstm").init_state(encoded)
     assert hidden[0].shape == (2, B, H) and hidden[1].shape == (2, B, H)
     assert torch.all(prev_output == 0) and hidden[0].abs().sum() > 0
-    hidden, prev_output = make("gru", bridge=False).init_state(None, B)
+    hidden, prev_output = make("gru", bridge=False).init_state(encoded)
     assert hidden.shape == (2, B, H) and torch.all(hidden == 0) and prev_output.shape == (B, H)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_starts_from_the_recurrent_top_layer_else_from_the_pooled_summary(cell):
+    decoder = make(cell)
+    encoded, _ = inputs(cell)
+    hidden = decoder.init_state(encoded)[0]
+    h0 = hidden[0] if isinstance(hidden, tuple) else hidden  # [2, B, H]
+    top = (encoded.recurrent[0] if cell == "lstm" else encoded.recurrent)[-1]  # [B, V]
+    torch.testing.assert_close(h0[0], torch.tanh(decoder.bridge(top)))
+    torch.testing.assert_close(h0[1], h0[0])  # every decoder layer starts alike
+    # without a recurrent state (a Transformer encoder): the pooled summary
+    summary = torch.randn(B, V)
+    pooled_only = EncoderOutput(states=encoded.states, mask=encoded.mask, pooled=summary)
+    hidden = decoder.init_state(pooled_only)[0]
+    h0 = hidden[0] if isinstance(hidden, tuple) else hidden
+    torch.testing.assert_close(h0[0], torch.tanh(decoder.bridge(summary)))
 
 
 def test_every_parameter_gets_a_gradient():
     decoder = make("lstm", LuongAttention).train()
-    final, states, mask, targets = inputs("lstm")
-    outputs, _, _ = decoder(targets, decoder.init_state(final, B), decoder.prepare_memory(states, mask))
+    encoded, targets = inputs("lstm")
+    outputs, _, _ = decoder(targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
     outputs.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())

@@ -1,9 +1,11 @@
-"""Tests of the GRU and LSTM encoders: masking, packing, final-state layout and carried state."""
+"""Tests of the GRU and LSTM encoders: masking, packing, pooled and recurrent state layout, carried state."""
 import importlib
 
 import pydantic
 import pytest
 import torch
+
+from nmt.contracts import Encoder, EncoderOutput
 
 rnn_encoders = importlib.import_module("nmt_builtin.rnn_encoders")  # registers encoder/gru and encoder/lstm
 CELLS = {"gru": rnn_encoders.GRUEncoder, "lstm": rnn_encoders.LSTMEncoder}
@@ -28,8 +30,10 @@ def as_tuple(final):
 def test_padding_is_zero_and_mask_marks_real_positions(name):
     encoder = make(name, num_layers=2)
     lengths = torch.tensor([4, 7, 1, 5])
-    states, final, mask = encoder(torch.randn(4, 7, 6), lengths)
-    assert states.shape == (4, 7, 10) and encoder.output_size == 10
+    out = encoder(torch.randn(4, 7, 6), lengths)
+    assert isinstance(out, EncoderOutput) and isinstance(encoder, Encoder)
+    states, final, mask = out.states, out.recurrent, out.mask
+    assert states.shape == (4, 7, 10) and encoder.output_size == 10 and out.pooled.shape == (4, 10)
     assert torch.equal(mask, torch.arange(7)[None, :] < lengths[:, None])
     assert torch.all(states[~mask] == 0)
     assert torch.all(states[mask].abs().sum(-1) > 0)
@@ -40,20 +44,22 @@ def test_padding_is_zero_and_mask_marks_real_positions(name):
 def test_a_sequence_encodes_the_same_alone_or_batched_with_longer_ones(name):
     encoder = make(name, num_layers=2)
     x, lengths = torch.randn(3, 8, 6), torch.tensor([5, 8, 3])
-    states, final, _ = encoder(x, lengths)
+    batched = encoder(x, lengths)
     for i, n in enumerate(lengths.tolist()):
-        alone, alone_final, alone_mask = encoder(x[i : i + 1, :n], torch.tensor([n]))  # B=1, all lengths == S
-        assert alone_mask.all()
-        torch.testing.assert_close(alone[0], states[i, :n])
-        torch.testing.assert_close(hidden(alone_final)[:, 0], hidden(final)[:, i])
+        alone = encoder(x[i : i + 1, :n], torch.tensor([n]))  # B=1, all lengths == S
+        assert alone.mask.all()
+        torch.testing.assert_close(alone.states[0], batched.states[i, :n])
+        torch.testing.assert_close(hidden(alone.recurrent)[:, 0], hidden(batched.recurrent)[:, i])
+        torch.testing.assert_close(alone.pooled[0], batched.pooled[i])
 
 
 @pytest.mark.parametrize("name", ["gru", "lstm"])
-def test_final_concatenates_forward_last_and_backward_first_states(name):
-    encoder = make(name)
+def test_pooled_is_the_top_layer_final_state_forward_last_and_backward_first(name):
+    encoder = make(name, num_layers=2)
     lengths = torch.tensor([3, 6])
-    states, final, _ = encoder(torch.randn(2, 6, 6), lengths)
-    top = hidden(final)[-1]  # [B, 2H]
+    out = encoder(torch.randn(2, 6, 6), lengths)
+    states, top = out.states, out.pooled  # [B, 2H]
+    torch.testing.assert_close(top, hidden(out.recurrent)[-1])
     for i, n in enumerate(lengths.tolist()):
         torch.testing.assert_close(top[i, :5], states[i, n - 1, :5])  # forward direction ends at the last token
         torch.testing.assert_close(top[i, 5:], states[i, 0, 5:])  # backward direction ends at the first token
@@ -63,20 +69,20 @@ def test_final_concatenates_forward_last_and_backward_first_states(name):
 def test_final_state_round_trips_as_initial_state(name):
     encoder = make(name, num_layers=2, bidirectional=False)
     x, lengths = torch.randn(3, 10, 6), torch.full((3,), 10)
-    whole, whole_final, _ = encoder(x, lengths)
-    first, carried, _ = encoder(x[:, :4], torch.full((3,), 4))
-    second, second_final, _ = encoder(x[:, 4:], torch.full((3,), 6), initial_state=carried)
-    torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
-    for a, b in zip(as_tuple(second_final), as_tuple(whole_final)):
+    whole = encoder(x, lengths)
+    first = encoder(x[:, :4], torch.full((3,), 4))
+    second = encoder(x[:, 4:], torch.full((3,), 6), initial_state=first.recurrent)
+    torch.testing.assert_close(torch.cat([first.states, second.states], dim=1), whole.states)
+    for a, b in zip(as_tuple(second.recurrent), as_tuple(whole.recurrent)):
         torch.testing.assert_close(a, b)
 
 
 def test_bidirectional_initial_state_is_accepted_in_final_layout():
     encoder = make("gru", num_layers=2)
     x, lengths = torch.randn(2, 5, 6), torch.tensor([5, 2])
-    _, final, _ = encoder(x, lengths)
-    states, again, _ = encoder(x, lengths, initial_state=final)
-    assert again.shape == final.shape and torch.all(states[1, 2:] == 0)
+    final = encoder(x, lengths).recurrent
+    again = encoder(x, lengths, initial_state=final)
+    assert again.recurrent.shape == final.shape and torch.all(again.states[1, 2:] == 0)
 
 
 def test_config_rejects_unknown_and_invalid_options():

@@ -110,12 +110,15 @@ def test_other_poolings_build_and_run(tmp_path, pooling):
 def test_max_pooling_ignores_padding():
     from types import SimpleNamespace
 
+    from nmt.contracts import EncoderOutput
     from nmt.tasks.classify import ClassifyTask
 
     states = torch.tensor([[[1.0, -2.0], [3.0, -1.0], [99.0, 99.0]]])  # [B=1,S=3,D=2], the last step is padding
     mask = torch.tensor([[True, True, False]])
-    pooled = ClassifyTask.pool(SimpleNamespace(pooling="max"), states, None, mask)
-    assert pooled.tolist() == [[3.0, -1.0]]
+    encoded = EncoderOutput(states=states, mask=mask, pooled=torch.tensor([[7.0, 8.0]]))
+    assert ClassifyTask.pool(SimpleNamespace(pooling="max"), encoded).tolist() == [[3.0, -1.0]]
+    assert ClassifyTask.pool(SimpleNamespace(pooling="mean"), encoded).tolist() == [[2.0, -1.5]]
+    assert ClassifyTask.pool(SimpleNamespace(pooling="final"), encoded).tolist() == [[7.0, 8.0]]  # the encoder's summary
 
 
 def test_numeric_vectors(tmp_path):

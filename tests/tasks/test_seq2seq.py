@@ -52,8 +52,8 @@ def test_nbest_prints_scored_hypotheses(trained_run: Path, tmp_path: Path):
     src = tmp_path / "in.txt"
     src.write_text("a0 b1 c2\n\nd3 e0\n")
     lines = translate(trained_run / "run", src, tmp_path / "nbest.txt", "--beam", "4", "--nbest", "3")
-    assert [line.split(" ||| ")[0] for line in lines] == ["0"] * 3 + ["1"] + ["2"] * 3  # the empty line keeps its place
-    assert lines[3] == "1 |||  ||| 0.0000"
+    assert [line.split(" ||| ")[0] for line in lines] == ["0"] * 3 + ["1"] * 3 + ["2"] * 3  # N entries per line
+    assert lines[3:6] == ["1 |||  ||| 0.0000"] * 3
     scores = [float(line.split(" ||| ")[2]) for line in lines[:3]]
     assert scores == sorted(scores, reverse=True)
 
