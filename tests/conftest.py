@@ -59,6 +59,15 @@ def reverse_data(tmp_path: Path) -> Path:
     return write_reverse_corpus(tmp_path / "data")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a module of small models: on a shared CPU more threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -25,12 +25,7 @@ TransformerEncoder = transformer.TransformerEncoder
 SMALL = {"name": "transformer", "layers": 2, "heads": 4, "hidden_size": 64, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models on a shared CPU: more threads only add contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(input_size: int = 6, **options) -> TransformerEncoder:

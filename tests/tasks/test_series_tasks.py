@@ -15,12 +15,7 @@ from nmt.errors import DataError
 from nmt.runs import load_run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models on a shared CPU: more threads only add contention
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_sines(path: Path, n: int = 1500, seed: int = 0) -> Path:
