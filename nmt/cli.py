@@ -114,8 +114,18 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
 @click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
               help="What to do with bytes that are not UTF-8.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--plot-attention", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write a heatmap of the best hypothesis's attention weights for each non-empty input line "
+                   "to DIR/000001.png, DIR/000002.png ... (line numbers; source pieces across, target pieces down).")
+@click.option("--alignments", is_flag=True,
+              help="Append ' ||| ' and the hard alignment to each output line: 'i-j' pairs, source piece i "
+                   "(0-based) most attended when target piece j was written (fast_align's Pharaoh format).")
+@click.option("--engine", default="torch", show_default=True, type=click.Choice(["torch", "onnx"]),
+              help="onnx: search on onnxruntime and numpy with the run's ONNX export (nmt export), without torch.")
+@click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="The ONNX export for --engine onnx [default: RUN/onnx].")
 def translate(run_dir, checkpoint, beam, nbest, alpha, batch_size, max_length_ratio, max_input_tokens, input_path,
-              output_path, encoding_errors, device) -> None:
+              output_path, encoding_errors, device, plot_attention, alignments, engine, onnx_dir) -> None:
     """Translate text line by line with batched beam search (stdin to stdout by default).
 
     Output line i answers input line i; empty input lines give empty output lines."""
@@ -124,7 +134,36 @@ def translate(run_dir, checkpoint, beam, nbest, alpha, batch_size, max_length_ra
     translate_file(run_dir, checkpoint=checkpoint, beam=beam, nbest=nbest, alpha=alpha,
                    batch_tokens=batch_size, max_length_ratio=max_length_ratio, input_path=input_path,
                    output_path=output_path, encoding_errors=encoding_errors, device=device,
-                   max_input_tokens=max_input_tokens)
+                   max_input_tokens=max_input_tokens, plot_attention=plot_attention, alignments=alignments,
+                   engine=engine, onnx_dir=onnx_dir)
+
+
+@cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A translation run directory written by nmt train.")
+@click.option("--src", "src_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Source sentences, one per line (plain or .gz).")
+@click.option("--tgt", "tgt_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Their translations to score, line for line with --src.")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per line: {"line", "logprob", "tokens", "token_logprobs", "ppl"}.')
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file, written atomically [default: stdout].")
+@click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
+              help="Padded tokens per batch.")
+@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
+              help="What to do with bytes that are not UTF-8.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_size, encoding_errors, device) -> None:
+    """Forced decoding: how probable the run finds each --tgt line as the translation of its --src line.
+
+    Prints one total log-probability (natural log, EOS included) per line, or a JSON object per line
+    with --json; the corpus NLL per target token and perplexity (as val/loss and val/ppl) go to stderr."""
+    from nmt.score import score_files
+
+    score_files(run_dir, src_path, tgt_path, checkpoint=checkpoint, as_json=as_json, output_path=output_path,
+                batch_tokens=batch_size, encoding_errors=encoding_errors, device=device)
 
 
 @cli.command()
@@ -180,13 +219,30 @@ def serve(run_dir, host, port, checkpoint, device, batch_size, batch_wait_ms) ->
 
     \b
     POST /translate  {"sentences": [...], "beam": 5, "nbest": 1, "alpha": 0.6, ...}: the same
-                     options and bounds as nmt translate
+                     options and bounds as nmt translate; "attention": true adds each hypothesis's
+                     attention weights and the source and target pieces they cover
     GET  /health     run name, device and batch counters
     GET  /           a page to try sentences in a browser"""
     from nmt.serve import serve_run
 
     serve_run(run_dir, host=host, port=port, checkpoint=checkpoint, device=device, batch_tokens=batch_size,
               wait_s=batch_wait_ms / 1000)
+
+
+@cli.command()
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A translation run directory written by nmt train.")
+@click.option("--format", "export_format", default="onnx", show_default=True, type=click.Choice(["onnx"]))
+@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the export goes; an earlier export there is replaced [default: RUN/onnx].")
+def export(run_dir: Path, export_format: str, checkpoint: str, output_dir: Path | None) -> None:
+    """Export a translation run to run without torch: the encoder and one decoder step as ONNX graphs
+    (dynamic batch and length), the tokenizer files and engine.json; nmt translate --engine onnx uses it."""
+    from nmt.onnx_export import export_onnx
+
+    written = export_onnx(run_dir, output_dir, checkpoint)
+    click.echo(f"nmt: exported {run_dir} to {written}", err=True)
 
 
 @cli.command()
@@ -199,6 +255,25 @@ def plot(run_dir: Path, metrics: tuple[str, ...]) -> None:
     from nmt.plots import plot_run
 
     plot_run(run_dir, metrics)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--last", type=Bounded(int, 1, 100), metavar="N",
+              help="Average the N latest kept validations (checkpoints/step-<step>.ckpt).")
+@click.option("--best", type=Bounded(int, 1, 100), metavar="N",
+              help="Average the N best kept checkpoints by the monitored score (checkpoints/best-<step>.ckpt).")
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The averaged checkpoint, written atomically [default: RUN_DIR/checkpoints/averaged.ckpt].")
+def average(run_dir: Path, last: int | None, best: int | None, output_path: Path | None) -> None:
+    """Average the weights of a run's kept checkpoints into one for nmt translate --checkpoint.
+
+    A run keeps them when its recipe sets checkpoint.keep: N (N > 1)."""
+    from nmt.average import average_run
+
+    if (last is None) == (best is None):
+        raise UserError("nmt average", "give one of --last N or --best N")
+    average_run(run_dir, "last" if last is not None else "best", last or best, output_path)
 
 
 @cli.command()

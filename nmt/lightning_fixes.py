@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
@@ -90,6 +90,16 @@ class LastCheckpoint(Checkpoint):
         if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
                 and self.saved_step != trainer.global_step and trainer.global_step > 0):
             self.save(trainer)
+
+
+class BestCheckpoints(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, under a name of its own: the N best ``best-<step>.ckpt`` of
+    ``checkpoint.keep`` beside the ``best.ckpt`` that a plain ModelCheckpoint on the same score keeps.
+
+    For Lightning 2.6 (checked with 2.6.6), which stores a callback's state in a checkpoint under its
+    ``state_key``, the class name with the monitor and mode: two ModelCheckpoints on one score share
+    it, and the Trainer refuses them ("Found more than one stateful callback"). A subclass has its
+    own key, so each resumes with its own list of kept files and scores."""
 
 
 class AppendingExperimentWriter(ExperimentWriter):

@@ -86,6 +86,13 @@ class EarlyStoppingConfig(Section):
     min_delta: NonNegativeFinite = 0.0
 
 
+class CheckpointConfig(Section):
+    # How many checkpoints a run keeps for ``nmt average``: 1 keeps best.ckpt and last.ckpt only; N > 1
+    # also keeps the N best by the monitored score (best-<step>.ckpt) and the N latest validations
+    # (step-<step>.ckpt). Each is a full checkpoint, as large as last.ckpt.
+    keep: int = Field(1, ge=1, le=100)
+
+
 class RecipeSpec(Section):
     """The top level of a recipe file; ``data`` and ``model`` are validated by the task."""
 
@@ -97,6 +104,7 @@ class RecipeSpec(Section):
     model: dict[str, Any] = {}
     optim: OptimConfig = OptimConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     trainer: dict[str, Any] = {}
 
 
@@ -407,6 +415,9 @@ def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
     for part in loc:  # walk nested sections to the one holding the unknown key
         info = model.model_fields.get(part)
         annotation = getattr(info, "annotation", None)
+        # an optional section (Optional[Sampling]): the section inside
+        annotation = next((arg for arg in typing.get_args(annotation) if isinstance(arg, type)
+                           and issubclass(arg, BaseModel)), annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

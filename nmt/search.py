@@ -4,7 +4,9 @@ The model provides:
   ``encode(src [B,S], src_len [B]) -> (memory, state)``
   ``decode_step(prev [B], state, memory) -> (log_probs [B,V], state)``
   ``select_state(state, index [N]) -> state`` and ``select_memory(memory, index [N]) -> memory``
-  ``bos_id``, ``eos_id``.
+  ``bos_id``, ``eos_id``;
+and, only where attention weights are asked for (``attention=True``),
+  ``decode_step_with_attention(prev, state, memory) -> (log_probs [B,V], state, weights [B,S])``.
 Hypotheses are returned without BOS and EOS.
 """
 from __future__ import annotations
@@ -19,6 +21,9 @@ class Hypothesis:
     tokens: list[int]
     log_prob: float  # the model's own log-probability of tokens + EOS
     score: float  # log_prob divided by the length penalty
+    # With attention=True: the weights [target step][source position] that produced each token, EOS
+    # included (one row per token, plus one for EOS when it ended with EOS), over the real source positions.
+    attention: list[list[float]] | None = None
 
 
 def length_penalty(length: int | torch.Tensor, alpha: float):
@@ -30,18 +35,30 @@ def max_lengths(src_len: torch.Tensor, ratio: float) -> torch.Tensor:
     return (src_len.float() * ratio).long() + 10
 
 
+def _step(model, prev: torch.Tensor, state, memory, attention: bool):
+    """(log_probs [B,V], state, weights [B,S] or None): the weights only when asked for."""
+    if attention:
+        return model.decode_step_with_attention(prev, state, memory)
+    log_probs, state = model.decode_step(prev, state, memory)
+    return log_probs, state, None
+
+
 @torch.no_grad()
-def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ratio: float = 2.0) -> list[Hypothesis]:
-    """The most probable token at each step until EOS or the length limit."""
+def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ratio: float = 2.0,
+                  attention: bool = False) -> list[Hypothesis]:
+    """The most probable token at each step until EOS or the length limit; with ``attention``, each
+    hypothesis also carries the attention weights of its steps."""
     batch = src.size(0)
     limits = max_lengths(src_len, max_length_ratio).to(src.device)  # [B]
     memory, state = model.encode(src, src_len)
     prev = torch.full((batch,), model.bos_id, dtype=torch.long, device=src.device)
     finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
     log_prob = torch.zeros(batch, device=src.device)
-    steps = []
+    steps, weights = [], []
     for t in range(int(limits.max())):
-        log_probs, state = model.decode_step(prev, state, memory)  # [B,V]
+        log_probs, state, step_weights = _step(model, prev, state, memory, attention)  # [B,V], state, [B,S]
+        if attention:
+            weights.append(step_weights.float())
         best_lp, prev = log_probs.max(dim=-1)  # [B]
         log_prob += torch.where(finished, torch.zeros_like(best_lp), best_lp)
         steps.append(torch.where(finished, torch.full_like(prev, model.eos_id), prev))
@@ -50,22 +67,31 @@ def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ra
         if finished.all():
             break
     tokens = torch.stack(steps, dim=1).tolist()  # [B,T]
+    all_weights = torch.stack(weights, dim=1) if attention else None  # [B,T,S]
     out = []
-    for row, lp in zip(tokens, log_prob.tolist()):
+    for b, (row, lp) in enumerate(zip(tokens, log_prob.tolist())):
         row = row[: row.index(model.eos_id)] if model.eos_id in row else row
-        out.append(Hypothesis(row, lp, lp))
+        hyp_attention = None
+        if attention:  # a row per token, and one for EOS unless the cap cut it (then it had no EOS step)
+            n_rows = min(len(row) + 1, int(limits[b]))
+            hyp_attention = all_weights[b, :n_rows, : int(src_len[b])].tolist()
+        out.append(Hypothesis(row, lp, lp, hyp_attention))
     return out
 
 
 @torch.no_grad()
 def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int = 5, alpha: float = 0.6,
-                nbest: int = 1, max_length_ratio: float = 2.0) -> list[list[Hypothesis]]:
+                nbest: int = 1, max_length_ratio: float = 2.0, attention: bool = False) -> list[list[Hypothesis]]:
     """Batched beam search with a GNMT length penalty; returns the ``nbest`` best per sentence.
 
     Sentences leave the batch as soon as no live hypothesis can beat their ``nbest`` finished ones,
-    so a batch costs what its longest unfinished sentence costs, on ever fewer rows."""
+    so a batch costs what its longest unfinished sentence costs, on ever fewer rows. With
+    ``attention``, each live row also keeps the attention weights along its path, reordered with
+    the beams, so a hypothesis carries the weights of the steps that made it."""
     batch, k, device = src.size(0), beam_size, src.device
     limits = max_lengths(src_len, max_length_ratio).tolist()
+    src_lengths = src_len.tolist()
+    paths = None  # with attention: [n*K, t, S] weights of each live row's steps so far
     memory, state = model.encode(src, src_len)
     expand = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]
     memory, state = model.select_memory(memory, expand), model.select_state(state, expand)
@@ -76,7 +102,10 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits)):
         n = len(active)
-        log_probs, state = model.decode_step(tokens[:, -1], state, memory)  # [n*K,V]
+        log_probs, state, weights = _step(model, tokens[:, -1], state, memory, attention)  # [n*K,V], state, [n*K,S]
+        if attention:  # each row's path so far, then this step: [n*K, t+1, S]
+            weights = weights.float().unsqueeze(1)
+            paths = weights if paths is None else torch.cat([paths, weights], dim=1)
         vocab = log_probs.size(-1)
         candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)  # [n,K*V]
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # [n,2K]
@@ -88,13 +117,15 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         for row, col in (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist():
             seq = tokens[row * k + top_beam[row, col]].tolist()[1:]
             lp = top_scores[row, col].item()
-            finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha)))
+            path = _path(paths, row * k + top_beam[row, col], src_lengths[active[row]])
+            finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha), path))
         # the live beams: the best K candidates that did not end
         order = is_eos.to(torch.int8).argsort(dim=1, stable=True)[:, :k]  # non-EOS first, in score order
         scores = top_scores.gather(1, order)  # [n,K]
         rows = (torch.arange(n, device=device) * k).unsqueeze(1) + top_beam.gather(1, order)  # [n,K]
         tokens = torch.cat([tokens[rows.view(-1)], top_token.gather(1, order).view(-1, 1)], dim=1)
         state = model.select_state(state, rows.view(-1))
+        paths = paths[rows.view(-1)] if attention else None  # follow the beams to their new rows
         keep = []
         for row, sent in enumerate(active):
             done = _sentence_done(finished[sent], scores[row], len(tokens[0]), limits[sent], alpha, nbest)
@@ -104,7 +135,8 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
                         if torch.isfinite(scores[row, j]):
                             seq = tokens[row * k + j].tolist()[1:]
                             lp = scores[row, j].item()
-                            finished[sent].append(Hypothesis(seq, lp, lp / length_penalty(len(seq), alpha)))
+                            path = _path(paths, row * k + j, src_lengths[sent])
+                            finished[sent].append(Hypothesis(seq, lp, lp / length_penalty(len(seq), alpha), path))
             else:
                 keep.append(row)
         if not keep:
@@ -113,9 +145,15 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
             keep_t = torch.tensor(keep, device=device)
             rows_kept = (keep_t.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             tokens, scores = tokens[rows_kept], scores[keep_t]
+            paths = paths[rows_kept] if attention else None
             state, memory = model.select_state(state, rows_kept), model.select_memory(memory, rows_kept)
             active = [active[r] for r in keep]
     return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
+
+
+def _path(paths: torch.Tensor | None, row, source_length: int) -> list[list[float]] | None:
+    """The attention weights [steps, source_length] along live row ``row``, or None when not kept."""
+    return None if paths is None else paths[int(row), :, :source_length].tolist()
 
 
 def _sentence_done(finished: list[Hypothesis], live_scores: torch.Tensor, length: int, limit: int,

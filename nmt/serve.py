@@ -39,6 +39,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from nmt import search
+from nmt.alignment import EOS_PIECE
 from nmt.errors import RequestError, UserError, shorten
 from nmt.serve_page import PAGE
 from nmt.translate import encode_lines, translate_lines
@@ -49,6 +50,7 @@ MAX_PENDING_SENTENCES = 50_000  # queued across requests; beyond it new requests
 BATCH_WAIT_S = 0.005  # how long the first request of a batch waits for others to join it
 DEFAULTS = {"beam": 5, "nbest": 1, "alpha": 0.6, "max_length_ratio": 2.0}
 OPTIONS = (*DEFAULTS, "max_input_tokens")  # named as the nmt translate options, with _ for -
+FLAGS = ("attention",)  # JSON true/false: "attention" returns each hypothesis's weights and the pieces they cover
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class SearchOptions:
     nbest: int = 1
     alpha: float = 0.6
     max_length_ratio: float = 2.0
+    attention: bool = False
 
 
 @dataclass
@@ -110,7 +113,7 @@ def parse_request(body: bytes, max_sentences: int, default_max_tokens: int) -> t
         raise RequestError(400, "request", f"not valid JSON ({reason})") from None
     if not isinstance(data, dict):
         raise RequestError(422, "request", f'expected a JSON object such as {{"sentences": ["..."]}}, got {type(data).__name__}')
-    known = ("sentences", *OPTIONS)
+    known = ("sentences", *OPTIONS, *FLAGS)
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
@@ -132,7 +135,10 @@ def parse_request(body: bytes, max_sentences: int, default_max_tokens: int) -> t
     max_tokens = data.get("max_input_tokens")
     max_tokens = default_max_tokens if max_tokens is None else check_option("max_input_tokens", max_tokens,
                                                                               types["max_input_tokens"])
-    return sentences, SearchOptions(**values), max_tokens
+    for name in FLAGS:
+        if not isinstance(data.get(name, False), bool):
+            raise RequestError(422, name, f"expected true or false, got {shorten(json.dumps(data[name]))}")
+    return sentences, SearchOptions(**values, attention=data.get("attention", False)), max_tokens
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -247,9 +253,10 @@ class Batcher:
             start += len(job.sentences)
 
     def _search(self, sentences, encoded, options: SearchOptions):
+        extra = {"attention": True} if options.attention else {}  # asked for only when wanted
         with torch.inference_mode():  # thread-local: it has to be entered here, in the model's thread
             return self.translate(self.task, sentences, options.beam, options.nbest, options.alpha,
-                                  self.batch_tokens, options.max_length_ratio, encoded)
+                                  self.batch_tokens, options.max_length_ratio, encoded, **extra)
 
     def fail_pending(self) -> None:
         """At shutdown: every job still queued is answered (503), none left hanging."""
@@ -274,9 +281,11 @@ def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BA
 
     def hypothesis_json(h: search.Hypothesis) -> dict:
         out = {"translation": task.tgt_tokenizer.decode(h.tokens), "score": finite(h.score), "log_prob": finite(h.log_prob)}
-        attention = getattr(h, "attention", None)  # [target, source] weights, once the search keeps them
+        attention = getattr(h, "attention", None)  # [target, source] weights, when the request asked for them
         if attention is not None:
             out["attention"] = attention.tolist() if hasattr(attention, "tolist") else attention
+            pieces = task.tgt_tokenizer.pieces(h.tokens)
+            out["target_pieces"] = pieces + [EOS_PIECE] * (len(out["attention"]) - len(pieces))  # the rows
         return out
 
     async def translate_endpoint(request: Request) -> JSONResponse:
@@ -284,6 +293,8 @@ def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BA
         try:
             body = await read_body(request, max_body_bytes)
             sentences, options, max_tokens = parse_request(body, max_sentences, default_max_tokens)
+            if options.attention and not hasattr(task, "decode_step_with_attention"):
+                raise RequestError(422, "attention", "this model does not report attention weights")
             encoded = encode_lines(task, sentences)
             cut = [len(ids) > max_tokens for ids in encoded]
             encoded = [ids[:max_tokens] for ids in encoded]
@@ -293,10 +304,12 @@ def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BA
         except ModelError as exc:
             return error_response(500, f"model: {exc}", None)
         translations = []
-        for hyps, was_cut in zip(results, cut):
+        for hyps, was_cut, ids in zip(results, cut, encoded):
             items = [hypothesis_json(h) for h in hyps]
             best = items[0] if items else {"translation": "", "score": None, "log_prob": None}
             translations.append({**best, "cut": was_cut, "hypotheses": items})
+            if options.attention:  # the columns of every hypothesis's weights
+                translations[-1]["source_pieces"] = task.src_tokenizer.pieces(ids)
         return JSONResponse({"translations": translations})
 
     async def health(request: Request) -> JSONResponse:

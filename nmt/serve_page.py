@@ -1,4 +1,4 @@
-"""The page ``nmt serve`` shows at ``/``: type a sentence, see its translation.
+"""The page ``nmt serve`` shows at ``/``: type a sentence, see its translation and its attention heatmap.
 
 Self-contained (no CDN, no external font or script): the server may run where nothing outside is
 reachable. It talks to the same ``POST /translate`` as any client.
@@ -38,9 +38,9 @@ PAGE = """<!doctype html>
 <div id="score"></div>
 <div id="error"></div>
 
-<!-- ATTENTION HEATMAP: filled by drawAttention() below when /translate returns "attention"
-     ([target token][source token] weights) for a hypothesis; hidden while the search does not
-     return attention weights. -->
+<!-- Attention heatmap of the best hypothesis, drawn by drawAttention() below from /translate's
+     "attention" ([target piece][source piece] weights), "target_pieces" and "source_pieces";
+     hidden when there is nothing to draw (an empty sentence, an error). -->
 <section id="attention" hidden></section>
 
 <script>
@@ -50,18 +50,20 @@ const $ = (id) => document.getElementById(id);
 fetch("/health").then((r) => r.json()).then((h) => { $("run").textContent = "run " + h.run + " on " + h.device; })
   .catch(() => {});
 
-function drawAttention(hyp, source) {
+function drawAttention(hyp, sourcePieces) {
   const box = $("attention");
   box.replaceChildren();
-  if (!hyp || !Array.isArray(hyp.attention) || hyp.attention.length === 0) { box.hidden = true; return; }
-  const src = source.trim().split(/\\s+/), tgt = hyp.translation.trim().split(/\\s+/);
+  box.hidden = true;
+  if (!hyp || !Array.isArray(hyp.attention) || hyp.attention.length === 0) return;
+  const src = sourcePieces || [], tgt = hyp.target_pieces || [];
   const table = document.createElement("table");
+  table.setAttribute("aria-label", "attention weights: target pieces down, source pieces across");
   const head = table.insertRow();
   head.appendChild(document.createElement("th"));
   hyp.attention[0].forEach((_, j) => { const th = document.createElement("th"); th.textContent = src[j] ?? ""; head.appendChild(th); });
   hyp.attention.forEach((weights, i) => {
     const row = table.insertRow();
-    const th = document.createElement("th"); th.textContent = tgt[i] ?? "</s>"; row.appendChild(th);
+    const th = document.createElement("th"); th.textContent = tgt[i] ?? ""; row.appendChild(th);
     weights.forEach((w) => {
       const cell = row.insertCell();
       cell.title = w.toFixed(3);
@@ -79,16 +81,17 @@ async function translate() {
   try {
     const response = await fetch("/translate", {
       method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({sentences: [source], beam: Number($("beam").value), alpha: Number($("alpha").value)}),
+      body: JSON.stringify({sentences: [source], beam: Number($("beam").value), alpha: Number($("alpha").value),
+                            attention: true}),
     });
     const data = await response.json();
     if (!response.ok) throw new Error(data.error || ("HTTP " + response.status));
     const best = data.translations[0];
     $("output").textContent = best.translation;
     $("score").textContent = best.score === null ? "" : "score " + best.score.toFixed(4) + (best.cut ? " (input cut)" : "");
-    drawAttention(best.hypotheses[0], source);
+    drawAttention(best.hypotheses[0], best.source_pieces);
   } catch (err) {
-    $("output").textContent = ""; $("score").textContent = "";
+    $("output").textContent = ""; $("score").textContent = ""; drawAttention(null);
     $("error").textContent = String(err.message || err);
   } finally {
     $("status").textContent = "";

@@ -20,7 +20,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from nmt import runs
 from nmt.errors import RecipeError, RunError, UserError
 from nmt.io import atomic_write_text
-from nmt.lightning_fixes import AtomicCheckpointIO, CheckpointAlignedCSVLogger, LastCheckpoint, quiet_lightning
+from nmt.lightning_fixes import AtomicCheckpointIO, BestCheckpoints, CheckpointAlignedCSVLogger, LastCheckpoint, \
+    quiet_lightning
 from nmt.recipe import Recipe
 
 
@@ -78,6 +79,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor, mode=task.monitor_mode,
                         save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        *kept_checkpoints(recipe.spec.checkpoint.keep, ckpt_dir, task),
         LastCheckpoint(ckpt_dir / "last.ckpt"),
         Throughput(),
         WallClock(),
@@ -104,6 +106,19 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
                           plugins=[AtomicCheckpointIO()], **kwargs)
     except (ValueError, TypeError, pl.utilities.exceptions.MisconfigurationException) as exc:
         raise RecipeError(f"{recipe.path}: trainer", str(exc).splitlines()[0]) from None
+
+
+def kept_checkpoints(keep: int, ckpt_dir: Path, task) -> list[Callback]:
+    """``checkpoint.keep`` N > 1: the N best validations by the monitored score (``best-<step>.ckpt``)
+    and the N latest (``step-<step>.ckpt``, the oldest removed), for ``nmt average``. Saved after each
+    validation only (a stop between two would file the new weights under the old score), and whole,
+    not weights only: Lightning leaves an EMA run's average out of a weights-only checkpoint."""
+    if keep == 1:
+        return []
+    options = {"dirpath": ckpt_dir, "save_top_k": keep, "save_on_train_epoch_end": False,
+               "auto_insert_metric_name": False, "enable_version_counter": False}
+    return [BestCheckpoints(filename="best-{step}", monitor=task.monitor, mode=task.monitor_mode, **options),
+            ModelCheckpoint(filename="step-{step}", monitor="step", mode="max", **options)]
 
 
 def weight_average(recipe: Recipe) -> Callback:
@@ -245,6 +260,9 @@ class InitialRun:
             ours, theirs = recipe.raw.get(section), saved.raw.get(section)
             if field:
                 ours, theirs = (ours or {}).get(field), (theirs or {}).get(field)
+            if key == "data.tokenizer" and isinstance(ours, dict) and isinstance(theirs, dict):
+                # subword sampling is how training draws pieces, not what the vocabulary is
+                ours, theirs = ({k: v for k, v in d.items() if k != "sampling"} for d in (ours, theirs))
             if ours != theirs:
                 raise RecipeError(f"{recipe.path}: {key}", f"differs from the run it starts from (--init-from "
                                   f"{run_dir}), whose tokenizer and weights it reuses; use that run's {key}")

@@ -20,9 +20,11 @@ import click
 import torch
 
 from nmt import search
+from nmt.alignment import EOS_PIECE, pharaoh
+from nmt.alignment import plot_attention as plot_attention_png
 from nmt.data.batching import bucket_by_length
 from nmt.errors import UserError
-from nmt.io import open_output, refuse_same_file
+from nmt.io import describe, open_output, refuse_same_file
 from nmt.runs import load_run
 
 CHUNK_LINES = 2000
@@ -41,11 +43,15 @@ def encode_lines(task, lines: list[str]) -> list[list[int]]:
 
 
 def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float, batch_tokens: int,
-                    max_length_ratio: float, encoded: list[list[int]] | None = None) -> list[list[search.Hypothesis]]:
-    """Hypotheses for each line, in input order; an empty or blank line gets none.
+                    max_length_ratio: float, encoded: list[list[int]] | None = None,
+                    attention: bool = False) -> list[list[search.Hypothesis]]:
+    """Hypotheses for each line, in input order; an empty or blank line gets none. With ``attention``
+    each hypothesis carries its attention weights (``Hypothesis.attention``).
 
     A batch holds at most ``batch_tokens * BUDGET_BEAM`` hypothesis tokens (sentences x longest
     source x beam, at least BUDGET_BEAM wide), so a wide beam takes fewer sentences at a time."""
+    if hasattr(task, "translate_lines"):  # an engine with its own search (nmt.onnx_engine.OnnxEngine)
+        return task.translate_lines(lines, beam, nbest, alpha, batch_tokens, max_length_ratio, encoded)
     encoded = encode_lines(task, lines) if encoded is None else encoded
     todo = [i for i in range(len(lines)) if encoded[i]]
     results: list[list[search.Hypothesis]] = [[] for _ in lines]
@@ -56,10 +62,11 @@ def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float,
         src = torch.nn.utils.rnn.pad_sequence([torch.tensor(encoded[j]) for j in batch], batch_first=True,
                                               padding_value=task.src_tokenizer.pad_id).to(device)
         src_len = torch.tensor([len(encoded[j]) for j in batch])
+        extra = {"attention": True} if attention else {}  # the searches' own signature unless asked
         if beam == 1 and nbest == 1:
-            hyps = [[h] for h in search.greedy_search(task, src, src_len, max_length_ratio)]
+            hyps = [[h] for h in search.greedy_search(task, src, src_len, max_length_ratio, **extra)]
         else:
-            hyps = search.beam_search(task, src, src_len, beam, alpha, nbest, max_length_ratio)
+            hyps = search.beam_search(task, src, src_len, beam, alpha, nbest, max_length_ratio, **extra)
         for j, h in zip(batch, hyps):
             results[j] = h
     return results
@@ -154,6 +161,35 @@ def nbest_entries(hyps: list[search.Hypothesis], nbest: int) -> list[search.Hypo
     return hyps[:nbest] + [filler] * (nbest - len(hyps))
 
 
+def alignment_field(hyp: search.Hypothesis, alignments: bool) -> str:
+    """`` ||| i-j ...`` (the hard alignment of ``hyp``) with ``alignments``, else nothing."""
+    return f" ||| {pharaoh(hyp.attention, len(hyp.tokens))}" if alignments else ""
+
+
+def make_plot_dir(directory: Path) -> None:
+    """Create the ``--plot-attention`` directory (and its parents) before the model is loaded."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(directory, "exists and is not a directory (--plot-attention needs a directory)") from None
+    except OSError as exc:
+        raise UserError(directory, f"cannot create the --plot-attention directory ({describe(exc)})") from None
+
+
+def plot_chunk(task, directory: Path, line_no: int, encoded: list[list[int]],
+               results: list[list[search.Hypothesis]]) -> None:
+    """One heatmap per line of the chunk that has a translation: ``directory/NNNNNN.png`` (line number,
+    1-based), the weights of its best hypothesis over the source pieces the model read."""
+    for k, hyps in enumerate(results):
+        if not hyps or not hyps[0].attention:
+            continue
+        best = hyps[0]
+        target = task.tgt_tokenizer.pieces(best.tokens)
+        target += [EOS_PIECE] * (len(best.attention) - len(target))  # a row for EOS when it ended with one
+        plot_attention_png(Path(directory) / f"{line_no + k + 1:06d}.png", best.attention,
+                           task.src_tokenizer.pieces(encoded[k]), target)
+
+
 def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None = None) -> Iterator[list[str]]:
     """Lists of up to ``size`` lines; with ``pending``, a list also ends when no line is waiting."""
     iterator = iter(lines)
@@ -171,11 +207,14 @@ def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None =
 def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest: int = 1, alpha: float = 0.6,
                    batch_tokens: int = 4000, max_length_ratio: float = 2.0, input_path: Path | None = None,
                    output_path: Path | None = None, encoding_errors: str = "strict", device: str = "auto",
-                   max_input_tokens: int | None = None) -> None:
+                   max_input_tokens: int | None = None, plot_attention: Path | None = None,
+                   alignments: bool = False, engine: str = "torch", onnx_dir: Path | None = None) -> None:
     """Translate ``input_path`` (default stdin) to ``output_path`` (default stdout), one line per line.
 
     Lines longer than ``max_input_tokens`` (default 4 x the recipe's ``data.max_length``) are cut to
-    it, with a warning naming the first such line and a count of the others."""
+    it, with a warning naming the first such line and a count of the others. ``alignments`` adds
+    `` ||| `` and the hard alignment (``i-j``: source piece i, target piece j) to each output line;
+    ``plot_attention`` names a directory for one heatmap per non-empty input line (000001.png ...)."""
     if nbest > beam:
         raise UserError("--nbest", f"must not exceed --beam ({nbest} > {beam})")
     if not (math.isfinite(alpha) and alpha >= 0):  # the CLI checks bounds; this guards Python callers
@@ -185,10 +224,21 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
     if input_path is None:
         standard_input()  # before the model is loaded
     refuse_same_file(output_path, input_path, stdin=input_path is None)
-    task = load_run(run_dir, checkpoint=checkpoint, device=device)
-    if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
-        raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; use nmt predict")
-    longest = task.recipe.data.max_length
+    if plot_attention is not None:
+        make_plot_dir(plot_attention)
+    if engine == "onnx":  # the export of nmt export --format onnx, searched on onnxruntime without torch
+        from nmt.onnx_engine import load_engine
+
+        task = load_engine(run_dir, onnx_dir, checkpoint=checkpoint, device=device)
+    else:
+        task = load_run(run_dir, checkpoint=checkpoint, device=device)
+        if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
+            raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; use nmt predict")
+    want_attention = alignments or plot_attention is not None
+    if want_attention and not hasattr(task, "decode_step_with_attention"):
+        raise UserError("--plot-attention" if plot_attention else "--alignments",
+                        f"the model of {run_dir} does not report attention weights")
+    longest = task.max_length if engine == "onnx" else task.recipe.data.max_length
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
     cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens (below)
@@ -215,13 +265,18 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
                 click.echo(f"nmt: warning: {name}:{line_no + too_long + 1}: line is longer than "
                            f"any training sentence ({longest} tokens); translating it anyway", err=True)
                 warned = True
-            results = translate_lines(task, chunk, beam, nbest, alpha, batch_tokens, max_length_ratio, encoded)
+            results = translate_lines(task, chunk, beam, nbest, alpha, batch_tokens, max_length_ratio, encoded,
+                                      attention=want_attention)
             for k, hyps in enumerate(results):
                 if nbest == 1:
-                    out.write((task.tgt_tokenizer.decode(hyps[0].tokens) if hyps else "") + "\n")
+                    best = hyps[0] if hyps else search.Hypothesis([], 0.0, 0.0)
+                    out.write(task.tgt_tokenizer.decode(best.tokens) + alignment_field(best, alignments) + "\n")
                 else:  # exactly nbest entries per line, so scripts can read N lines per input
                     for h in nbest_entries(hyps, nbest):
-                        out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {h.score:.4f}\n")
+                        out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {h.score:.4f}"
+                                  f"{alignment_field(h, alignments)}\n")
+            if plot_attention is not None:
+                plot_chunk(task, plot_attention, line_no, encoded, results)
             line_no += len(chunk)
             out.flush()
     if cut_count > 1:

@@ -106,6 +106,24 @@ def test_nbest_equals_nmt_translate_nbest(client, trained_run, capsys, tmp_path)
     assert ours == expected
 
 
+def test_attention_has_a_row_per_target_piece_and_a_column_per_source_piece(client):
+    plain = client.post("/translate", json={"sentences": LINES, "beam": 3, "nbest": 2}).json()["translations"]
+    got = client.post("/translate", json={"sentences": LINES, "beam": 3, "nbest": 2,
+                                          "attention": True}).json()["translations"]
+    assert [t["translation"] for t in got] == [t["translation"] for t in plain]  # asking changes no answer
+    assert "attention" not in plain[0] and "source_pieces" not in plain[0]
+    for line, t in zip(LINES, got):
+        assert t["source_pieces"] == line.split()  # the whitespace tokenizer: a piece per word
+        for h in t["hypotheses"]:
+            pieces = h["translation"].split()
+            assert h["target_pieces"] in (pieces, pieces + ["</s>"])  # + EOS unless it hit the length cap
+            weights = h["attention"]
+            assert len(weights) == len(h["target_pieces"])
+            assert all(len(row) == len(line.split()) for row in weights)
+            assert all(abs(sum(row) - 1) < 1e-4 for row in weights)  # a distribution over the source
+    assert got[2]["source_pieces"] == [] and got[2]["hypotheses"] == []  # the empty line
+
+
 def test_long_sentence_is_cut_to_max_input_tokens(client):
     got = client.post("/translate", json={"sentences": ["a0 b1 c2 d3 e0 f1", "a0 b1"], "max_input_tokens": 2,
                                           "beam": 1}).json()["translations"]
@@ -165,6 +183,9 @@ def test_concurrent_requests_share_model_batches(server, client):
     (b'{"sentences": ["a0"], "max_length_ratio": 11}', 422, "max_length_ratio", "at most 10"),
     (b'{"sentences": ["a0"], "max_input_tokens": 0}', 422, "max_input_tokens", "at least 1"),
     (b'{"sentences": ["a0"], "max_input_tokens": 100001}', 422, "max_input_tokens", "at most 100000"),
+    (b'{"sentences": ["a0"], "attention": "yes"}', 422, "attention", "expected true or false"),
+    (b'{"sentences": ["a0"], "attention": 1}', 422, "attention", "expected true or false"),
+    (b'{"sentences": ["a0"], "attentoin": true}', 422, "attentoin", "did you mean 'attention'"),
 ])
 def test_bad_requests_get_one_json_line_naming_the_field(client, body, status, field, words):
     response = client.post("/translate", content=body, headers={"content-type": "application/json"})
@@ -275,7 +296,8 @@ def test_page_translates_a_typed_sentence(server, client, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    expected = client.post("/translate", json={"sentences": ["a0 b1 c2"], "beam": 5}).json()["translations"][0]
+    expected = client.post("/translate", json={"sentences": ["a0 b1 c2"], "beam": 5,
+                                               "attention": True}).json()["translations"][0]
     browser.get(server.url + "/")
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "run").text)  # /health answered
     assert "run run on cpu" in browser.find_element(By.ID, "run").text
@@ -284,7 +306,16 @@ def test_page_translates_a_typed_sentence(server, client, browser):
     WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "output").text)
     assert browser.find_element(By.ID, "output").text == expected["translation"]
     assert browser.find_element(By.ID, "score").text == f"score {expected['score']:.4f}"
-    assert not browser.find_element(By.ID, "attention").is_displayed()  # no attention weights yet
+    # the heatmap: a header of source pieces, then a row per target piece with a cell per source piece
+    heatmap = browser.find_element(By.ID, "attention")
+    assert heatmap.is_displayed()
+    rows = heatmap.find_elements(By.TAG_NAME, "tr")
+    assert [th.text for th in rows[0].find_elements(By.TAG_NAME, "th")] == ["", "a0", "b1", "c2"]
+    assert [r.find_element(By.TAG_NAME, "th").text for r in rows[1:]] == expected["hypotheses"][0]["target_pieces"]
+    cells = [[float(td.get_attribute("title")) for td in r.find_elements(By.TAG_NAME, "td")] for r in rows[1:]]
+    weights = expected["hypotheses"][0]["attention"]
+    assert [len(row) for row in cells] == [len(row) for row in weights]
+    assert all(abs(c - w) <= 0.0006 for crow, wrow in zip(cells, weights) for c, w in zip(crow, wrow))  # shown to 3 places
     # self-contained: every resource the page loaded came from the server itself
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(name.startswith(server.url) for name in resources), resources
@@ -294,3 +325,4 @@ def test_page_translates_a_typed_sentence(server, client, browser):
     browser.find_element(By.ID, "translate").click()
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert browser.find_element(By.ID, "error").text == "nmt: beam: expected at most 100, got 500"
+    assert not browser.find_element(By.ID, "attention").is_displayed()  # no stale heatmap beside an error

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
-
 
 
 @dataclass
@@ -30,6 +29,32 @@ class PairDataset(Dataset):
 
     def lengths(self) -> list[int]:
         return [max(len(p.src), len(p.tgt) + 1) for p in self.pairs]
+
+
+class SampledPairDataset(PairDataset):
+    """Training pairs segmented afresh each time one is drawn (subword regularisation), so every
+    epoch sees other segmentations of the same sentences.
+
+    ``pairs`` hold the deterministic encodings: their lengths bucket the batches, so an epoch's
+    batches do not depend on what is sampled (a batch may hold a few more tokens than the budget), and
+    they chose which pairs fit ``max_length``. A sampled side longer than ``max_length`` is replaced by
+    its deterministic encoding. ``sources[pair.index]``, ``targets[pair.index]`` are the texts."""
+
+    def __init__(self, pairs: list[Pair], sources: Sequence[str], targets: Sequence[str],
+                 encode_src: Callable[[str], list[int]], encode_tgt: Callable[[str], list[int]],
+                 max_length: int | None = None):
+        super().__init__(pairs)
+        self.sources, self.targets = sources, targets
+        self.encode_src, self.encode_tgt = encode_src, encode_tgt
+        self.max_length = max_length
+
+    def __getitem__(self, i: int) -> Pair:
+        pair = self.pairs[i]
+        src, tgt = self.encode_src(self.sources[pair.index]), self.encode_tgt(self.targets[pair.index])
+        if self.max_length is not None:
+            src = src if len(src) <= self.max_length else pair.src
+            tgt = tgt if len(tgt) <= self.max_length else pair.tgt
+        return Pair(pair.index, src, tgt)
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ to ask a tokenizer which id is padding or end-of-sentence:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -43,7 +43,10 @@ class Tokenizer(ABC):
     eos_id: int = EOS_ID
 
     class Config(BaseModel):
-        """Recipe options of a tokenizer (``data.tokenizer`` in a recipe); subclasses extend it."""
+        """Recipe options of a tokenizer (``data.tokenizer`` in a recipe); subclasses extend it.
+
+        A tokenizer that can sample segmentations adds a ``sampling`` option and implements
+        :meth:`Tokenizer.sampling_encoder`; for the others ``sampling`` is an unknown key."""
 
         model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +71,12 @@ class Tokenizer(ABC):
     @abstractmethod
     def __len__(self) -> int:
         """Vocabulary size including the four special ids."""
+
+    def sampling_encoder(self, config: Config, seed: int) -> Callable[[str], list[int]] | None:
+        """For training examples only: an ``encode`` that draws a new segmentation at every call
+        (subword regularisation), when ``config`` (the recipe's ``data.tokenizer``) asks for one; else
+        None. ``seed`` makes the draws of a run repeatable. This default cannot sample."""
+        return None
 
     def encode_words(self, words: list[str]) -> list[list[int]]:
         """Ids of each word on its own, one list per word (to align pieces with word tags)."""

@@ -26,7 +26,7 @@ from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolv
 from nmt.registry import register
 from nmt.runs import fitted_dir
 from nmt.tasks.labels import FEATURES_FILE, InputEmbedding, LabelTask
-from nmt.tasks.tokenizers import load_tokenizers, train_tokenizers
+from nmt.tasks.tokenizers import load_tokenizers, refuse_sampling, train_tokenizers
 
 
 # --- recipe sections ------------------------------------------------------------------------
@@ -91,6 +91,7 @@ class ClassifyTask(LabelTask):
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        refuse_sampling(recipe)
         data = recipe.data
         if check_data:
             for split in (data.train, data.valid):

@@ -19,7 +19,7 @@ from torch import nn
 from nmt import metrics, search
 from nmt.contracts import EncoderDecoderBuilder
 from nmt.data.batching import BucketedDataModule
-from nmt.data.parallel import Pair, PairCollator, PairDataset
+from nmt.data.parallel import Pair, PairCollator, PairDataset, SampledPairDataset
 from nmt.data.text import read_parallel
 from nmt.data.tokenizer import PAD_ID
 from nmt.errors import RecipeError
@@ -148,8 +148,14 @@ class Seq2SeqTask(Task):
 
     def decode_step(self, prev: torch.Tensor, state, memory):
         """One target step: previous ids [B] to log-probabilities [B,V] and the next state."""
-        output, state, _ = self.decoder.step(self.tgt_embed(prev), state, memory)  # [B,H]
-        return F.log_softmax(self.generator(output).float(), dim=-1), state
+        log_probs, state, _ = self.decode_step_with_attention(prev, state, memory)
+        return log_probs, state
+
+    def decode_step_with_attention(self, prev: torch.Tensor, state, memory):
+        """:meth:`decode_step` that also returns the attention weights [B,S] the step used (the decoder
+        computes them anyway, so asking costs nothing); for heatmaps and alignments."""
+        output, state, weights = self.decoder.step(self.tgt_embed(prev), state, memory)  # [B,H], state, [B,S]
+        return F.log_softmax(self.generator(output).float(), dim=-1), state, weights
 
     def select_state(self, state, index: torch.Tensor):
         return self.decoder.select_state(state, index)
@@ -165,13 +171,24 @@ class Seq2SeqTask(Task):
 
     def loss(self, batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the real target tokens, and their number."""
-        memory, state = self.encode(batch["src"], batch["src_len"])
-        outputs, _, _ = self.decoder(self.embed_dropout(self.tgt_embed(batch["tgt_in"])), state, memory)  # [B,T,H]
-        real = batch["tgt_out"] != self.pad_id  # [B,T]; the output layer is the costliest step: skip padding
-        logits = self.generator(outputs[real])  # [N,V]
+        logits, real = self._real_logits(batch)  # [N,V], [B,T]
         total = F.cross_entropy(logits.float(), batch["tgt_out"][real], label_smoothing=label_smoothing,
                                 reduction="sum")
         return total, int(real.sum())
+
+    def target_log_probs(self, batch) -> torch.Tensor:
+        """Forced decoding: the log-probability [B,T] of each target output token (EOS included) given
+        the source and the target before it; 0 at padding. Their sum over a corpus is minus ``loss``."""
+        logits, real = self._real_logits(batch)  # [N,V], [B,T]
+        picked = -F.cross_entropy(logits.float(), batch["tgt_out"][real], reduction="none")  # [N]
+        return torch.zeros(real.shape, device=picked.device).masked_scatter(real, picked)  # [B,T]
+
+    def _real_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits [N,V] of the N real (not padding) target positions, and where they are [B,T]."""
+        memory, state = self.encode(batch["src"], batch["src_len"])
+        outputs, _, _ = self.decoder(self.embed_dropout(self.tgt_embed(batch["tgt_in"])), state, memory)  # [B,T,H]
+        real = batch["tgt_out"] != self.pad_id  # [B,T]; the output layer is the costliest step: skip padding
+        return self.generator(outputs[real]), real  # [N,V], [B,T]
 
     # --- Lightning hooks ------------------------------------------------------------------
 
@@ -211,18 +228,30 @@ class Seq2SeqTask(Task):
     def make_datamodule(self) -> BucketedDataModule:
         data = self.recipe.data
         root = data.root
-        train = self.tokenize_pairs(*read_parallel(resolve_data_path(data.train.src, root),
-                                                   resolve_data_path(data.train.tgt, root),
-                                                   encoding_errors=data.encoding_errors), max_length=data.max_length)
+        train_src, train_tgt = read_parallel(resolve_data_path(data.train.src, root),
+                                             resolve_data_path(data.train.tgt, root),
+                                             encoding_errors=data.encoding_errors)
+        train = self.training_set(train_src, train_tgt)
         valid_src, valid_tgt = read_parallel(resolve_data_path(data.valid.src, root),
                                              resolve_data_path(data.valid.tgt, root),
                                              encoding_errors=data.encoding_errors)
         module = BucketedDataModule(
-            PairDataset(train), PairDataset(self.tokenize_pairs(valid_src, valid_tgt)), PairCollator(self.pad_id, self.bos_id, self.eos_id),
+            train, PairDataset(self.tokenize_pairs(valid_src, valid_tgt)), PairCollator(self.pad_id, self.bos_id, self.eos_id),
             batch_tokens=data.batch_tokens, max_sentences=data.max_sentences,
             valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed, num_workers=data.num_workers)
         module.valid_references = valid_tgt
         return module
+
+    def training_set(self, src: list[str], tgt: list[str]) -> PairDataset:
+        """The training pairs within ``data.max_length``; with ``data.tokenizer.sampling`` each draw of a
+        pair samples a new segmentation of both sides (validation and translation never sample)."""
+        pairs = self.tokenize_pairs(src, tgt, max_length=self.recipe.data.max_length)
+        config, seed = self.recipe.components["data.tokenizer"].config, self.recipe.spec.seed
+        encode_src = self.src_tokenizer.sampling_encoder(config, seed)
+        encode_tgt = self.tgt_tokenizer.sampling_encoder(config, seed)
+        if encode_src is None or encode_tgt is None:
+            return PairDataset(pairs)
+        return SampledPairDataset(pairs, src, tgt, encode_src, encode_tgt, max_length=self.recipe.data.max_length)
 
     def tokenize_pairs(self, src: list[str], tgt: list[str], max_length: int | None = None) -> list[Pair]:
         """Token ids for each pair; with ``max_length`` (training only) long or empty pairs are skipped."""

@@ -25,7 +25,7 @@ from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolv
 from nmt.registry import register
 from nmt.runs import fitted_dir
 from nmt.tasks.labels import InputEmbedding, LabelTask, drop_to_unk
-from nmt.tasks.tokenizers import load_tokenizers, train_tokenizers
+from nmt.tasks.tokenizers import load_tokenizers, refuse_sampling, train_tokenizers
 
 
 class TagData(Section):
@@ -87,6 +87,7 @@ class TagTask(LabelTask):
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        refuse_sampling(recipe)
         if check_data:
             for split in (recipe.data.train, recipe.data.valid):
                 resolve_data_path(split, recipe.data.root)

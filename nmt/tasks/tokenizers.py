@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nmt.errors import RecipeError
 from nmt.recipe import Recipe
 from nmt.runs import READY, fitted_dir
 
@@ -21,6 +22,14 @@ def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[st
     else:
         cls.train(config, src, directory, "src")
         cls.train(config, tgt, directory, "tgt")
+
+
+def refuse_sampling(recipe: Recipe) -> None:
+    """For a task that encodes its training text once: ``data.tokenizer.sampling`` is an error, not ignored."""
+    tokenizer = recipe.components.get("data.tokenizer")
+    if tokenizer is not None and getattr(tokenizer.config, "sampling", None) is not None:
+        raise RecipeError(f"{recipe.path}: data.tokenizer.sampling", f"task '{recipe.spec.task}' encodes its training "
+                                                                     "text once; subword sampling is for seq2seq")
 
 
 def load_tokenizers(recipe: Recipe, run_dir: Path, joint: bool, target: bool = True):

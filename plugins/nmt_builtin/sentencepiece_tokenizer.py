@@ -5,17 +5,38 @@ original sentence back without any language-specific detokenizer.
 """
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import sentencepiece as spm
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from nmt.errors import DataError, RecipeError
 from nmt.registry import register
+
+
+class Sampling(BaseModel):
+    """``data.tokenizer.sampling``: each training example is segmented afresh every time it is drawn.
+
+    unigram models sample a segmentation from the model's distribution raised to the power ``alpha``
+    (Kudo 2018: the smaller, the more varied); bpe models drop each merge with probability ``alpha`` (BPE-dropout, Provilkov et al.
+    2020). Validation, translation and the tokenizer's training never sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    alpha: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
+    nbest: Optional[int] = None  # unigram: -1 (the default) samples from every segmentation, N > 1 from the N best
+
+    @field_validator("nbest")
+    @classmethod
+    def _nbest_samples(cls, nbest: Optional[int]) -> Optional[int]:
+        if nbest is not None and nbest != -1 and nbest < 2:
+            raise PydanticCustomError("nbest", "expected -1 (every segmentation) or at least 2 (the N best)")
+        return nbest
 
 
 @register("tokenizer", "sentencepiece")
@@ -31,6 +52,20 @@ class SentencePieceTokenizer(Tokenizer):
         input_sentence_size: int = Field(1_000_000, gt=0, le=2**31 - 1)  # sampled lines; bounds memory on huge corpora
         # False lets a small corpus train with fewer pieces than asked instead of failing.
         hard_vocab_limit: bool = False
+        # Subword regularisation of the training examples: None encodes them one way, like everything else.
+        sampling: Optional[Sampling] = None
+
+        @field_validator("sampling")
+        @classmethod
+        def _model_can_sample(cls, sampling: Optional[Sampling], info: ValidationInfo) -> Optional[Sampling]:
+            model_type = info.data.get("model_type")
+            if sampling is not None and model_type in ("char", "word"):
+                raise PydanticCustomError("cannot_sample", f"a {model_type} model has one segmentation to "
+                                                           "sample from; use model_type bpe or unigram")
+            if sampling is not None and model_type == "bpe" and sampling.nbest is not None:
+                raise PydanticCustomError("cannot_sample", "nbest is for unigram models; BPE-dropout takes alpha "
+                                                           "alone (the probability of dropping a merge)")
+            return sampling
 
     def __init__(self, processor: spm.SentencePieceProcessor):
         self.processor = processor
@@ -86,6 +121,13 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         # pad, bos and eos are control symbols, which sentencepiece drops when decoding.
         return self.processor.decode([int(i) for i in ids])
+
+    def sampling_encoder(self, config: Config, seed: int) -> Callable[[str], list[int]] | None:
+        if config.sampling is None:
+            return None
+        spm.set_random_generator_seed(seed)  # sentencepiece's own generator, for the whole process
+        return functools.partial(self.processor.encode, out_type=int, enable_sampling=True,
+                                 alpha=config.sampling.alpha, nbest_size=config.sampling.nbest or -1)
 
     def encode_words(self, words: list[str]) -> list[list[int]]:
         return self.processor.encode(list(words), out_type=int)

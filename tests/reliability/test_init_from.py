@@ -52,3 +52,19 @@ def test_another_tokenizer_is_refused_before_anything_is_written(tmp_path, capsy
     code, _, err = run_cli(capsys, "train", recipe, "--run-dir", tmp_path / "tuned", "--init-from", trained_run)
     assert code == 2 and "data.tokenizer: differs from the run it starts from" in err, err
     assert not (tmp_path / "tuned").exists()
+
+
+def test_subword_sampling_may_differ_from_the_initial_run(tmp_path):
+    """Sampling changes how training draws pieces, not the vocabulary: not a reason to refuse."""
+    from nmt import runs
+    from nmt.recipe import validate_recipe
+    from nmt.train import InitialRun
+
+    data = write_reverse_corpus(tmp_path / "data", n_train=50, n_dev=10)
+    spm = {"name": "sentencepiece", "vocab_size": 30, "model_type": "unigram"}
+    first = small_recipe(data, data={"tokenizer": spm})
+    runs.write_run(tmp_path / "first", first)
+    (tmp_path / "first" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    second = small_recipe(data, data={"tokenizer": {**spm, "sampling": {"alpha": 0.1}}})
+    start = InitialRun.check(tmp_path / "first", validate_recipe(second, tmp_path / "second.yaml"))
+    assert start.checkpoint.name == "last.ckpt"

@@ -1,0 +1,112 @@
+"""``nmt score``: how probable a trained run finds given translations (forced decoding).
+
+A pair (source line, target line) is read the way validation reads it: both sides tokenised, the
+target followed by EOS, an empty source read as a lone EOS (:class:`~nmt.data.parallel.PairCollator`).
+Teacher forcing gives the log-probability of each target piece given the source and the pieces
+before it. Summed over a corpus and divided by the number of target pieces (EOS included), it is
+minus the validation loss without label smoothing, so the perplexity printed here is ``val/ppl``.
+
+Output, one line per input pair and in input order: the total log-probability, or with ``--json``
+an object ``{"line": n (1-based), "logprob", "tokens" (target pieces and "</s>"), "token_logprobs",
+"ppl"}``. The corpus line goes to standard error, so standard output stays one line per pair:
+``corpus: N lines, T target tokens (EOS included), NLL x nats/token, ppl y``.
+
+The files are streamed in chunks and each chunk is batched under the token budget, longest pairs
+together, as ``nmt translate`` does.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import torch
+
+from nmt.alignment import EOS_PIECE
+from nmt.data.batching import bucket_by_length
+from nmt.data.parallel import PairCollator
+from nmt.data.text import iter_lines
+from nmt.errors import DataError, UserError
+from nmt.io import open_output, refuse_same_file
+from nmt.runs import load_run
+
+CHUNK_LINES = 2000
+
+
+@dataclass
+class LineScore:
+    """The forced-decoding score of one target line: one log-probability per piece, EOS last."""
+
+    line: int  # 1-based
+    tokens: list[str]
+    token_logprobs: list[float]
+
+    @property
+    def logprob(self) -> float:
+        return sum(self.token_logprobs)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(-self.logprob / len(self.token_logprobs))
+
+    def json(self) -> str:
+        return json.dumps({"line": self.line, "logprob": self.logprob, "tokens": self.tokens,
+                           "token_logprobs": self.token_logprobs, "ppl": self.ppl}, ensure_ascii=False)
+
+
+def score_lines(task, sources: list[str], targets: list[str], batch_tokens: int, first_line: int = 1) -> list[LineScore]:
+    """The score of each pair, in input order; batches hold at most ``batch_tokens`` padded tokens."""
+    pairs = task.tokenize_pairs(sources, targets)  # every pair, none skipped: Pair(index, src ids, tgt ids)
+    collate = PairCollator(task.pad_id, task.bos_id, task.eos_id)
+    device = next(task.parameters()).device
+    log_probs: list[list[float]] = [[] for _ in pairs]
+    lengths = [max(len(p.src), len(p.tgt) + 1) for p in pairs]  # as training and validation batch
+    with torch.inference_mode():
+        for batch_ids in bucket_by_length(lengths, batch_tokens):
+            batch = collate([pairs[i] for i in batch_ids])
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            rows = task.target_log_probs(batch).tolist()  # [B,T], 0 at padding
+            for i, row in zip(batch_ids, rows):
+                log_probs[i] = row[: len(pairs[i].tgt) + 1]  # the pieces and EOS
+    return [LineScore(first_line + i, task.tgt_tokenizer.pieces(p.tgt) + [EOS_PIECE], log_probs[i])
+            for i, p in enumerate(pairs)]
+
+
+def count_lines(path: Path, encoding_errors: str) -> int:
+    """Lines of ``path``, read through (and so checked for bad UTF-8) before the model is loaded."""
+    return sum(1 for _ in iter_lines(path, encoding_errors))
+
+
+def score_files(run_dir: Path, src_path: Path, tgt_path: Path, checkpoint: str = "best", as_json: bool = False,
+                output_path: Path | None = None, batch_tokens: int = 4000, encoding_errors: str = "strict",
+                device: str = "auto") -> tuple[float, int]:
+    """Score every line of ``tgt_path`` as a translation of the same line of ``src_path``; write one
+    line per pair to ``output_path`` (default stdout), the corpus line to stderr. Returns the corpus
+    (log-probability, target tokens)."""
+    refuse_same_file(output_path, src_path, tgt_path)
+    n_src, n_tgt = count_lines(src_path, encoding_errors), count_lines(tgt_path, encoding_errors)
+    if n_src != n_tgt:
+        raise DataError(str(tgt_path), f"line count differs from {src_path} ({n_tgt} vs {n_src})")
+    if n_src == 0:
+        raise DataError(str(src_path), "file is empty")
+    task = load_run(run_dir, checkpoint=checkpoint, device=device)
+    if not hasattr(task, "target_log_probs"):
+        raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; nmt score needs a seq2seq run")
+    total, ntokens, line = 0.0, 0, 1
+    pairs = zip(iter_lines(src_path, encoding_errors), iter_lines(tgt_path, encoding_errors))
+    with open_output(output_path) as out:
+        while chunk := list(itertools.islice(pairs, CHUNK_LINES)):
+            sources, targets = zip(*chunk)
+            for scored in score_lines(task, list(sources), list(targets), batch_tokens, first_line=line):
+                out.write((scored.json() if as_json else f"{scored.logprob:.6f}") + "\n")
+                total += scored.logprob
+                ntokens += len(scored.token_logprobs)
+            line += len(chunk)
+            out.flush()
+    nll = -total / ntokens
+    click.echo(f"corpus: {n_src} lines, {ntokens} target tokens (EOS included), NLL {nll:.6f} nats/token, "
+               f"ppl {math.exp(min(nll, 50)):.4f}", err=True)
+    return total, ntokens
