@@ -203,3 +203,38 @@ def open_output(path: Path | None) -> Iterator[IO]:
         return
     with atomic_open(path, "w") as f:
         yield f
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_small_file(path: Path, limit: int, error: type[UserError] = UserError, what: str = "file") -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes, else ``error`` naming the path.
+
+    Checked with stat before opening: reading ``/dev/zero`` would never end and opening a FIFO
+    blocks until someone writes to it.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(path, f"{what} not found") from None
+    except OSError as exc:
+        raise error(path, f"cannot read {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+        raise error(path, f"{kind}, not a {what}")
+    too_large = f"too large for a {what} (over {limit // 1024} KB)"
+    if info.st_size > limit:
+        raise error(path, too_large)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)  # the file may have grown since stat
+    except OSError as exc:
+        raise error(path, f"cannot read {what} ({exc.strerror})") from None
+    if len(data) > limit:
+        raise error(path, too_large)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(path, f"not UTF-8 text ({exc.reason})") from None

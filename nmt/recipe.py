@@ -13,7 +13,6 @@ import functools
 import inspect
 import os
 import re
-import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from nmt import registry
-from nmt.errors import DataError, PluginError, RecipeError, UserError, quote, shorten
+from nmt.errors import DataError, PluginError, RecipeError, quote, shorten
+from nmt.recipe_yaml import RecipeLoader, RecipeYAMLProblem, read_recipe_file  # noqa: F401 (read_recipe_file: API)
 
 
 class Section(BaseModel):
@@ -128,174 +128,6 @@ class Recipe:
 
 
 # --- loading --------------------------------------------------------------------------------
-
-MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few kilobytes; this only stops a wrong file being read whole
-MAX_YAML_ALIASES = 100  # no recipe needs many; nested aliases expand exponentially ("billion laughs")
-MAX_YAML_VALUES = 1_000_000  # after aliases are expanded; more than a 1 MB file can hold without them
-
-
-class RecipeYAMLProblem(yaml.YAMLError):
-    """YAML that parses but that a recipe must not hold (too many aliases, a key given twice)."""
-
-    def __init__(self, what: str, line: int | None = None):
-        super().__init__(what)
-        self.what, self.line = what, line  # line: 1-based, None for the whole file
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """Safe YAML, except that ``1e-3`` is a float as in YAML 1.2 (PyYAML's 1.1 rules make it a string),
-    a key given twice is an error (PyYAML keeps the last silently) and aliases are few."""
-
-    def __init__(self, stream) -> None:
-        super().__init__(stream)
-        self.aliases = 0
-        self.root: yaml.Node | None = None
-        self.checked: set[int] = set()
-
-    def compose_node(self, parent, index):
-        # Counted where the alias is read, so the check costs nothing however far the aliases expand.
-        if self.check_event(yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_YAML_ALIASES:
-                raise RecipeYAMLProblem(f"too many YAML aliases (more than {MAX_YAML_ALIASES}); recipes do not need them")
-        return super().compose_node(parent, index)
-
-    def construct_document(self, node):
-        # Fewer than MAX_YAML_ALIASES aliases still nest to 9**11 values: code that walks the
-        # recipe (a message, a validator) must never meet that, so the expanded size is bounded too.
-        if _expanded_size(node) > MAX_YAML_VALUES:
-            raise RecipeYAMLProblem(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values; "
-                                    "recipes do not need them")
-        self.root = node
-        return super().construct_document(node)
-
-    def flatten_mapping(self, node) -> None:
-        # Every construct_mapping starts here; checked before merge keys (``<<``) rewrite node.value,
-        # since a merged key that the mapping sets again is an override, not a duplicate.
-        if id(node) not in self.checked:
-            self.checked.add(id(node))
-            self._refuse_duplicate_keys(node)
-        super().flatten_mapping(node)
-
-    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
-        first: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag in ("tag:yaml.org,2002:merge", "tag:yaml.org,2002:value"):
-                continue
-            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
-            try:
-                seen = key in first
-            except TypeError:  # an unhashable key: PyYAML's own error says so
-                continue
-            if seen:
-                place = _node_path(self.root, node)
-                where = f" in {shorten(place)}" if place else ""
-                raise RecipeYAMLProblem(f"duplicate key {quote(key)}{where} (first on line {first[key]})", line)
-            first[key] = line
-
-
-def _children(node) -> list:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
-
-
-def _expanded_size(root) -> int:
-    """How many values the document holds once every alias is expanded, counted per distinct node."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    stack = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if children_done:
-            open_nodes.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
-            continue
-        if id(node) in sizes:
-            continue
-        open_nodes.add(id(node))
-        stack.append((node, True))
-        for child in _children(node):
-            if id(child) in open_nodes:
-                raise RecipeYAMLProblem("a YAML alias inside its own anchor (a recursive value)",
-                                        child.start_mark.line + 1)
-            if id(child) not in sizes:
-                stack.append((child, False))
-    return sizes[id(root)]
-
-
-def _node_path(root, target) -> str | None:
-    """The dotted key path from ``root`` to the node ``target`` ('' for the root), for messages."""
-    stack, seen = [(root, "")], set()
-    while stack:
-        node, path = stack.pop()
-        if node is target:
-            return path
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            stack.extend((v, f"{path}.{k.value}" if path else str(k.value)) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node.value))
-    return None
-
-
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
-
-def read_small_file(path: Path, limit: int, error: type[UserError] = RecipeError, what: str = "file") -> str:
-    """The UTF-8 text of a regular file of at most ``limit`` bytes, else ``error`` naming the path.
-
-    Checked with stat before opening: reading ``/dev/zero`` would never end and opening a FIFO
-    blocks until someone writes to it.
-    """
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise error(path, f"{what} not found") from None
-    except OSError as exc:
-        raise error(path, f"cannot read {what} ({exc.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
-        raise error(path, f"{kind}, not a {what}")
-    too_large = f"too large for a {what} (over {limit // 1024} KB)"
-    if info.st_size > limit:
-        raise error(path, too_large)
-    try:
-        with open(path, "rb") as file:
-            data = file.read(limit + 1)  # the file may have grown since stat
-    except OSError as exc:
-        raise error(path, f"cannot read {what} ({exc.strerror})") from None
-    if len(data) > limit:
-        raise error(path, too_large)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise error(path, f"not UTF-8 text ({exc.reason})") from None
-
-
-def read_recipe_file(path: Path) -> dict:
-    """The mapping in a recipe file (a user's or a run directory's), or :class:`RecipeError` naming the line."""
-    text = read_small_file(path, MAX_RECIPE_BYTES, RecipeError, "recipe file")
-    try:
-        raw = yaml.load(text, Loader=RecipeLoader)
-    except RecipeYAMLProblem as exc:
-        raise RecipeError(f"{path}:{exc.line}" if exc.line else path, exc.what) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(where, f"invalid YAML: {shorten(problem)}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(path, f"expected a mapping of sections at the top level, got {type(raw).__name__}")
-    return raw
-
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] = (), check_data: bool = True) -> Recipe:
     """Load, override and validate a recipe; raise :class:`RecipeError` naming the key on failure."""

@@ -53,7 +53,7 @@ MAX_RUN_INFO_BYTES = 64 * 1024  # run.json holds two short fields
 
 
 def check_run_info(run_dir: Path) -> dict:
-    from nmt.recipe import read_small_file
+    from nmt.io import read_small_file
 
     info_path = Path(run_dir) / "run.json"
     if not is_run(run_dir):
