@@ -141,7 +141,8 @@ class CheckpointAlignedCSVLogger(CSVLogger):
 #: What Lightning prints that is noise for an nmt user: an advertisement, a deprecation inside Lightning
 #: itself, the TPU line on every machine, and a logging-interval notice for short epochs (nmt logs
 #: throughput and validation scores on its own schedule). News (the GPU line, why fit stopped) stays.
-NOISE = ("litlogger", "TPU available", "isinstance(treespec, LeafSpec)", "is smaller than the logging interval")
+NOISE = ("litlogger", "TPU available", "isinstance(treespec, LeafSpec)", "is smaller than the logging interval",
+         "was configured so")  # `Trainer(val_check_interval=1.0)` was configured so validation will run ...
 
 
 class _DropNoise(logging.Filter):
