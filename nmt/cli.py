@@ -90,9 +90,11 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
 
 
 @cli.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="A run directory written by nmt train.")
-@click.option("--checkpoint", default="best", show_default=True, help="best, last or a checkpoint path.")
+@click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A run directory written by nmt train. Repeat it to translate with an ensemble: the runs' "
+                   "probabilities are averaged at every step; they must share one tokenizer.")
+@click.option("--checkpoint", default="best", show_default=True,
+              help="best, last or a checkpoint path (with several runs: of every run).")
 @click.option("--beam", default=5, show_default=True, type=Bounded(int, 1, MAX_BEAM),
               help=f"Beam size (at most {MAX_BEAM}); 1 is greedy.")
 @click.option("--nbest", default=1, show_default=True, type=Bounded(int, 1, MAX_BEAM),
@@ -124,14 +126,15 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
               help="onnx: search on onnxruntime and numpy with the run's ONNX export (nmt export), without torch.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="The ONNX export for --engine onnx [default: RUN/onnx].")
-def translate(run_dir, checkpoint, beam, nbest, alpha, batch_size, max_length_ratio, max_input_tokens, input_path,
+def translate(run_dirs, checkpoint, beam, nbest, alpha, batch_size, max_length_ratio, max_input_tokens, input_path,
               output_path, encoding_errors, device, plot_attention, alignments, engine, onnx_dir) -> None:
     """Translate text line by line with batched beam search (stdin to stdout by default).
 
-    Output line i answers input line i; empty input lines give empty output lines."""
+    Output line i answers input line i; empty input lines give empty output lines. Several --run
+    options decode with an ensemble of those runs (one search, their probabilities averaged)."""
     from nmt.translate import translate_file
 
-    translate_file(run_dir, checkpoint=checkpoint, beam=beam, nbest=nbest, alpha=alpha,
+    translate_file(list(run_dirs), checkpoint=checkpoint, beam=beam, nbest=nbest, alpha=alpha,
                    batch_tokens=batch_size, max_length_ratio=max_length_ratio, input_path=input_path,
                    output_path=output_path, encoding_errors=encoding_errors, device=device,
                    max_input_tokens=max_input_tokens, plot_attention=plot_attention, alignments=alignments,

@@ -14,7 +14,7 @@ import select
 import stat
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import click
 import torch
@@ -23,6 +23,7 @@ from nmt import search
 from nmt.alignment import EOS_PIECE, pharaoh
 from nmt.alignment import plot_attention as plot_attention_png
 from nmt.data.batching import bucket_by_length
+from nmt.ensemble import Ensemble, check_same_tokenizer
 from nmt.errors import UserError
 from nmt.io import describe, open_output, refuse_same_file
 from nmt.runs import load_run
@@ -204,17 +205,45 @@ def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None =
         yield chunk
 
 
-def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest: int = 1, alpha: float = 0.6,
-                   batch_tokens: int = 4000, max_length_ratio: float = 2.0, input_path: Path | None = None,
-                   output_path: Path | None = None, encoding_errors: str = "strict", device: str = "auto",
-                   max_input_tokens: int | None = None, plot_attention: Path | None = None,
+def load_translator(run_dir: Path | Sequence[Path], checkpoint: str = "best", device: str = "auto",
+                    engine: str = "torch", onnx_dir: Path | None = None, attention_option: str | None = None):
+    """What ``nmt translate`` searches: a run's task, its ONNX engine, or for several run directories an
+    :class:`~nmt.ensemble.Ensemble` of their tasks (each with ``checkpoint``), which must share one
+    tokenizer. ``attention_option`` names the option that needs attention weights, if one does."""
+    run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(r) for r in run_dir]
+    if engine == "onnx" and len(run_dirs) > 1:
+        raise UserError("--engine", f"onnx translates one run; an ensemble of {len(run_dirs)} runs "
+                                    "needs --engine torch")
+    models = []
+    for path in run_dirs:
+        if engine == "onnx":  # the export of nmt export --format onnx, searched on onnxruntime without torch
+            from nmt.onnx_engine import load_engine
+
+            model = load_engine(path, onnx_dir, checkpoint=checkpoint, device=device)
+        else:
+            model = load_run(path, checkpoint=checkpoint, device=device)
+            if not hasattr(model, "src_tokenizer") or not hasattr(model, "decode_step"):
+                raise UserError(path, f"task '{model.recipe.spec.task}' does not translate; use nmt predict")
+        if attention_option and not hasattr(model, "decode_step_with_attention"):
+            raise UserError(attention_option, f"the model of {path} does not report attention weights")
+        if models:
+            check_same_tokenizer([run_dirs[0], path])
+        models.append(model)
+    return models[0] if len(models) == 1 else Ensemble(models)
+
+
+def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", beam: int = 5, nbest: int = 1,
+                   alpha: float = 0.6, batch_tokens: int = 4000, max_length_ratio: float = 2.0,
+                   input_path: Path | None = None, output_path: Path | None = None, encoding_errors: str = "strict",
+                   device: str = "auto", max_input_tokens: int | None = None, plot_attention: Path | None = None,
                    alignments: bool = False, engine: str = "torch", onnx_dir: Path | None = None) -> None:
     """Translate ``input_path`` (default stdin) to ``output_path`` (default stdout), one line per line.
 
     Lines longer than ``max_input_tokens`` (default 4 x the recipe's ``data.max_length``) are cut to
     it, with a warning naming the first such line and a count of the others. ``alignments`` adds
     `` ||| `` and the hard alignment (``i-j``: source piece i, target piece j) to each output line;
-    ``plot_attention`` names a directory for one heatmap per non-empty input line (000001.png ...)."""
+    ``plot_attention`` names a directory for one heatmap per non-empty input line (000001.png ...).
+    Several run directories are searched as one :class:`nmt.ensemble.Ensemble` (see :func:`load_translator`)."""
     if nbest > beam:
         raise UserError("--nbest", f"must not exceed --beam ({nbest} > {beam})")
     if not (math.isfinite(alpha) and alpha >= 0):  # the CLI checks bounds; this guards Python callers
@@ -226,19 +255,10 @@ def translate_file(run_dir: Path, checkpoint: str = "best", beam: int = 5, nbest
     refuse_same_file(output_path, input_path, stdin=input_path is None)
     if plot_attention is not None:
         make_plot_dir(plot_attention)
-    if engine == "onnx":  # the export of nmt export --format onnx, searched on onnxruntime without torch
-        from nmt.onnx_engine import load_engine
-
-        task = load_engine(run_dir, onnx_dir, checkpoint=checkpoint, device=device)
-    else:
-        task = load_run(run_dir, checkpoint=checkpoint, device=device)
-        if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
-            raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; use nmt predict")
     want_attention = alignments or plot_attention is not None
-    if want_attention and not hasattr(task, "decode_step_with_attention"):
-        raise UserError("--plot-attention" if plot_attention else "--alignments",
-                        f"the model of {run_dir} does not report attention weights")
-    longest = task.max_length if engine == "onnx" else task.recipe.data.max_length
+    attention_option = ("--plot-attention" if plot_attention else "--alignments") if want_attention else None
+    task = load_translator(run_dir, checkpoint, device, engine, onnx_dir, attention_option)
+    longest = task.max_length if engine == "onnx" or isinstance(task, Ensemble) else task.recipe.data.max_length
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
     cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens (below)
