@@ -5,13 +5,13 @@
 its members, so greedy and beam search run on it unchanged: its memory and state are tuples of the
 members' own, and each step combines the members' next-token distributions into one.
 
-The runs must share one tokenizer, since the search feeds every member the same token ids and
-adds up their scores for the same vocabulary: :func:`check_same_tokenizer` compares the bytes of
-the files each run fitted (its tokenizer models and vocabularies) before any search starts.
+The runs must share one vocabulary, since the search feeds every member the same token ids and
+adds up their scores for the same tokens: :func:`check_same_vocabulary` compares each side's
+pieces id by id before any search starts. (Not the bytes of the fitted files: sentencepiece writes a
+different ``.model`` file for the same vocabulary each time it is trained.)
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Sequence
 
@@ -19,9 +19,6 @@ import torch
 from torch import nn
 
 from nmt.errors import RunError
-from nmt.runs import READY, fitted_dir
-
-_READ_BLOCK = 1 << 20
 
 
 class Ensemble(nn.Module):
@@ -36,7 +33,7 @@ class Ensemble(nn.Module):
     vetoes it for all. An ensemble of a model with itself gives exactly that model's log-probabilities.
 
     The tokenizers, ``bos_id`` and ``eos_id`` are the first member's (all members share them: see
-    :func:`check_same_tokenizer`). Members are kept in an ``nn.ModuleList``, so ``parameters()``,
+    :func:`check_same_vocabulary`). Members are kept in an ``nn.ModuleList``, so ``parameters()``,
     ``.to()`` and ``.eval()`` reach all of them."""
 
     def __init__(self, members: Sequence[nn.Module]):
@@ -91,36 +88,20 @@ def mean_probability(log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     return top + (stacked - top).exp().mean(dim=0).log()  # [B,V]
 
 
-def fitted_digests(run_dir: Path) -> dict[str, str]:
-    """The SHA-256 of every file a run fitted (tokenizer models, vocabularies), by relative path.
-
-    Read block by block: a run directory may come from anyone, and a huge file costs time, not memory.
-    The ``READY`` marker is left out; links and special files are skipped (never read)."""
-    directory = fitted_dir(run_dir)
-    digests = {}
-    if not directory.is_dir():
-        return digests
-    for path in sorted(directory.rglob("*")):
-        if path.name == READY or path.is_symlink() or not path.is_file():
-            continue
-        digest = hashlib.sha256()
-        try:
-            with open(path, "rb") as f:
-                while block := f.read(_READ_BLOCK):
-                    digest.update(block)
-        except OSError as exc:
-            raise RunError(path, f"cannot read fitted file ({exc.strerror or exc})") from None
-        digests[path.relative_to(directory).as_posix()] = digest.hexdigest()
-    return digests
+def vocabulary(task) -> tuple[tuple[str, ...], ...]:
+    """Each side's pieces in id order: what the members of an ensemble must share."""
+    return tuple(tuple(tok.pieces(range(len(tok)))) for tok in (task.src_tokenizer, task.tgt_tokenizer))
 
 
-def check_same_tokenizer(run_dirs: Sequence[Path]) -> None:
-    """A one-line error naming two runs whose fitted tokenizer files differ (an ensemble needs one)."""
-    first = fitted_digests(run_dirs[0])
-    for run_dir in run_dirs[1:]:
-        other = fitted_digests(run_dir)
-        if other != first:
-            differ = sorted(name for name in first.keys() | other.keys() if first.get(name) != other.get(name))
-            raise RunError(run_dir, f"its tokenizer differs from that of {run_dirs[0]} ({differ[0]} in "
-                                    f"{fitted_dir(run_dir).name}/); an ensemble needs runs that share one tokenizer")
-
+def check_same_vocabulary(first, other, first_dir: Path, other_dir: Path) -> None:
+    """A one-line error naming both runs and the first token id whose piece differs."""
+    ours, theirs = vocabulary(first), vocabulary(other)
+    for side, a, b in zip(("source", "target"), ours, theirs):
+        if a != b:
+            if len(a) != len(b):
+                what = f"{len(b)} {side} tokens against {len(a)}"
+            else:
+                at = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+                what = f"{side} token {at} is {b[at]!r}, not {a[at]!r}"
+            raise RunError(other_dir, f"its tokenizer differs from that of {first_dir} ({what}); "
+                                      "an ensemble needs runs that share one vocabulary")

@@ -23,7 +23,7 @@ from nmt import search
 from nmt.alignment import EOS_PIECE, pharaoh
 from nmt.alignment import plot_attention as plot_attention_png
 from nmt.data.batching import bucket_by_length
-from nmt.ensemble import Ensemble, check_same_tokenizer
+from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import UserError
 from nmt.io import describe, open_output, refuse_same_file
 from nmt.runs import load_run
@@ -227,7 +227,7 @@ def load_translator(run_dir: Path | Sequence[Path], checkpoint: str = "best", de
         if attention_option and not hasattr(model, "decode_step_with_attention"):
             raise UserError(attention_option, f"the model of {path} does not report attention weights")
         if models:
-            check_same_tokenizer([run_dirs[0], path])
+            check_same_vocabulary(models[0], model, run_dirs[0], path)
         models.append(model)
     return models[0] if len(models) == 1 else Ensemble(models)
 
