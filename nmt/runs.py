@@ -206,10 +206,15 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto"):
     target = pick_device(device)  # before anything slow is loaded
     recipe = load_run_recipe(run_dir)
     task = recipe.task_cls.from_run(recipe, Path(run_dir))
-    path = checkpoint_path(run_dir, checkpoint)
+    load_weights(task, checkpoint_path(run_dir, checkpoint))
+    return task.to(target).eval()
+
+
+def load_weights(task, path: Path) -> None:
+    """Load the weights of the checkpoint at ``path`` into ``task``, refusing (one line) a file that is
+    no nmt checkpoint or whose weights do not fit the task's model."""
     state = load_checkpoint(path)
     if not isinstance(state.get("state_dict"), dict):
         raise RunError(path, "not an nmt checkpoint (no state_dict)")
     check_weights_fit(task, state["state_dict"], path)
     task.load_state_dict(state["state_dict"])
-    return task.to(target).eval()

@@ -276,11 +276,7 @@ class InitialRun:
             shutil.copytree(runs.fitted_dir(self.run_dir), target)
 
     def load_weights(self, task) -> None:
-        state = runs.load_checkpoint(self.checkpoint)
-        if not isinstance(state.get("state_dict"), dict):
-            raise RunError(self.checkpoint, "not an nmt checkpoint (no state_dict)")
-        runs.check_weights_fit(task, state["state_dict"], self.checkpoint)
-        task.load_state_dict(state["state_dict"])
+        runs.load_weights(task, self.checkpoint)
 
 
 def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None) -> Path:
