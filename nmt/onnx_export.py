@@ -61,6 +61,9 @@ def export_onnx(run_dir: Path, output_dir: Path | None = None, checkpoint: str =
         raise UserError(run_dir, f"task '{recipe.spec.task}' does not translate; "
                                  "only translation (seq2seq) runs export to ONNX")
     _require_packages()
+    if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
+        # replaced whole by a rename: a link or a file (/dev/null) there would be removed, not written to
+        raise UserError(output_dir, "is a link or not a directory; -o names a directory for the export")
     if output_dir.exists() and not (output_dir / ENGINE_FILE).exists() and any(output_dir.iterdir()):
         raise UserError(output_dir, "exists and is not an ONNX export of nmt; choose another -o")
     task = load_run(run_dir, checkpoint=checkpoint, device="cpu")

@@ -171,6 +171,15 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_export(capsys, export
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+def test_export_refuses_a_link_as_its_folder(capsys, exported, tmp_path):
+    """The export replaces its folder whole: a link there would be removed instead of followed."""
+    shutil.copytree(exported / "onnx", tmp_path / "real")
+    (tmp_path / "out").symlink_to(tmp_path / "real")
+    code, out, err = run_cli(capsys, "export", "--run", exported, "-o", tmp_path / "out")
+    assert code == 2 and "is a link or not a directory" in error_lines(err)[0], err
+    assert (tmp_path / "out").is_symlink() and (tmp_path / "real" / "engine.json").is_file()
+
+
 def test_export_leaves_the_model_in_eval_mode(trained_run, tmp_path):
     """The exporter restores its wrapper's mode afterwards; a wrapper left in training mode would turn
     dropout on in the model and make the export's own check compare against noise."""
