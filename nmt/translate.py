@@ -258,7 +258,7 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
     want_attention = alignments or plot_attention is not None
     attention_option = ("--plot-attention" if plot_attention else "--alignments") if want_attention else None
     task = load_translator(run_dir, checkpoint, device, engine, onnx_dir, attention_option)
-    longest = task.max_length if engine == "onnx" or isinstance(task, Ensemble) else task.recipe.data.max_length
+    longest = task.max_length
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
     cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens (below)

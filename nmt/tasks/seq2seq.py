@@ -146,6 +146,12 @@ class Seq2SeqTask(Task):
         encoded = self.encoder(embedded, src_len)  # states [B,S,D], mask [B,S], pooled [B,D]
         return self.decoder.prepare_memory(encoded), self.decoder.init_state(encoded)
 
+    @property
+    def max_length(self) -> int:
+        """The longest training sentence allowed (``data.max_length``, tokens): nmt translate warns past it,
+        as it does for an ensemble or an ONNX engine, which have the same attribute."""
+        return self.recipe.data.max_length
+
     def decode_step(self, prev: torch.Tensor, state, memory):
         """One target step: previous ids [B] to log-probabilities [B,V] and the next state."""
         log_probs, state, _ = self.decode_step_with_attention(prev, state, memory)
