@@ -48,7 +48,7 @@ class Ensemble(nn.Module):
     @property
     def max_length(self) -> int:
         """The largest ``data.max_length`` (tokens) of the members' recipes: longer input lines are warned of."""
-        return max(m.recipe.data.max_length for m in self.members)
+        return max(m.max_length for m in self.members)
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor):
         """Source ids [B,S] to (a tuple of the members' memories, a tuple of their initial states)."""
