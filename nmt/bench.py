@@ -34,7 +34,8 @@ class StreamingResult:
     detail: str = ""
 
 
-SCRIPT_BENCHMARKS = {"train-speed": "train_speed.py", "tbptt-memory": "tbptt_memory.py", "serve-load": "serve_load.py"}
+SCRIPT_BENCHMARKS = {"train-speed": "train_speed.py", "tbptt-memory": "tbptt_memory.py", "serve-load": "serve_load.py",
+                     "data-scale": "data_scale.py"}
 RUN_SCRIPTS = {"serve-load"}  # scripts that measure a run: nmt bench's --run and --device go to them
 
 

@@ -90,6 +90,27 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
 
 
 @cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The run directory nmt train will use [default: runs/<recipe name>].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Tokenising processes [default: one per CPU core available].")
+@click.option("--force", is_flag=True, help="Prepare the corpus again even if it is up to date.")
+def prepare(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, workers: int | None, force: bool) -> None:
+    """Fit the tokenizer and tokenise RECIPE's training corpus into memory-mapped shards.
+
+    nmt train does the same when the prepared corpus (RUN/corpus) is missing or stale (another
+    training file, tokenizer or filter); run it first to size a large corpus, or on a machine
+    with more cores than the training one."""
+    from nmt.recipe import load_recipe
+    from nmt.train import prepare_recipe
+
+    loaded = load_recipe(recipe, list(overrides))
+    prepare_recipe(loaded, run_dir or Path("runs") / loaded.name, workers=workers, force=force)
+
+
+@cli.command()
 @click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="A run directory written by nmt train. Repeat it to translate with an ensemble: the runs' "
                    "probabilities are averaged at every step; they must share one tokenizer.")
@@ -293,7 +314,7 @@ def plugins() -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("what", type=click.Choice(["translate-speed", "streaming-memory", "train-speed", "tbptt-memory",
-                                           "serve-load"]),
+                                           "serve-load", "data-scale"]),
                 default="translate-speed")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -308,7 +329,9 @@ def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -
     train-speed       training tokens/s of a recipe: bucketed, bf16, unbucketed; classify, tag: one pass, adversarial (ARGS: recipe.yaml [--steps N])
     tbptt-memory      peak memory of truncated vs full BPTT as sequences grow (ARGS: [--lengths A B])
     serve-load        nmt serve on loopback under concurrent clients: throughput, p50/p99 latency (--run;
-                      ARGS: [--requests 500] [--clients 32] [--beam 5])"""
+                      ARGS: [--requests 500] [--clients 32] [--beam 5])
+    data-scale        nmt prepare and nmt train on generated corpora of 1M and 10M pairs: preparation speed,
+                      peak memory, training tokens/s (ARGS: [--sizes 1000000 10000000] [--steps 60])"""
     from nmt.bench import run_benchmark
 
     run_benchmark(what, run_dir=run_dir, device=device, args=args)

@@ -48,6 +48,9 @@ class UserError(Exception):
     def message(self) -> str:
         return f"{self.where}: {self.what}" if self.where else self.what
 
+    def __reduce__(self):  # raised in a worker process, re-raised in the parent (nmt prepare)
+        return self.__class__, (self.where, self.what)
+
 
 class RecipeError(UserError):
     """A recipe file or a command-line override is malformed or invalid."""
@@ -72,6 +75,9 @@ class RequestError(UserError):
     def __init__(self, status: int, where: str | None, what: str):
         self.status = status
         super().__init__(where, what)
+
+    def __reduce__(self):
+        return self.__class__, (self.status, self.where, self.what)
 
 
 class TrainingDiverged(RuntimeError):

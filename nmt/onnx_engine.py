@@ -7,8 +7,8 @@ in float32, as torch computes it) and the same early exit of finished sentences,
 give the same translations up to float rounding (which can only flip near-ties).
 
 Neither this module nor what it imports loads torch: the built-in tokenizers (sentencepiece,
-whitespace, characters) are read here from their files, and batching follows
-:func:`nmt.data.batching.bucket_by_length` without importing it (that module needs torch).
+whitespace, characters) are read here from their files, and batching is
+:func:`nmt.data.buckets.bucket_by_length` (numpy only), as for the torch engine.
 A third-party tokenizer is loaded through nmt's registry, which does import torch (not used).
 
     engine = OnnxEngine("runs/en-de/onnx")
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nmt.data.buckets import bucket_by_length
 from nmt.errors import RunError, UserError
 
 ENGINE_FORMAT = 1
@@ -178,8 +179,8 @@ class OnnxEngine:
             encoded = [self.src_tokenizer.encode(line) if line.strip() else [] for line in lines]
         todo = [i for i in range(len(lines)) if encoded[i]]
         results: list[list[Hypothesis]] = [[] for _ in lines]
-        for batch_ids in length_batches([len(encoded[i]) for i in todo], batch_tokens * BUDGET_BEAM,
-                                        width=max(beam, BUDGET_BEAM)):
+        for batch_ids in bucket_by_length([len(encoded[i]) for i in todo], batch_tokens * BUDGET_BEAM,
+                                          width=max(beam, BUDGET_BEAM)):
             batch = [todo[k] for k in batch_ids]
             src_len = np.array([len(encoded[j]) for j in batch], dtype=np.int64)  # [B]
             src = np.full((len(batch), int(src_len.max())), self.src_tokenizer.pad_id, dtype=np.int64)  # [B, S]
@@ -206,23 +207,6 @@ def load_engine(run_dir: Path, onnx_dir: Path | None = None, checkpoint: str = "
     if device not in ("auto", "cpu"):
         raise UserError("--device", f"--engine onnx runs on the CPU, got {device!r}")
     return OnnxEngine(Path(onnx_dir) if onnx_dir is not None else Path(run_dir) / "onnx")
-
-
-def length_batches(lengths: Sequence[int], max_tokens: int, width: int = 1) -> list[list[int]]:
-    """Indices grouped as :func:`nmt.data.batching.bucket_by_length` groups them without shuffling:
-    shortest first, each batch's ``longest * count * width`` within ``max_tokens``."""
-    order = np.argsort(np.asarray(lengths, dtype=np.int64).reshape(-1), kind="stable")
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    for index in order.tolist():
-        longest = max(int(lengths[index]), 1)
-        if batch and (len(batch) + 1) * longest * width > max_tokens:
-            batches.append(batch)
-            batch = []
-        batch.append(index)
-    if batch:
-        batches.append(batch)
-    return batches
 
 
 # --- search, as nmt.search ---------------------------------------------------------------------

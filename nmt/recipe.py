@@ -201,10 +201,49 @@ def validate_section(model: type[BaseModel], data: Any, prefix: str, path: Path,
     try:
         return model.model_validate(_with_default_names(model, data if data is not None else {}))
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = [str(p) for p in error["loc"]]
+        error = _for_the_given_shape(exc.errors())
+        loc = _without_union_tags(model, error["loc"])
         key = shorten(".".join(([prefix] if prefix else []) + loc) or prefix or "(top level)", 200)
         raise RecipeError(_where(path, key, overrides), describe_error(error, model, loc)) from None
+
+
+def _for_the_given_shape(errors: list[dict]) -> dict:
+    """The error to report: for a value that may be one thing or a list of them (``data.train``), pydantic
+    reports each alternative; a value of neither shape gets the first, else the one of its own shape."""
+    wrong_shape = {"list_type", "model_type", "dict_type", "model_attributes_type"}
+    return next((e for e in errors if e["type"] not in wrong_shape), errors[0])
+
+
+def _without_union_tags(model: type[BaseModel], loc) -> list[str]:
+    """``loc`` without the names pydantic inserts for the alternative of a Union it tried
+    (``data.train.ParallelFiles.tgt`` is ``data.train.tgt`` to the user)."""
+    kept, annotation = [], model
+    for part in loc:
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin in (typing.Union, types.UnionType):
+            tags = {getattr(a, "__name__", None) or str(a) for a in args} | {_tag(a) for a in args}
+            if part in tags:
+                annotation = next((a for a in args if part in (getattr(a, "__name__", None), _tag(a))), None)
+                continue
+            annotation = next((a for a in args if a is not type(None)), None)
+            origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        kept.append(str(part))
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info = annotation.model_fields.get(str(part))
+            annotation = info.annotation if info is not None else None
+        elif origin in (list, dict) and args:
+            annotation = args[-1]
+        else:
+            annotation = None
+    return kept
+
+
+def _tag(annotation) -> str:
+    """How pydantic names a Union alternative in an error location: ``ParallelFiles``, ``list[ParallelFiles]``."""
+    args = typing.get_args(annotation)
+    if args:
+        return f"{typing.get_origin(annotation).__name__}[{','.join(_tag(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def _with_default_names(model: type[BaseModel], data: Any) -> Any:

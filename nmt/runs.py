@@ -6,6 +6,8 @@ Layout::
     recipe.yaml         the recipe with every override applied
     fitted/             what the task fitted on the training data: tokenizer models, label sets,
                         scalers; READY once complete (older runs: tokenizer/, still read)
+    corpus/             the training corpus, tokenised into memory-mapped shards (seq2seq; see
+                        nmt.data.prepared); rebuilt when stale, safe to delete once training is over
     checkpoints/        best.ckpt, last.ckpt (written to a temporary file, then renamed)
     logs/metrics.csv    and tb/ for TensorBoard
 """
@@ -41,6 +43,11 @@ def fitted_dir(run_dir: Path) -> Path:
     if legacy.is_dir() and not (run_dir / FITTED).exists():
         return legacy
     return run_dir / FITTED
+
+
+def is_rank_zero() -> bool:
+    """True in the process that prepares the run (before Lightning has set up distribution)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def is_run(run_dir: Path) -> bool:

@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nmt import runs
+from nmt.runs import is_rank_zero
 from nmt.errors import RecipeError, RunError, UserError
 from nmt.io import atomic_write_text
 from nmt.lightning_fixes import AtomicCheckpointIO, BestCheckpoints, CheckpointAlignedCSVLogger, LastCheckpoint, \
@@ -129,11 +130,6 @@ def weight_average(recipe: Recipe) -> Callback:
         raise RecipeError(f"{recipe.path}: optim.ema_decay", f"needs pytorch-lightning >= 2.6 "
                                                              f"(installed: {pl.__version__})") from None
     return EMAWeightAveraging(decay=recipe.spec.optim.ema_decay)
-
-
-def is_rank_zero() -> bool:
-    """True in the process that prepares the run (before Lightning has set up distribution)."""
-    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def wait_for(path: Path, timeout: float = 3600.0) -> None:
@@ -279,28 +275,51 @@ class InitialRun:
         runs.load_weights(task, self.checkpoint)
 
 
+def prepare_recipe(recipe: Recipe, run_dir: Path, workers: int | None = None, force: bool = False) -> dict:
+    """``nmt prepare``: what ``nmt train`` does before it trains (the run directory, the fitted tokenizer,
+    the prepared corpus), on its own; returns the corpus manifest. ``force`` rebuilds an up-to-date corpus."""
+    run_dir = Path(run_dir)
+    if not hasattr(recipe.task_cls, "corpus_spec"):
+        raise RecipeError(f"{recipe.path}: task", f"task '{recipe.spec.task}' reads its training data into memory; "
+                                                  "nmt prepare is for parallel corpora (task seq2seq)")
+    with claimed(run_dir):
+        check_resumable(recipe, run_dir, fresh=False)
+        return prepare_run_dir(recipe, run_dir, None, workers=workers, force=force, announce=True).manifest
+
+
+def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool) -> None:
+    """An existing run in ``run_dir`` may be resumed by ``recipe``: same task, data and model."""
+    if not runs.is_run(run_dir):
+        return
+    if fresh and is_rank_zero():  # other ranks start after rank 0 has written the run
+        raise RecipeError(run_dir, "already holds a run; drop --fresh to resume it or pick another --run-dir")
+    saved = runs.load_run_recipe(run_dir)
+    for section in ("task", "data", "model"):
+        if saved.raw.get(section) != recipe.raw.get(section):
+            raise RecipeError(f"{run_dir}: {section}", "differs from the run being resumed; "
+                              "use another --run-dir for a different model or data")
+
+
+def prepare_run_dir(recipe: Recipe, run_dir: Path, start: InitialRun | None, **options):
+    """Rank 0 writes the run and what the task fits and prepares (``prepare_run``), then marks it READY."""
+    runs.write_run(run_dir, recipe.raw)
+    if start is not None:
+        start.copy_fitted(run_dir)
+    prepared = recipe.task_cls.prepare_run(recipe, run_dir, **options)
+    ready = runs.fitted_dir(run_dir) / runs.READY  # the artifacts are complete once this exists
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    ready.touch()
+    return prepared
+
+
 def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None) -> Path:
-    resuming = runs.is_run(run_dir)
-    if resuming:
-        if fresh and is_rank_zero():  # other ranks start after rank 0 has written the run
-            raise RecipeError(run_dir, "already holds a run; drop --fresh to resume it or pick another --run-dir")
-        saved = runs.load_run_recipe(run_dir)
-        for section in ("task", "data", "model"):
-            if saved.raw.get(section) != recipe.raw.get(section):
-                raise RecipeError(f"{run_dir}: {section}", "differs from the run being resumed; "
-                                  "use another --run-dir for a different model or data")
+    check_resumable(recipe, run_dir, fresh)
     pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
     trainer = build_trainer(recipe, run_dir, recipe.task_cls)  # before any file is written: bad arguments fail here
-    ready = runs.fitted_dir(run_dir) / runs.READY  # the artifacts are complete once this exists
     if is_rank_zero():
-        runs.write_run(run_dir, recipe.raw)
-        if start is not None:
-            start.copy_fitted(run_dir)
-        recipe.task_cls.prepare_run(recipe, run_dir)
-        ready.parent.mkdir(parents=True, exist_ok=True)
-        ready.touch()
+        prepare_run_dir(recipe, run_dir, start)
     else:
-        wait_for(ready)
+        wait_for(runs.fitted_dir(run_dir) / runs.READY)
     task = recipe.task_cls.from_run(recipe, run_dir)
     if start is not None:
         start.load_weights(task)

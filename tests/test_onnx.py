@@ -25,8 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # where the shar
 from reliability_support import error_lines, reliability_data, run_cli, trained_run  # noqa: E402,F401
 
 from nmt import onnx_engine, search  # noqa: E402
-from nmt.data.batching import bucket_by_length  # noqa: E402
-from nmt.translate import BUDGET_BEAM  # noqa: E402
+from nmt.translate import BUDGET_BEAM, bucket_by_length  # noqa: E402
 
 WORDS = "a0 a1 a2 a3 b0 b1 b2 b3 c0 c1 c2 c3 d0 d1 d2 d3 e0 e1 e2 e3 f0 f1 f2 f3".split()
 
@@ -232,13 +231,9 @@ def test_length_penalty_is_gnmt():
             assert onnx_engine.length_penalty(length, alpha) == pytest.approx(search.length_penalty(length, alpha))
 
 
-def test_batches_are_those_of_bucket_by_length():
-    rng = random.Random(0)
+def test_batches_and_budget_are_the_torch_engines():
     assert onnx_engine.BUDGET_BEAM == BUDGET_BEAM
-    for _ in range(50):
-        lengths = [rng.randint(1, 60) for _ in range(rng.randint(1, 80))]
-        budget, width = rng.randint(1, 2000), rng.randint(1, 8)
-        assert onnx_engine.length_batches(lengths, budget, width) == bucket_by_length(lengths, budget, width=width)
+    assert onnx_engine.bucket_by_length is bucket_by_length
 
 
 def test_tokenizers_read_from_files_match_the_plugins(tmp_path):

@@ -1,8 +1,7 @@
-"""Batches of similar length under a token budget, sharded evenly across devices.
+"""Training batches of similar length under a token budget, sharded evenly across devices.
 
-Sorting by length before batching keeps padding small, and a budget in tokens (not sentences)
-keeps memory roughly constant: many short sentences or a few long ones per batch. Shuffling the
-order of the batches, and breaking length ties at random, keeps training stochastic.
+How examples are grouped is :mod:`nmt.data.buckets`; this module turns it into a sampler that
+Lightning drives (an order per epoch, a share per device, a resumable position) and a data module.
 """
 from __future__ import annotations
 
@@ -13,81 +12,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from nmt.data.buckets import Batches, LengthIndex, bucket_by_length, epoch_batches, equalize
 from nmt.errors import DataError
 
-
-def bucket_by_length(
-    lengths: Sequence[int],
-    max_tokens: int,
-    max_sentences: int | None = None,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    width: int = 1,
-) -> list[list[int]]:
-    """Group example indices into batches whose padded size ``longest * count * width`` fits ``max_tokens``.
-
-    The caller chooses what a length is (source tokens, or the longer of source and target), and
-    ``width``, the rows each example takes in the model (beam search keeps one per hypothesis).
-    An example longer than ``max_tokens`` gets a batch of its own rather than being dropped.
-    Without ``shuffle`` the batches come out shortest first and in a fixed order: training,
-    validation and inference (``nmt translate``, ``nmt predict``) all batch this way.
-    """
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    if max_sentences is not None and max_sentences < 1:
-        raise ValueError(f"max_sentences must be positive, got {max_sentences}")
-    rng = np.random.default_rng(seed)
-    lengths_array = np.asarray(lengths, dtype=np.int64).reshape(-1)
-    if shuffle:  # lexsort sorts by the last key first: length, then a random tie-breaker
-        order = np.lexsort((rng.random(len(lengths_array)), lengths_array))
-    else:
-        order = np.argsort(lengths_array, kind="stable")
-
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    for index in order.tolist():
-        # Ascending order makes this example the longest in the batch. An empty example still
-        # costs one token, or a run of them would form an unbounded batch.
-        longest = max(int(lengths_array[index]), 1)
-        full = max_sentences is not None and len(batch) >= max_sentences
-        if batch and (full or (len(batch) + 1) * longest * width > max_tokens):
-            batches.append(batch)
-            batch = []
-        batch.append(index)
-    if batch:
-        batches.append(batch)
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
+__all__ = ["BucketedDataModule", "TokenBatchSampler", "bucket_by_length", "length_index"]
 
 
-def _equalize(batches: list[list[int]], lengths: Sequence[int], num_replicas: int) -> list[list[int]]:
-    """Change the number of batches to a multiple of ``num_replicas`` without losing an example.
-
-    Every device must run the same number of steps, or the others wait forever in the gradient
-    all-reduce. Splitting the batches with the largest padded size keeps the token budget; only
-    when there are too few examples to split that far (a tiny validation set) are the two smallest
-    batches merged instead.
-    """
-    batches = [list(b) for b in batches]
-    n_examples = sum(len(b) for b in batches)
-
-    def padded(batch: list[int]) -> int:
-        return max(lengths[i] for i in batch) * len(batch)
-
-    target = -(-len(batches) // num_replicas) * num_replicas
-    if target <= n_examples:
-        while len(batches) < target:
-            at = max((i for i, b in enumerate(batches) if len(b) > 1), key=lambda i: padded(batches[i]))
-            half = len(batches[at]) // 2
-            batches[at : at + 1] = [batches[at][:half], batches[at][half:]]
-    else:
-        while len(batches) % num_replicas:
-            first, second = sorted(range(len(batches)), key=lambda i: padded(batches[i]))[:2]
-            batches[first] = batches[first] + batches[second]
-            del batches[second]
-    return batches
+def length_index(dataset) -> LengthIndex:
+    """The dataset's examples grouped by length: its own ``length_index()`` (a prepared corpus stores
+    one), else built from its ``lengths()``."""
+    if hasattr(dataset, "length_index"):
+        return dataset.length_index()
+    return LengthIndex.from_lengths(np.asarray(dataset.lengths(), dtype=np.int64))
 
 
 class TokenBatchSampler(Sampler[list[int]]):
@@ -97,11 +33,13 @@ class TokenBatchSampler(Sampler[list[int]]):
     ``num_replicas``-th one, so each example is used exactly once per epoch across devices and all
     devices run the same number of steps. Use it as a DataLoader's ``batch_sampler`` with Lightning's
     ``use_distributed_sampler=False``: Lightning cannot inject its own sampler into this one.
-    """
+
+    ``lengths`` is a sequence of lengths or a :class:`~nmt.data.buckets.LengthIndex`. A training
+    sampler shuffles the index's id array in place each epoch: one array, however many epochs."""
 
     def __init__(
         self,
-        lengths: Sequence[int],
+        lengths: Sequence[int] | np.ndarray | LengthIndex,
         max_tokens: int,
         max_sentences: int | None = None,
         shuffle: bool = True,
@@ -116,9 +54,10 @@ class TokenBatchSampler(Sampler[list[int]]):
             rank = torch.distributed.get_rank() if distributed else 0
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        if 0 < len(lengths) < num_replicas:
-            raise DataError(None, f"{len(lengths)} examples cannot be shared among {num_replicas} devices")
-        self.lengths = [int(n) for n in lengths]
+        index = lengths if isinstance(lengths, LengthIndex) else LengthIndex.from_lengths(lengths)
+        if 0 < len(index) < num_replicas:
+            raise DataError(None, f"{len(index)} examples cannot be shared among {num_replicas} devices")
+        self.index = index
         self.max_tokens = max_tokens
         self.max_sentences = max_sentences
         self.shuffle = shuffle
@@ -126,7 +65,7 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
-        self._cache: tuple[int, list[list[int]]] | None = None
+        self._cache: tuple[int, Batches] | None = None
         self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
@@ -144,21 +83,24 @@ class TokenBatchSampler(Sampler[list[int]]):
         # `sampler` at ourselves makes it reshuffle us every epoch.
         return self
 
-    def global_batches(self) -> list[list[int]]:
-        """All devices' batches for the current epoch; device ``r`` runs ``[r::num_replicas]``."""
+    def global_batches(self) -> Batches:
+        """All devices' batches for the current epoch; device ``r`` runs every ``num_replicas``-th from ``r``."""
         if self._cache is None or self._cache[0] != self.epoch:
-            batches = bucket_by_length(
-                self.lengths, self.max_tokens, self.max_sentences, shuffle=self.shuffle, seed=self.seed + self.epoch
-            )
-            if self.num_replicas > 1 and batches:
-                batches = _equalize(batches, self.lengths, self.num_replicas)
+            batches = epoch_batches(self.index, self.max_tokens, self.max_sentences, shuffle=self.shuffle,
+                                    seed=self.seed + self.epoch, in_place=True)
+            if self.num_replicas > 1 and len(batches):
+                batches = equalize(batches, self.index, self.num_replicas)
             self._cache = (self.epoch, batches)
         return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        epoch, batches = self.epoch, self.global_batches()
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
         self._resume = None  # one pass only: the epochs after it run whole
-        yield from self.global_batches()[self.rank :: self.num_replicas][skip:]
+        for k in range(self.rank + skip * self.num_replicas, len(batches), self.num_replicas):
+            if self._cache[0] != epoch:  # the shared id array was reshuffled under this pass
+                raise RuntimeError(f"batch sampler moved to epoch {self._cache[0]} during a pass over epoch {epoch}")
+            yield batches[k]
 
     def __len__(self) -> int:
         return len(self.global_batches()) // self.num_replicas
@@ -186,7 +128,7 @@ class BucketedDataModule(pl.LightningDataModule):
         self._resume: dict = {}
 
     def _loader(self, dataset, max_tokens: int, shuffle: bool) -> DataLoader:
-        sampler = TokenBatchSampler(dataset.lengths(), max_tokens=max_tokens, max_sentences=self.max_sentences,
+        sampler = TokenBatchSampler(length_index(dataset), max_tokens=max_tokens, max_sentences=self.max_sentences,
                                     shuffle=shuffle, seed=self.seed)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -31,30 +32,42 @@ class PairDataset(Dataset):
         return [max(len(p.src), len(p.tgt) + 1) for p in self.pairs]
 
 
-class SampledPairDataset(PairDataset):
-    """Training pairs segmented afresh each time one is drawn (subword regularisation), so every
-    epoch sees other segmentations of the same sentences.
+class PreparedPairDataset(Dataset):
+    """The training pairs of a prepared corpus (:class:`nmt.data.prepared.PreparedCorpus`), read from
+    its memory-mapped shards as they are drawn.
 
-    ``pairs`` hold the deterministic encodings: their lengths bucket the batches, so an epoch's
-    batches do not depend on what is sampled (a batch may hold a few more tokens than the budget), and
-    they chose which pairs fit ``max_length``. A sampled side longer than ``max_length`` is replaced by
-    its deterministic encoding. ``sources[pair.index]``, ``targets[pair.index]`` are the texts."""
+    With ``encode_src``/``encode_tgt`` (subword regularisation) each draw segments the pair's text
+    afresh, so every epoch sees other segmentations of the same sentences. The stored encodings
+    still bucket the batches, so an epoch's batches do not depend on what is sampled (a batch may
+    hold a few more tokens than the budget), and they chose which pairs fit ``max_length``; a
+    sampled side longer than ``max_length`` is replaced by its stored encoding."""
 
-    def __init__(self, pairs: list[Pair], sources: Sequence[str], targets: Sequence[str],
-                 encode_src: Callable[[str], list[int]], encode_tgt: Callable[[str], list[int]],
-                 max_length: int | None = None):
-        super().__init__(pairs)
-        self.sources, self.targets = sources, targets
+    def __init__(self, corpus, encode_src: Callable[[str], list[int]] | None = None,
+                 encode_tgt: Callable[[str], list[int]] | None = None, max_length: int | None = None):
+        self.corpus = corpus
         self.encode_src, self.encode_tgt = encode_src, encode_tgt
         self.max_length = max_length
 
+    def __len__(self) -> int:
+        return len(self.corpus)
+
     def __getitem__(self, i: int) -> Pair:
-        pair = self.pairs[i]
-        src, tgt = self.encode_src(self.sources[pair.index]), self.encode_tgt(self.targets[pair.index])
+        pair = self.corpus.pair(i)
+        if self.encode_src is None or self.encode_tgt is None:
+            return pair
+        src_text, tgt_text = self.corpus.texts(i)
+        src, tgt = self.encode_src(src_text), self.encode_tgt(tgt_text)
         if self.max_length is not None:
             src = src if len(src) <= self.max_length else pair.src
             tgt = tgt if len(tgt) <= self.max_length else pair.tgt
         return Pair(pair.index, src, tgt)
+
+    def length_index(self):
+        return self.corpus.length_index()
+
+    def lengths(self):
+        records = self.corpus.records
+        return np.maximum(records["src_len"], records["tgt_len"].astype(np.int64) + 1)
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:

@@ -6,26 +6,31 @@ a distribution over the target vocabulary; ``nmt.search`` decodes greedily or wi
 """
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from nmt import metrics, search
 from nmt.contracts import EncoderDecoderBuilder
 from nmt.data.batching import BucketedDataModule
-from nmt.data.parallel import Pair, PairCollator, PairDataset, SampledPairDataset
-from nmt.data.text import read_parallel
+from nmt.data.parallel import Pair, PairCollator, PairDataset, PreparedPairDataset
+from nmt.data.prepared import MAX_LENGTH, CorpusSpec, PreparedCorpus, ensure_prepared, wait_for_prepared
+from nmt.data.text import iter_lines, read_parallel
 from nmt.data.tokenizer import PAD_ID
 from nmt.errors import RecipeError
 from nmt.recipe import AttentionSection, DecoderSection, EncoderSection, Recipe, Section, TokenizerSection, \
     resolve_data_path
 from nmt.registry import register
+from nmt.runs import fitted_dir, is_rank_zero
 from nmt.tasks.base import Task
 from nmt.tasks.tokenizers import load_tokenizers, train_tokenizers
 
@@ -37,18 +42,26 @@ class ParallelFiles(Section):
 
 class Seq2SeqData(Section):
     root: Optional[str] = None  # default: $NMT_DATA, else ../shared/data
-    train: ParallelFiles
+    train: Union[ParallelFiles, list[ParallelFiles]]  # several pairs of files are one corpus, in order
     valid: ParallelFiles
     test: dict[str, ParallelFiles] = {}
     tokenizer: TokenizerSection = {"name": "sentencepiece"}
     joint_vocab: bool = True
-    max_length: PositiveInt = 100  # training pairs longer than this (in tokens, either side) are skipped
+    max_length: int = Field(100, gt=0, le=MAX_LENGTH)  # training pairs longer than this (in tokens, either side) are skipped
+    max_ratio: Optional[float] = Field(None, ge=1, allow_inf_nan=False)  # and those whose longer side has more times the tokens
     batch_tokens: PositiveInt = 2000  # padded tokens per training batch
     max_sentences: Optional[PositiveInt] = None
     valid_batch_tokens: PositiveInt = 4000
     valid_max_length_ratio: float = Field(1.5, gt=0, le=100, allow_inf_nan=False)  # .inf would crash greedy search
     num_workers: int = Field(0, ge=0)
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
+
+    @field_validator("train")
+    @classmethod
+    def _some_files(cls, train):
+        if isinstance(train, list) and not train:
+            raise PydanticCustomError("no_files", "expected a pair of files ({src, tgt}) or a list of them")
+        return train
 
 
 class EmbeddingConfig(Section):
@@ -63,6 +76,13 @@ class Seq2SeqModel(Section):
     encoder: EncoderSection = {"name": "gru"}
     attention: AttentionSection = {"name": "bahdanau"}
     decoder: DecoderSection = {"name": "rnn"}
+
+
+CORPUS = "corpus"  # the prepared training corpus, in the run directory
+
+
+def train_parts(data) -> list[ParallelFiles]:
+    return data.train if isinstance(data.train, list) else [data.train]
 
 
 @register("task", "seq2seq")
@@ -85,16 +105,33 @@ class Seq2SeqTask(Task):
             where = exc.where if not exc.where or exc.where.startswith(str(recipe.path)) else f"{recipe.path}: {exc.where}"
             raise RecipeError(where, exc.what) from None
         if check_data:
-            for split in [recipe.data.train, recipe.data.valid, *recipe.data.test.values()]:
+            for split in [*train_parts(recipe.data), recipe.data.valid, *recipe.data.test.values()]:
                 resolve_data_path(split.src, recipe.data.root)
                 resolve_data_path(split.tgt, recipe.data.root)
 
     @classmethod
-    def prepare_run(cls, recipe: Recipe, run_dir: Path) -> None:
+    def prepare_run(cls, recipe: Recipe, run_dir: Path, workers: int | None = None, force: bool = False,
+                    announce: bool = False) -> PreparedCorpus:
+        """Fit the tokenizer(s) on the training text, streamed (sentencepiece keeps a bounded sample,
+        ``input_sentence_size``), then tokenise the corpus into ``RUN/corpus`` unless it is up to date."""
         data = recipe.data
-        src, tgt = read_parallel(resolve_data_path(data.train.src, data.root),
-                                 resolve_data_path(data.train.tgt, data.root), encoding_errors=data.encoding_errors)
-        train_tokenizers(recipe, run_dir, src, tgt, joint=data.joint_vocab)
+        parts = [(resolve_data_path(p.src, data.root), resolve_data_path(p.tgt, data.root)) for p in train_parts(data)]
+
+        def side(k: int):
+            return itertools.chain.from_iterable(iter_lines(part[k], data.encoding_errors) for part in parts)
+
+        started = time.perf_counter()
+        train_tokenizers(recipe, run_dir, side(0), side(1), joint=data.joint_vocab)
+        return ensure_prepared(cls.corpus_spec(recipe, run_dir), run_dir / CORPUS, workers, force=force,
+                               seconds={"tokenizer": round(time.perf_counter() - started, 3)}, announce=announce)
+
+    @classmethod
+    def corpus_spec(cls, recipe: Recipe, run_dir: Path) -> CorpusSpec:
+        data, tokenizer = recipe.data, recipe.components["data.tokenizer"]
+        parts = [(resolve_data_path(p.src, data.root), resolve_data_path(p.tgt, data.root)) for p in train_parts(data)]
+        return CorpusSpec(parts, tokenizer.cls, fitted_dir(run_dir), ("joint", "joint") if data.joint_vocab else ("src", "tgt"),
+                          max_length=data.max_length, max_ratio=data.max_ratio, encoding_errors=data.encoding_errors,
+                          keep_text=getattr(tokenizer.config, "sampling", None) is not None)
 
     @classmethod
     def from_run(cls, recipe: Recipe, run_dir: Path) -> "Seq2SeqTask":
@@ -233,31 +270,28 @@ class Seq2SeqTask(Task):
 
     def make_datamodule(self) -> BucketedDataModule:
         data = self.recipe.data
-        root = data.root
-        train_src, train_tgt = read_parallel(resolve_data_path(data.train.src, root),
-                                             resolve_data_path(data.train.tgt, root),
-                                             encoding_errors=data.encoding_errors)
-        train = self.training_set(train_src, train_tgt)
-        valid_src, valid_tgt = read_parallel(resolve_data_path(data.valid.src, root),
-                                             resolve_data_path(data.valid.tgt, root),
+        valid_src, valid_tgt = read_parallel(resolve_data_path(data.valid.src, data.root),
+                                             resolve_data_path(data.valid.tgt, data.root),
                                              encoding_errors=data.encoding_errors)
         module = BucketedDataModule(
-            train, PairDataset(self.tokenize_pairs(valid_src, valid_tgt)), PairCollator(self.pad_id, self.bos_id, self.eos_id),
+            self.training_set(), PairDataset(self.tokenize_pairs(valid_src, valid_tgt)),
+            PairCollator(self.pad_id, self.bos_id, self.eos_id),
             batch_tokens=data.batch_tokens, max_sentences=data.max_sentences,
             valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed, num_workers=data.num_workers)
         module.valid_references = valid_tgt
         return module
 
-    def training_set(self, src: list[str], tgt: list[str]) -> PairDataset:
-        """The training pairs within ``data.max_length``; with ``data.tokenizer.sampling`` each draw of a
-        pair samples a new segmentation of both sides (validation and translation never sample)."""
-        pairs = self.tokenize_pairs(src, tgt, max_length=self.recipe.data.max_length)
+    def training_set(self) -> PreparedPairDataset:
+        """The training pairs from the run's prepared corpus (prepared first by rank 0 if missing or
+        stale); with ``data.tokenizer.sampling`` each draw of a pair samples a new segmentation of both
+        sides (validation and translation never sample)."""
+        spec = self.corpus_spec(self.recipe, self.run_dir)
+        corpus = (ensure_prepared(spec, self.run_dir / CORPUS) if is_rank_zero()
+                  else wait_for_prepared(spec, self.run_dir / CORPUS))
         config, seed = self.recipe.components["data.tokenizer"].config, self.recipe.spec.seed
         encode_src = self.src_tokenizer.sampling_encoder(config, seed)
         encode_tgt = self.tgt_tokenizer.sampling_encoder(config, seed)
-        if encode_src is None or encode_tgt is None:
-            return PairDataset(pairs)
-        return SampledPairDataset(pairs, src, tgt, encode_src, encode_tgt, max_length=self.recipe.data.max_length)
+        return PreparedPairDataset(corpus, encode_src, encode_tgt, max_length=self.recipe.data.max_length)
 
     def tokenize_pairs(self, src: list[str], tgt: list[str], max_length: int | None = None) -> list[Pair]:
         """Token ids for each pair; with ``max_length`` (training only) long or empty pairs are skipped."""

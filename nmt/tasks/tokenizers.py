@@ -1,6 +1,8 @@
 """Fitting and loading the tokenizer plugins of a run (joint or one per side), kept in its fitted folder."""
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 from nmt.errors import RecipeError
@@ -8,8 +10,11 @@ from nmt.recipe import Recipe
 from nmt.runs import READY, fitted_dir
 
 
-def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[str] | None, joint: bool) -> None:
-    """Fit the recipe's tokenizer(s) on training text unless the run already has them."""
+def train_tokenizers(recipe: Recipe, run_dir: Path, src: Iterable[str], tgt: Iterable[str] | None, joint: bool) -> None:
+    """Fit the recipe's tokenizer(s) on training text unless the run already has them.
+
+    The texts may be streams read once (a corpus larger than memory); a joint tokenizer reads the
+    source lines, then the target lines."""
     directory = fitted_dir(run_dir)
     if (directory / READY).exists():
         return
@@ -18,7 +23,7 @@ def train_tokenizers(recipe: Recipe, run_dir: Path, src: list[str], tgt: list[st
     if tgt is None:
         cls.train(config, src, directory, "src")
     elif joint:
-        cls.train(config, src + tgt, directory, "joint")
+        cls.train(config, itertools.chain(src, tgt), directory, "joint")
     else:
         cls.train(config, src, directory, "src")
         cls.train(config, tgt, directory, "tgt")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -118,3 +119,47 @@ def test_resume_skips_the_trained_batches_of_that_epoch_once():
     sampler.resume_at(1, 5)  # a state saved in another epoch skips nothing
     assert list(sampler) == whole
     assert len(sampler) == len(whole)  # Lightning counts the epoch's batches from len()
+
+
+def greedy_reference(lengths, max_tokens, max_sentences=None, width=1):
+    """The batching rule example by example: ascending length, close a batch when the next one does not fit."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # sorted() is stable
+    batches, batch = [], []
+    for index in order:
+        longest = max(lengths[index], 1)
+        full = max_sentences is not None and len(batch) >= max_sentences
+        if batch and (full or (len(batch) + 1) * longest * width > max_tokens):
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    return batches + [batch] if batch else batches
+
+
+def test_run_level_batching_equals_the_example_by_example_rule():
+    rng = random.Random(11)
+    for _ in range(300):
+        n = rng.randint(1, 120)
+        lengths = [rng.choice([0, rng.randint(1, 8), rng.randint(1, 200)]) for _ in range(n)]
+        max_tokens, width = rng.randint(1, 400), rng.randint(1, 6)
+        max_sentences = rng.choice([None, rng.randint(1, 12)])
+        expected = greedy_reference(lengths, max_tokens, max_sentences, width)
+        assert bucket_by_length(lengths, max_tokens, max_sentences, width=width) == expected
+        # Shuffling draws other ids of each length and another batch order, never other batch shapes.
+        shuffled = bucket_by_length(lengths, max_tokens, max_sentences, width=width, shuffle=True, seed=n)
+        shapes = sorted(sorted(lengths[i] for i in b) for b in shuffled)
+        assert shapes == sorted(sorted(lengths[i] for i in b) for b in expected)
+
+
+def test_an_epoch_of_many_examples_is_arrays_not_lists():
+    from nmt.data.buckets import LengthIndex, epoch_batches
+
+    lengths = np.random.default_rng(0).integers(1, 60, size=200_000, dtype=np.uint16)
+    index = LengthIndex.from_lengths(lengths)
+    assert index.order.dtype == np.int32
+    batches = epoch_batches(index, 2000, shuffle=True, seed=1, in_place=True)
+    assert batches.order is index.order  # shuffled in place: one id array whatever the epoch
+    again = epoch_batches(LengthIndex.from_lengths(lengths), 2000, shuffle=True, seed=1)
+    assert np.array_equal(again.order, batches.order)  # in place or on a copy: the same epoch
+    assert np.array_equal(np.sort(batches.order), np.arange(len(lengths)))
+    padded_sizes = batches.sizes() * batches.longest
+    assert padded_sizes.max() <= 2000

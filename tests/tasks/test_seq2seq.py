@@ -34,7 +34,9 @@ def test_reverse_task_is_learned(trained_run: Path):
     hyps = translate(trained_run / "run", src, trained_run / "beam.txt", "--beam", "5")
     exact = sum(h == r for h, r in zip(hyps, refs)) / len(refs)
     assert len(hyps) == len(refs)
-    assert exact >= 0.8, f"exact match {exact:.2f}"
+    # Seeds 1-3 gave 0.77-0.88 (an untrained model: 0); the bar sits below that spread, so another
+    # batch order (a change to shuffling) does not fail a model that learned.
+    assert exact >= 0.7, f"exact match {exact:.2f}"
 
 
 def test_translation_is_deterministic_and_keeps_empty_lines(trained_run: Path, tmp_path: Path):

@@ -1,0 +1,524 @@
+"""A prepared corpus: a parallel corpus tokenised once into binary shards that training memory-maps.
+
+``nmt prepare`` (and ``nmt train``, when the prepared corpus is missing or stale) streams the
+training files in chunks through worker processes that tokenise them, and writes into
+``RUN/corpus/``::
+
+    manifest.json       what it was built from (a SHA-256 of every input file and of the tokenizer's
+                        files, the filters), the shard sizes, the counts, the time taken
+    src-00000.bin ...   token ids of the source lines, back to back (uint16, or uint32 for vocabularies
+                        over 65,536); a new shard every SHARD_TOKENS tokens, never inside a line
+    tgt-00000.bin ...   the same for the target lines
+    index.npy           one record per kept pair: line number, token offsets, lengths (memory-mapped)
+    buckets.npz         the kept pairs sorted by length, for batching (see nmt.data.buckets)
+    src-text-00000.bin  with subword sampling only: the UTF-8 text of the lines, to segment afresh
+
+Filtering (empty lines, ``data.max_length``, ``data.max_ratio``) happens here, once, with counts in
+the manifest. A training process keeps the length index (ids as int32: 4 bytes a pair) and reads
+the rest through memory maps, so its memory hardly grows with the corpus.
+
+The manifest's fingerprint is compared with the inputs before every use: a changed training file,
+a refitted tokenizer or other filters rebuild the corpus; it is never reused by mistake. A damaged
+shard (a size other than the manifest's) is an error naming it.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+
+from nmt.data.buckets import LengthIndex
+from nmt.data.parallel import Pair
+from nmt.data.text import EncodingErrors, _decode, no_usable_example, open_binary
+from nmt.errors import DataError
+from nmt.io import atomic_write_text, read_small_file
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+CHUNK_BYTES = 4 << 20  # text handed to a worker at a time
+SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB as uint16)
+MAX_LENGTH = 65_000  # lengths are stored as uint16; data.max_length is bounded by this
+RECORD = np.dtype([("line", "<i8"), ("src", "<i8"), ("tgt", "<i8"), ("src_len", "<u2"), ("tgt_len", "<u2")])
+TEXT_RECORD = np.dtype([("src_text", "<i8"), ("tgt_text", "<i8"), ("src_bytes", "<u4"), ("tgt_bytes", "<u4")])
+SIDES = ("src", "tgt")
+ANNOUNCE_AFTER = 15.0  # seconds: progress and counts are printed for preparations this long
+
+
+@dataclass
+class CorpusSpec:
+    """What a prepared corpus is made of: the parallel files, the tokenizer, the filters."""
+
+    parts: list[tuple[Path, Path]]  # (source file, target file), concatenated in this order
+    tokenizer_cls: type  # a Tokenizer plugin class
+    tokenizer_dir: Path  # its fitted files
+    prefixes: tuple[str, str]  # the tokenizer of each side (the same name twice for a joint vocabulary)
+    max_length: int
+    max_ratio: float | None = None
+    encoding_errors: EncodingErrors = "strict"
+    keep_text: bool = False  # store the lines' text too (subword sampling segments it afresh)
+
+    def settings(self) -> dict:
+        return {"format": FORMAT, "tokenizer": f"{self.tokenizer_cls.__module__}.{self.tokenizer_cls.__qualname__}",
+                "prefixes": list(self.prefixes), "max_length": self.max_length, "max_ratio": self.max_ratio,
+                "encoding_errors": self.encoding_errors, "keep_text": self.keep_text}
+
+    def tokenizer_files(self) -> list[Path]:
+        return sorted(p for p in Path(self.tokenizer_dir).iterdir() if p.is_file() and p.name != "READY")
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            while block := file.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError as exc:
+        raise DataError(str(path), f"cannot read ({exc.strerror or exc})") from None
+
+
+def fingerprint(spec: CorpusSpec) -> dict:
+    """What the corpus depends on, each input by its SHA-256: equal fingerprints, equal corpora."""
+    inputs = {str(path): file_digest(path) for part in spec.parts for path in part}
+    tokenizer = {p.name: file_digest(p) for p in spec.tokenizer_files()}
+    return {"settings": spec.settings(), "inputs": inputs, "tokenizer": tokenizer}
+
+
+def what_changed(old: dict, new: dict) -> str:
+    """Why a corpus built for ``old`` does not fit ``new``, in a few words."""
+    if old.get("settings") != new["settings"]:
+        keys = [k for k in new["settings"] if (old.get("settings") or {}).get(k) != new["settings"][k]]
+        return f"settings changed ({', '.join(keys)})"
+    if old.get("tokenizer") != new["tokenizer"]:
+        return "the tokenizer changed"
+    changed = [Path(p).name for p in new["inputs"] if (old.get("inputs") or {}).get(p) != new["inputs"][p]]
+    return f"{', '.join(changed) or 'the list of training files'} changed"
+
+
+# --- preparing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    """One worker's result: the token ids of consecutive lines of one file."""
+
+    tokens: np.ndarray  # ids of the lines within max_length, back to back
+    lengths: np.ndarray  # [lines] uint16 token counts, MAX_LENGTH + 1 for longer lines (stored empty)
+    text: bytes | None = None
+    text_lengths: np.ndarray | None = None
+
+
+_worker_tokenizers: dict = {}
+
+
+def _load_worker_tokenizers(spec: CorpusSpec) -> None:
+    for prefix in set(spec.prefixes):
+        _worker_tokenizers[prefix] = spec.tokenizer_cls.load(spec.tokenizer_dir, prefix)
+
+
+def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_line: int, token_dtype: type) -> Chunk:
+    """Tokenise whole lines of ``data`` (from line ``first_line``, 0-based, of file ``name``) as
+    :func:`nmt.data.text.iter_lines` reads them: a trailing ``\\r\\n`` or ``\\n`` removed, a BOM dropped."""
+    try:
+        text = data.decode("utf-8", errors=spec.encoding_errors)
+    except UnicodeDecodeError as exc:
+        lineno = first_line + data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        end = data.find(b"\n", exc.start)
+        _decode(data[start:end if end >= 0 else len(data)], f"{name}:{lineno}", spec.encoding_errors)
+        raise  # _decode raises the DataError; this is unreachable
+    lines = text.split("\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    else:  # the file's last line, without a newline: only an "\r\n" pair is removed
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines[:-1]] + lines[-1:]
+    if first_line == 0 and lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    tokens, lengths = _worker_tokenizers[prefix].encode_flat(lines)
+    stored = lengths <= spec.max_length
+    if not stored.all():  # a line too long for training: its length is kept, its ids are not
+        tokens = tokens[np.repeat(stored, lengths)]
+    tokens = tokens.astype(token_dtype)
+    chunk = Chunk(tokens, np.minimum(lengths, MAX_LENGTH + 1).astype(np.uint16))
+    if spec.keep_text:
+        encoded = [line.encode("utf-8") for line in lines]
+        chunk.text, chunk.text_lengths = b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.uint32, count=len(encoded))
+    return chunk
+
+
+def _encode_job(args) -> Chunk:
+    return encode_chunk(*args)
+
+
+def read_chunks(path: Path) -> Iterator[bytes]:
+    """Whole lines of ``path`` (plain or gzip) in blocks of about CHUNK_BYTES."""
+    with open_binary(path) as stream:
+        rest = b""
+        while True:
+            try:
+                block = stream.read(CHUNK_BYTES)
+            except (EOFError, OSError) as exc:
+                raise DataError(str(path), f"cannot read compressed file ({exc})") from None
+            if not block:
+                if rest:
+                    yield rest
+                return
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:  # one line longer than a block: keep reading
+                rest = block
+                continue
+            rest = block[cut:]
+            yield block[:cut]
+
+
+@dataclass
+class SideWriter:
+    """Appends one side's tokens (and text) to its shards, a new shard every SHARD_TOKENS tokens."""
+
+    directory: Path
+    side: str
+    token_dtype: type
+    shards: list[dict] = field(default_factory=list)
+    text_shards: list[dict] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
+    text_lengths: list[np.ndarray] = field(default_factory=list)
+    _file = None
+    _text_file = None
+
+    def write(self, chunk: Chunk) -> None:
+        if self._file is None or self.shards[-1]["tokens"] >= SHARD_TOKENS:
+            self._file = self._open(self.shards, f"{self.side}-{len(self.shards):05d}.bin", self._file)
+        chunk.tokens.tofile(self._file)
+        self.shards[-1]["tokens"] += len(chunk.tokens)
+        self.lengths.append(chunk.lengths)
+        if chunk.text is not None:
+            if self._text_file is None or self.text_shards[-1]["tokens"] >= SHARD_TOKENS:
+                name = f"{self.side}-text-{len(self.text_shards):05d}.bin"
+                self._text_file = self._open(self.text_shards, name, self._text_file)
+            self._text_file.write(chunk.text)
+            self.text_shards[-1]["tokens"] += len(chunk.text)
+            self.text_lengths.append(chunk.text_lengths)
+
+    def _open(self, shards: list[dict], name: str, previous):
+        if previous is not None:
+            previous.close()
+        shards.append({"file": name, "tokens": 0})
+        return open(self.directory / name, "wb")
+
+    def close(self) -> None:
+        for file in (self._file, self._text_file):
+            if file is not None:
+                file.close()
+        itemsize = np.dtype(self.token_dtype).itemsize
+        for shard in self.shards:
+            shard["bytes"] = shard["tokens"] * itemsize
+        for shard in self.text_shards:
+            shard["bytes"] = shard["tokens"]
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def tokenize_side(spec: CorpusSpec, side: int, writer: SideWriter, workers: int, progress: Callable[[int], None]) -> list[int]:
+    """Tokenise every file of one side into ``writer``; returns each file's line count."""
+    prefix, paths = spec.prefixes[side], [part[side] for part in spec.parts]
+    counts = [0] * len(paths)
+
+    def jobs():  # numbered as they are read: a chunk's first line follows the lines before it
+        for k, path in enumerate(paths):
+            for data in read_chunks(path):
+                yield spec, prefix, data, str(path), counts[k], writer.token_dtype
+                counts[k] += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+
+    if workers <= 1:
+        _load_worker_tokenizers(spec)
+        results = map(_encode_job, jobs())
+    else:
+        results = _parallel(jobs(), spec, workers)
+    for chunk in results:
+        writer.write(chunk)
+        progress(len(chunk.lengths))
+    return counts
+
+
+def _parallel(jobs, spec: CorpusSpec, workers: int) -> Iterator[Chunk]:
+    """Results in input order from a pool of worker processes, at most ``2 * workers`` chunks in flight."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                                initializer=_load_worker_tokenizers, initargs=(spec,)) as pool:
+        pending: deque = deque()
+        for job in jobs:
+            pending.append(pool.submit(_encode_job, job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def prepare_corpus(spec: CorpusSpec, directory: Path, workers: int | None = None, *, announce: bool = False,
+                   seconds: dict | None = None) -> dict:
+    """Build the prepared corpus of ``spec`` into ``directory``, replacing what is there; returns the manifest.
+
+    The counts are printed with ``announce`` (``nmt prepare``), or when it took long enough for a user
+    to wonder (``nmt train`` on a large corpus); progress every 15 s.
+
+    Built in a temporary folder beside it and renamed into place, so a killed preparation leaves
+    the old corpus (or none), never a half one."""
+    directory = Path(directory)
+    workers = workers or default_workers()
+    started = time.perf_counter()
+    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a killed preparation
+        shutil.rmtree(stale, ignore_errors=True)
+    building = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    building.mkdir(parents=True)
+    try:
+        manifest = _build(spec, building, workers)
+        manifest["seconds"].update(seconds or {})  # e.g. fitting the tokenizer, before this
+        manifest["seconds"]["total"] = round(time.perf_counter() - started + sum((seconds or {}).values()), 3)
+        atomic_write_text(building / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
+        if directory.exists():
+            directory.rename(old)
+        building.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    if announce or manifest["seconds"]["tokenize"] > ANNOUNCE_AFTER:
+        dropped = ", ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in manifest["dropped"].items() if n)
+        click.echo(f"nmt: prepared {directory}: {manifest['pairs_kept']:,} of {manifest['pairs_read']:,} pairs"
+                   f"{f' (dropped: {dropped})' if dropped else ''} in {manifest['seconds']['tokenize']:.1f} s "
+                   f"({manifest['pairs_per_second']:,.0f} pairs/s, {workers} worker{'s' if workers > 1 else ''})",
+                   err=True)
+    return manifest
+
+
+def _build(spec: CorpusSpec, building: Path, workers: int) -> dict:
+    fp = fingerprint(spec)
+    vocab = max(len(spec.tokenizer_cls.load(spec.tokenizer_dir, prefix)) for prefix in set(spec.prefixes))
+    token_dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
+    tokenize_started = time.perf_counter()
+    writers, counts = [], []
+    shown = [time.perf_counter()]
+    for side in range(2):
+        writer = SideWriter(building, SIDES[side], token_dtype)
+        done = [0]
+
+        def progress(lines: int, side=side, done=done) -> None:
+            done[0] += lines
+            if time.perf_counter() - shown[0] > ANNOUNCE_AFTER:
+                shown[0] = time.perf_counter()
+                click.echo(f"nmt: preparing: {done[0]:,} {SIDES[side]} lines tokenised", err=True)
+
+        try:
+            counts.append(tokenize_side(spec, side, writer, workers, progress))
+        finally:
+            writer.close()
+        writers.append(writer)
+    for k, (src, tgt) in enumerate(spec.parts):
+        if counts[0][k] == 0 or counts[1][k] == 0:
+            raise DataError(str(src if counts[0][k] == 0 else tgt), "file is empty")
+        if counts[0][k] != counts[1][k]:
+            raise DataError(str(tgt), f"line count differs from {src} ({counts[1][k]} vs {counts[0][k]})")
+    tokenize_seconds = time.perf_counter() - tokenize_started
+    manifest = _write_index(spec, building, writers)
+    if manifest["pairs_kept"] == 0:
+        raise no_usable_example(list(spec.parts[0]), spec.max_length, spec.encoding_errors)
+    read = manifest["pairs_read"]
+    manifest.update({"fingerprint": fp, "token_dtype": np.dtype(token_dtype).name, "workers": workers,
+                     "shards": {side: w.shards for side, w in zip(SIDES, writers)},
+                     "text_shards": {side: w.text_shards for side, w in zip(SIDES, writers)} if spec.keep_text else None,
+                     "seconds": {"tokenize": round(tokenize_seconds, 3)},
+                     "pairs_per_second": round(read / max(tokenize_seconds, 1e-9), 1)})
+    return manifest
+
+
+def _write_index(spec: CorpusSpec, building: Path, writers: list[SideWriter]) -> dict:
+    """Filter the pairs on their lengths and write the index of the kept ones and their length buckets."""
+    src_len, tgt_len = (np.concatenate(w.lengths) if w.lengths else np.zeros(0, np.uint16) for w in writers)
+    empty = (src_len == 0) | (tgt_len == 0)
+    too_long = ~empty & ((src_len > spec.max_length) | (tgt_len > spec.max_length))
+    kept = ~empty & ~too_long
+    ratio = np.zeros_like(kept)
+    if spec.max_ratio is not None:
+        longer, shorter = np.maximum(src_len, tgt_len), np.maximum(np.minimum(src_len, tgt_len), 1)
+        ratio = kept & (longer > spec.max_ratio * shorter)
+        kept &= ~ratio
+    lines = np.flatnonzero(kept)
+    records = np.zeros(len(lines), dtype=RECORD)
+    records["line"] = lines
+    for name, lengths in (("src", src_len), ("tgt", tgt_len)):
+        stored = np.where(lengths <= spec.max_length, lengths, 0).astype(np.int64)
+        offsets = np.cumsum(stored) - stored
+        records[name], records[f"{name}_len"] = offsets[lines], lengths[lines]
+    np.save(building / "index.npy", records)
+    if spec.keep_text:
+        text = np.zeros(len(lines), dtype=TEXT_RECORD)
+        for side, writer in zip(SIDES, writers):
+            sizes = np.concatenate(writer.text_lengths).astype(np.int64)
+            text[f"{side}_text"] = (np.cumsum(sizes) - sizes)[lines]
+            text[f"{side}_bytes"] = sizes[lines]
+        np.save(building / "text-index.npy", text)
+    index = LengthIndex.from_lengths(np.maximum(records["src_len"], records["tgt_len"].astype(np.int64) + 1))
+    np.savez(building / "buckets.npz", order=index.order, values=index.values, starts=index.starts)
+    return {"format": FORMAT, "pairs_read": int(len(src_len)), "pairs_kept": int(len(lines)),
+            "dropped": {"empty": int(empty.sum()), "too_long": int(too_long.sum()), "ratio": int(ratio.sum())}}
+
+
+# --- using --------------------------------------------------------------------------------------
+
+_verified: dict[str, tuple] = {}  # corpus folder -> (input file stats and settings, fingerprint) checked by this process
+
+
+def _input_stats(spec: CorpusSpec) -> tuple:
+    files = [path for part in spec.parts for path in part] + spec.tokenizer_files()
+    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(read_small_file(path, 16 << 20, DataError, "corpus manifest"))
+    except json.JSONDecodeError as exc:
+        raise DataError(str(path), f"damaged corpus manifest ({exc.msg}); delete {directory} to prepare it again") from None
+
+
+def ensure_prepared(spec: CorpusSpec, directory: Path, workers: int | None = None, force: bool = False,
+                    seconds: dict | None = None, announce: bool = False) -> PreparedCorpus:
+    """The prepared corpus of ``spec`` in ``directory``, built first when missing, stale or ``force``d;
+    ``seconds`` (what went before, such as fitting the tokenizer) is recorded in its manifest."""
+    directory = Path(directory)
+    stats = (_input_stats(spec), json.dumps(spec.settings(), sort_keys=True))
+    cached = _verified.get(str(directory))
+    fresh = not force and cached is not None and cached[0] == stats and directory.exists()
+    manifest = None if force else read_manifest(directory)
+    if not fresh:
+        wanted = fingerprint(spec)
+        if manifest is None or manifest.get("fingerprint") != wanted:
+            if manifest is not None:
+                click.echo(f"nmt: {directory}: {what_changed(manifest.get('fingerprint') or {}, wanted)} since it "
+                           "was prepared; preparing it again", err=True)
+            prepare_corpus(spec, directory, workers, seconds=seconds, announce=announce)
+            manifest = None
+        _verified[str(directory)] = (stats, wanted)
+    if manifest is not None and announce:
+        click.echo(f"nmt: {directory} is up to date ({manifest['pairs_kept']:,} pairs); --force prepares it again",
+                   err=True)
+    return PreparedCorpus(directory, spec)
+
+
+def wait_for_prepared(spec: CorpusSpec, directory: Path, timeout: float = 7200.0) -> PreparedCorpus:
+    """For the other ranks of a distributed run: the corpus rank 0 prepares, once it matches the inputs."""
+    wanted, deadline = fingerprint(spec), time.monotonic() + timeout
+    while True:
+        try:
+            manifest = read_manifest(directory)
+        except DataError:  # being replaced
+            manifest = None
+        if manifest is not None and manifest.get("fingerprint") == wanted:
+            return PreparedCorpus(directory, spec)
+        if time.monotonic() > deadline:
+            raise DataError(str(directory), f"waited {timeout:.0f} s for rank 0 to prepare the corpus")
+        time.sleep(0.5)
+
+
+class PreparedCorpus:
+    """A prepared corpus opened for reading: its shards and index memory-mapped, sizes checked."""
+
+    def __init__(self, directory: Path, spec: CorpusSpec | None = None):
+        self.directory = Path(directory)
+        manifest = read_manifest(self.directory)
+        if manifest is None:
+            raise DataError(str(self.directory / MANIFEST), "not found: prepare the corpus with nmt prepare")
+        if manifest.get("format") != FORMAT:
+            raise DataError(str(self.directory / MANIFEST), f"corpus format {manifest.get('format')}, expected "
+                                                            f"{FORMAT}; delete {self.directory} to prepare it again")
+        self.manifest = manifest
+        dtype = np.dtype(manifest["token_dtype"])
+        self.tokens = {side: self._shards(manifest["shards"][side], dtype) for side in SIDES}
+        self.records = self._array("index.npy", RECORD.itemsize * manifest["pairs_kept"])
+        self.text = None
+        if manifest.get("text_shards"):
+            self.text = {side: self._shards(manifest["text_shards"][side], np.dtype(np.uint8)) for side in SIDES}
+            self.text_records = self._array("text-index.npy", TEXT_RECORD.itemsize * manifest["pairs_kept"])
+
+    def _check_size(self, path: Path, expected: int, exact: bool = True) -> None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise DataError(str(path), f"missing from the prepared corpus; delete {self.directory} "
+                                       "(or run nmt prepare --force) to prepare it again") from None
+        if size < expected or (exact and size != expected):
+            raise DataError(str(path), f"truncated or damaged: {size:,} bytes, expected {expected:,}; delete "
+                                       f"{self.directory} (or run nmt prepare --force) to prepare it again")
+
+    def _shards(self, shards: list[dict], dtype: np.dtype) -> tuple[list[np.ndarray], np.ndarray]:
+        arrays = []
+        for shard in shards:
+            path = self.directory / shard["file"]
+            self._check_size(path, shard["bytes"])
+            arrays.append(np.memmap(path, dtype=dtype, mode="r") if shard["bytes"] else np.zeros(0, dtype))
+        starts = np.cumsum([0] + [s["tokens"] for s in shards])
+        return arrays, starts
+
+    def _array(self, name: str, data_bytes: int) -> np.ndarray:
+        path = self.directory / name
+        self._check_size(path, data_bytes, exact=False)  # .npy: a header, then the data
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise DataError(str(path), f"damaged ({exc}); delete {self.directory} to prepare it again") from None
+        if len(array) != self.manifest["pairs_kept"]:
+            raise DataError(str(path), f"{len(array)} records, expected {self.manifest['pairs_kept']}; delete "
+                                       f"{self.directory} to prepare it again")
+        return array
+
+    def __len__(self) -> int:
+        return int(self.manifest["pairs_kept"])
+
+    def length_index(self) -> LengthIndex:
+        path = self.directory / "buckets.npz"
+        try:
+            with np.load(path) as saved:
+                index = LengthIndex(saved["order"], saved["values"], saved["starts"])
+        except (ValueError, OSError, KeyError, EOFError) as exc:
+            raise DataError(str(path), f"damaged ({exc}); delete {self.directory} to prepare it again") from None
+        if len(index) != len(self):
+            raise DataError(str(path), f"{len(index)} examples, expected {len(self)}; delete {self.directory} "
+                                       "to prepare it again")
+        return index
+
+    @staticmethod
+    def _slice(shards: tuple[list[np.ndarray], np.ndarray], offset: int, length: int) -> np.ndarray:
+        arrays, starts = shards
+        k = int(np.searchsorted(starts, offset, side="right")) - 1
+        start = offset - int(starts[k])
+        return arrays[k][start:start + length]
+
+    def pair(self, i: int) -> Pair:
+        record = self.records[i]
+        src = self._slice(self.tokens["src"], int(record["src"]), int(record["src_len"]))
+        tgt = self._slice(self.tokens["tgt"], int(record["tgt"]), int(record["tgt_len"]))
+        return Pair(int(record["line"]), src.tolist(), tgt.tolist())
+
+    def texts(self, i: int) -> tuple[str, str]:
+        """The source and target line of pair ``i`` (a corpus prepared with ``keep_text``)."""
+        record = self.text_records[i]
+        return tuple(bytes(self._slice(self.text[side], int(record[f"{side}_text"]), int(record[f"{side}_bytes"])))
+                     .decode("utf-8") for side in SIDES)
