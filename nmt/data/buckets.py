@@ -74,7 +74,8 @@ class Batches:
         return [self[k] for k in range(len(self))]
 
 
-def cut_batches(index: LengthIndex, max_tokens: int, max_sentences: int | None = None, width: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def cut_batches(index: LengthIndex, max_tokens: int, max_sentences: int | None = None,
+                width: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Batch boundaries over ``index.order``: greedy, shortest first, so that ``longest * count * width``
     stays within ``max_tokens``; returns (bounds [B + 1], longest [B]).
 

@@ -39,19 +39,15 @@ import click
 import numpy as np
 
 from nmt.data.buckets import LengthIndex
-from nmt.data.parallel import Pair
+from nmt.data.shards import FORMAT, MANIFEST, MAX_LENGTH, RECORD, SIDES, TEXT_RECORD, PreparedCorpus, read_manifest
 from nmt.data.text import EncodingErrors, _decode, no_usable_example, open_binary
 from nmt.errors import DataError
-from nmt.io import atomic_write_text, read_small_file
+from nmt.io import atomic_write_text
 
-FORMAT = 1
-MANIFEST = "manifest.json"
+__all__ = ["MAX_LENGTH", "CorpusSpec", "PreparedCorpus", "ensure_prepared", "prepare_corpus", "wait_for_prepared"]
+
 CHUNK_BYTES = 4 << 20  # text handed to a worker at a time
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB as uint16)
-MAX_LENGTH = 65_000  # lengths are stored as uint16; data.max_length is bounded by this
-RECORD = np.dtype([("line", "<i8"), ("src", "<i8"), ("tgt", "<i8"), ("src_len", "<u2"), ("tgt_len", "<u2")])
-TEXT_RECORD = np.dtype([("src_text", "<i8"), ("tgt_text", "<i8"), ("src_bytes", "<u4"), ("tgt_bytes", "<u4")])
-SIDES = ("src", "tgt")
 ANNOUNCE_AFTER = 15.0  # seconds: progress and counts are printed for preparations this long
 
 
@@ -154,7 +150,8 @@ def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_li
     chunk = Chunk(tokens, np.minimum(lengths, MAX_LENGTH + 1).astype(np.uint16))
     if spec.keep_text:
         encoded = [line.encode("utf-8") for line in lines]
-        chunk.text, chunk.text_lengths = b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.uint32, count=len(encoded))
+        chunk.text = b"".join(encoded)
+        chunk.text_lengths = np.fromiter(map(len, encoded), dtype=np.uint32, count=len(encoded))
     return chunk
 
 
@@ -233,7 +230,8 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def tokenize_side(spec: CorpusSpec, side: int, writer: SideWriter, workers: int, progress: Callable[[int], None]) -> list[int]:
+def tokenize_side(spec: CorpusSpec, side: int, writer: SideWriter, workers: int,
+                  progress: Callable[[int], None]) -> list[int]:
     """Tokenise every file of one side into ``writer``; returns each file's line count."""
     prefix, paths = spec.prefixes[side], [part[side] for part in spec.parts]
     counts = [0] * len(paths)
@@ -270,11 +268,12 @@ def _parallel(jobs, spec: CorpusSpec, workers: int) -> Iterator[Chunk]:
 
 
 def prepare_corpus(spec: CorpusSpec, directory: Path, workers: int | None = None, *, announce: bool = False,
-                   seconds: dict | None = None) -> dict:
+                   seconds: dict | None = None, fingerprinted: dict | None = None) -> dict:
     """Build the prepared corpus of ``spec`` into ``directory``, replacing what is there; returns the manifest.
 
     The counts are printed with ``announce`` (``nmt prepare``), or when it took long enough for a user
-    to wonder (``nmt train`` on a large corpus); progress every 15 s.
+    to wonder (``nmt train`` on a large corpus); progress every 15 s. ``fingerprinted``: the
+    :func:`fingerprint` of ``spec`` when the caller has it already (it reads every input file).
 
     Built in a temporary folder beside it and renamed into place, so a killed preparation leaves
     the old corpus (or none), never a half one."""
@@ -287,6 +286,7 @@ def prepare_corpus(spec: CorpusSpec, directory: Path, workers: int | None = None
     building.mkdir(parents=True)
     try:
         manifest = _build(spec, building, workers)
+        manifest["fingerprint"] = fingerprinted or fingerprint(spec)
         manifest["seconds"].update(seconds or {})  # e.g. fitting the tokenizer, before this
         manifest["seconds"]["total"] = round(time.perf_counter() - started + sum((seconds or {}).values()), 3)
         atomic_write_text(building / MANIFEST, json.dumps(manifest, indent=1) + "\n")
@@ -308,7 +308,6 @@ def prepare_corpus(spec: CorpusSpec, directory: Path, workers: int | None = None
 
 
 def _build(spec: CorpusSpec, building: Path, workers: int) -> dict:
-    fp = fingerprint(spec)
     vocab = max(len(spec.tokenizer_cls.load(spec.tokenizer_dir, prefix)) for prefix in set(spec.prefixes))
     token_dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
     tokenize_started = time.perf_counter()
@@ -339,9 +338,10 @@ def _build(spec: CorpusSpec, building: Path, workers: int) -> dict:
     if manifest["pairs_kept"] == 0:
         raise no_usable_example(list(spec.parts[0]), spec.max_length, spec.encoding_errors)
     read = manifest["pairs_read"]
-    manifest.update({"fingerprint": fp, "token_dtype": np.dtype(token_dtype).name, "workers": workers,
+    manifest.update({"token_dtype": np.dtype(token_dtype).name, "workers": workers,
                      "shards": {side: w.shards for side, w in zip(SIDES, writers)},
-                     "text_shards": {side: w.text_shards for side, w in zip(SIDES, writers)} if spec.keep_text else None,
+                     "text_shards": ({side: w.text_shards for side, w in zip(SIDES, writers)}
+                                     if spec.keep_text else None),
                      "seconds": {"tokenize": round(tokenize_seconds, 3)},
                      "pairs_per_second": round(read / max(tokenize_seconds, 1e-9), 1)})
     return manifest
@@ -379,24 +379,15 @@ def _write_index(spec: CorpusSpec, building: Path, writers: list[SideWriter]) ->
             "dropped": {"empty": int(empty.sum()), "too_long": int(too_long.sum()), "ratio": int(ratio.sum())}}
 
 
-# --- using --------------------------------------------------------------------------------------
+# --- checking before use ------------------------------------------------------------------------
 
-_verified: dict[str, tuple] = {}  # corpus folder -> (input file stats and settings, fingerprint) checked by this process
+# corpus folder -> (input file stats and settings, fingerprint) this process checked
+_verified: dict[str, tuple] = {}
 
 
 def _input_stats(spec: CorpusSpec) -> tuple:
     files = [path for part in spec.parts for path in part] + spec.tokenizer_files()
     return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-
-
-def read_manifest(directory: Path) -> dict | None:
-    path = Path(directory) / MANIFEST
-    if not path.exists():
-        return None
-    try:
-        return json.loads(read_small_file(path, 16 << 20, DataError, "corpus manifest"))
-    except json.JSONDecodeError as exc:
-        raise DataError(str(path), f"damaged corpus manifest ({exc.msg}); delete {directory} to prepare it again") from None
 
 
 def ensure_prepared(spec: CorpusSpec, directory: Path, workers: int | None = None, force: bool = False,
@@ -414,13 +405,13 @@ def ensure_prepared(spec: CorpusSpec, directory: Path, workers: int | None = Non
             if manifest is not None:
                 click.echo(f"nmt: {directory}: {what_changed(manifest.get('fingerprint') or {}, wanted)} since it "
                            "was prepared; preparing it again", err=True)
-            prepare_corpus(spec, directory, workers, seconds=seconds, announce=announce)
+            prepare_corpus(spec, directory, workers, seconds=seconds, announce=announce, fingerprinted=wanted)
             manifest = None
         _verified[str(directory)] = (stats, wanted)
     if manifest is not None and announce:
         click.echo(f"nmt: {directory} is up to date ({manifest['pairs_kept']:,} pairs); --force prepares it again",
                    err=True)
-    return PreparedCorpus(directory, spec)
+    return PreparedCorpus(directory)
 
 
 def wait_for_prepared(spec: CorpusSpec, directory: Path, timeout: float = 7200.0) -> PreparedCorpus:
@@ -432,93 +423,7 @@ def wait_for_prepared(spec: CorpusSpec, directory: Path, timeout: float = 7200.0
         except DataError:  # being replaced
             manifest = None
         if manifest is not None and manifest.get("fingerprint") == wanted:
-            return PreparedCorpus(directory, spec)
+            return PreparedCorpus(directory)
         if time.monotonic() > deadline:
             raise DataError(str(directory), f"waited {timeout:.0f} s for rank 0 to prepare the corpus")
         time.sleep(0.5)
-
-
-class PreparedCorpus:
-    """A prepared corpus opened for reading: its shards and index memory-mapped, sizes checked."""
-
-    def __init__(self, directory: Path, spec: CorpusSpec | None = None):
-        self.directory = Path(directory)
-        manifest = read_manifest(self.directory)
-        if manifest is None:
-            raise DataError(str(self.directory / MANIFEST), "not found: prepare the corpus with nmt prepare")
-        if manifest.get("format") != FORMAT:
-            raise DataError(str(self.directory / MANIFEST), f"corpus format {manifest.get('format')}, expected "
-                                                            f"{FORMAT}; delete {self.directory} to prepare it again")
-        self.manifest = manifest
-        dtype = np.dtype(manifest["token_dtype"])
-        self.tokens = {side: self._shards(manifest["shards"][side], dtype) for side in SIDES}
-        self.records = self._array("index.npy", RECORD.itemsize * manifest["pairs_kept"])
-        self.text = None
-        if manifest.get("text_shards"):
-            self.text = {side: self._shards(manifest["text_shards"][side], np.dtype(np.uint8)) for side in SIDES}
-            self.text_records = self._array("text-index.npy", TEXT_RECORD.itemsize * manifest["pairs_kept"])
-
-    def _check_size(self, path: Path, expected: int, exact: bool = True) -> None:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise DataError(str(path), f"missing from the prepared corpus; delete {self.directory} "
-                                       "(or run nmt prepare --force) to prepare it again") from None
-        if size < expected or (exact and size != expected):
-            raise DataError(str(path), f"truncated or damaged: {size:,} bytes, expected {expected:,}; delete "
-                                       f"{self.directory} (or run nmt prepare --force) to prepare it again")
-
-    def _shards(self, shards: list[dict], dtype: np.dtype) -> tuple[list[np.ndarray], np.ndarray]:
-        arrays = []
-        for shard in shards:
-            path = self.directory / shard["file"]
-            self._check_size(path, shard["bytes"])
-            arrays.append(np.memmap(path, dtype=dtype, mode="r") if shard["bytes"] else np.zeros(0, dtype))
-        starts = np.cumsum([0] + [s["tokens"] for s in shards])
-        return arrays, starts
-
-    def _array(self, name: str, data_bytes: int) -> np.ndarray:
-        path = self.directory / name
-        self._check_size(path, data_bytes, exact=False)  # .npy: a header, then the data
-        try:
-            array = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise DataError(str(path), f"damaged ({exc}); delete {self.directory} to prepare it again") from None
-        if len(array) != self.manifest["pairs_kept"]:
-            raise DataError(str(path), f"{len(array)} records, expected {self.manifest['pairs_kept']}; delete "
-                                       f"{self.directory} to prepare it again")
-        return array
-
-    def __len__(self) -> int:
-        return int(self.manifest["pairs_kept"])
-
-    def length_index(self) -> LengthIndex:
-        path = self.directory / "buckets.npz"
-        try:
-            with np.load(path) as saved:
-                index = LengthIndex(saved["order"], saved["values"], saved["starts"])
-        except (ValueError, OSError, KeyError, EOFError) as exc:
-            raise DataError(str(path), f"damaged ({exc}); delete {self.directory} to prepare it again") from None
-        if len(index) != len(self):
-            raise DataError(str(path), f"{len(index)} examples, expected {len(self)}; delete {self.directory} "
-                                       "to prepare it again")
-        return index
-
-    @staticmethod
-    def _slice(shards: tuple[list[np.ndarray], np.ndarray], offset: int, length: int) -> np.ndarray:
-        arrays, starts = shards
-        k = int(np.searchsorted(starts, offset, side="right")) - 1
-        start = offset - int(starts[k])
-        return arrays[k][start:start + length]
-
-    def pair(self, i: int) -> Pair:
-        record = self.records[i]
-        src = self._slice(self.tokens["src"], int(record["src"]), int(record["src_len"]))
-        tgt = self._slice(self.tokens["tgt"], int(record["tgt"]), int(record["tgt_len"]))
-        return Pair(int(record["line"]), src.tolist(), tgt.tolist())
-
-    def texts(self, i: int) -> tuple[str, str]:
-        """The source and target line of pair ``i`` (a corpus prepared with ``keep_text``)."""
-        record = self.text_records[i]
-        return tuple(bytes(self._slice(self.text[side], int(record[f"{side}_text"]), int(record[f"{side}_bytes"])))
-                     .decode("utf-8") for side in SIDES)

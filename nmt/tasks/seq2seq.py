@@ -47,8 +47,10 @@ class Seq2SeqData(Section):
     test: dict[str, ParallelFiles] = {}
     tokenizer: TokenizerSection = {"name": "sentencepiece"}
     joint_vocab: bool = True
-    max_length: int = Field(100, gt=0, le=MAX_LENGTH)  # training pairs longer than this (in tokens, either side) are skipped
-    max_ratio: Optional[float] = Field(None, ge=1, allow_inf_nan=False)  # and those whose longer side has more times the tokens
+    # training pairs longer than this (in tokens, either side) are skipped, and with max_ratio those
+    # whose longer side has more than max_ratio times the tokens of the shorter
+    max_length: int = Field(100, gt=0, le=MAX_LENGTH)
+    max_ratio: Optional[float] = Field(None, ge=1, allow_inf_nan=False)
     batch_tokens: PositiveInt = 2000  # padded tokens per training batch
     max_sentences: Optional[PositiveInt] = None
     valid_batch_tokens: PositiveInt = 4000
@@ -114,22 +116,22 @@ class Seq2SeqTask(Task):
                     announce: bool = False) -> PreparedCorpus:
         """Fit the tokenizer(s) on the training text, streamed (sentencepiece keeps a bounded sample,
         ``input_sentence_size``), then tokenise the corpus into ``RUN/corpus`` unless it is up to date."""
-        data = recipe.data
-        parts = [(resolve_data_path(p.src, data.root), resolve_data_path(p.tgt, data.root)) for p in train_parts(data)]
+        data, spec = recipe.data, cls.corpus_spec(recipe, run_dir)
 
         def side(k: int):
-            return itertools.chain.from_iterable(iter_lines(part[k], data.encoding_errors) for part in parts)
+            return itertools.chain.from_iterable(iter_lines(part[k], data.encoding_errors) for part in spec.parts)
 
         started = time.perf_counter()
         train_tokenizers(recipe, run_dir, side(0), side(1), joint=data.joint_vocab)
-        return ensure_prepared(cls.corpus_spec(recipe, run_dir), run_dir / CORPUS, workers, force=force,
-                               seconds={"tokenizer": round(time.perf_counter() - started, 3)}, announce=announce)
+        return ensure_prepared(spec, run_dir / CORPUS, workers, force=force, announce=announce,
+                               seconds={"tokenizer": round(time.perf_counter() - started, 3)})
 
     @classmethod
     def corpus_spec(cls, recipe: Recipe, run_dir: Path) -> CorpusSpec:
         data, tokenizer = recipe.data, recipe.components["data.tokenizer"]
         parts = [(resolve_data_path(p.src, data.root), resolve_data_path(p.tgt, data.root)) for p in train_parts(data)]
-        return CorpusSpec(parts, tokenizer.cls, fitted_dir(run_dir), ("joint", "joint") if data.joint_vocab else ("src", "tgt"),
+        prefixes = ("joint", "joint") if data.joint_vocab else ("src", "tgt")
+        return CorpusSpec(parts, tokenizer.cls, fitted_dir(run_dir), prefixes,
                           max_length=data.max_length, max_ratio=data.max_ratio, encoding_errors=data.encoding_errors,
                           keep_text=getattr(tokenizer.config, "sampling", None) is not None)
 

@@ -21,7 +21,8 @@ SENTENCEPIECE = {"name": "sentencepiece", "vocab_size": 60}
 
 
 def make_task(tmp_path: Path, data: Path, **data_section):
-    recipe = validate_recipe(reverse_recipe(data, data={"tokenizer": SENTENCEPIECE, **data_section}), tmp_path / "r.yaml")
+    recipe = validate_recipe(reverse_recipe(data, data={"tokenizer": SENTENCEPIECE, **data_section}),
+                             tmp_path / "r.yaml")
     recipe.task_cls.prepare_run(recipe, tmp_path / "run", workers=2)
     return recipe.task_cls.from_run(recipe, tmp_path / "run")
 

@@ -107,6 +107,22 @@ def test_truncated_checkpoint(workdir, capsys):
     assert "run/checkpoints/last.ckpt: unreadable checkpoint" in message
 
 
+def test_damaged_prepared_corpus(workdir, capsys):
+    recipe = bad_training_recipe(workdir).name
+    assert run_cli(capsys, "prepare", recipe, "--run-dir", "runs/p")[0] == 0
+    shard = workdir / "runs" / "p" / "corpus" / "src-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:100])
+    message = check(capsys, "truncated shard of a prepared corpus", "train", recipe, "--run-dir", "runs/p")
+    assert message.startswith("nmt: runs/p/corpus/src-00000.bin: truncated or damaged: 100 bytes, expected ")
+    manifest = workdir / "runs" / "p" / "corpus" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:50])
+    message = check(capsys, "damaged manifest of a prepared corpus", "train", recipe, "--run-dir", "runs/p")
+    assert message.startswith("nmt: runs/p/corpus/manifest.json: damaged corpus manifest")
+    code, _, err = run_cli(capsys, "prepare", recipe, "--run-dir", "runs/p", "--force")  # the way out it names
+    assert code == 0, err
+    assert run_cli(capsys, "train", recipe, "--run-dir", "runs/p")[0] == 0
+
+
 def test_checkpoint_that_would_run_code(workdir, capsys):
     import torch
     from test_safe_loading import RunsCode

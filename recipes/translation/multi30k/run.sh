@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Train a Multi30k recipe, translate test_2016_flickr and test_2017_flickr, print BLEU and chrF with
 # sacrebleu signatures.
-#   usage: recipes/translation/multi30k/run.sh [en-de|de-en|en-fr] [extra overrides ...]
+#   usage: recipes/translation/multi30k/run.sh [en-de|de-en|en-fr|en+fr+cs-de] [extra overrides ...]
+#   (a many-to-one recipe is tested on its first source language: en+fr+cs-de on en->de)
 #   BUDGET=00:01:00:00 caps training time (DD:HH:MM:SS; default: the recipe's epochs and early stopping)
 #   RUN_DIR=... (default runs/multi30k-<pair>); BEAM=5; NMT_DATA=<data root>
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pair="${1:-en-de}"; shift || true
-src="${pair%-*}"; tgt="${pair#*-}"
+src="${pair%-*}"; tgt="${pair#*-}"; src="${src%%+*}"
 run_dir="${RUN_DIR:-runs/multi30k-$pair}"
 beam="${BEAM:-5}"
 overrides=("$@")
