@@ -24,11 +24,13 @@ shard (a size other than the manifest's) is an error naming it.
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -48,6 +50,7 @@ __all__ = ["MAX_LENGTH", "CorpusSpec", "PreparedCorpus", "ensure_prepared", "pre
 
 CHUNK_BYTES = 4 << 20  # text handed to a worker at a time
 SHARD_TOKENS = 1 << 28  # tokens per shard file (512 MiB as uint16)
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 ANNOUNCE_AFTER = 15.0  # seconds: progress and counts are printed for preparations this long
 
 
@@ -118,7 +121,9 @@ class Chunk:
 _worker_tokenizers: dict = {}
 
 
-def _load_worker_tokenizers(spec: CorpusSpec) -> None:
+def _load_worker_tokenizers(spec: CorpusSpec, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with(parent)
     for prefix in set(spec.prefixes):
         _worker_tokenizers[prefix] = spec.tokenizer_cls.load(spec.tokenizer_dir, prefix)
 
@@ -153,6 +158,20 @@ def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_li
         chunk.text = b"".join(encoded)
         chunk.text_lengths = np.fromiter(map(len, encoded), dtype=np.uint32, count=len(encoded))
     return chunk
+
+
+def _die_with(parent: int) -> None:
+    """Make this worker die with the process that started it. A forked worker holds copies of the pool's
+    pipes (and of the parent's stdout), so when the parent is killed (SIGKILL, OOM) it would wait on them
+    forever, and so would whoever waits for the parent's output. Linux: the kernel signals it
+    (PR_SET_PDEATHSIG); elsewhere workers are spawned, not forked, and see the pipes close."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the signal was set up
+        os._exit(1)
 
 
 def _encode_job(args) -> Chunk:
@@ -257,7 +276,8 @@ def _parallel(jobs, spec: CorpusSpec, workers: int) -> Iterator[Chunk]:
     """Results in input order from a pool of worker processes, at most ``2 * workers`` chunks in flight."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                                initializer=_load_worker_tokenizers, initargs=(spec,)) as pool:
+                                                initializer=_load_worker_tokenizers,
+                                                initargs=(spec, os.getpid())) as pool:
         pending: deque = deque()
         for job in jobs:
             pending.append(pool.submit(_encode_job, job))

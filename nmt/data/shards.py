@@ -35,8 +35,11 @@ def read_manifest(directory: Path) -> dict | None:
     try:
         return json.loads(read_small_file(path, 16 << 20, DataError, "corpus manifest"))
     except json.JSONDecodeError as exc:
-        raise DataError(str(path), f"damaged corpus manifest ({exc.msg}); run nmt prepare --force (or delete "
-                                   f"{directory}) to prepare it again") from None
+        raise DataError(str(path), f"damaged corpus manifest ({exc.msg}); {remedy(directory)}") from None
+
+
+def remedy(directory: Path) -> str:
+    return f"run nmt prepare --force (or delete {directory}) to prepare it again"
 
 
 class PreparedCorpus:
@@ -44,12 +47,13 @@ class PreparedCorpus:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self.remedy = remedy(self.directory)
         manifest = read_manifest(self.directory)
         if manifest is None:
             raise DataError(str(self.directory / MANIFEST), "not found: prepare the corpus with nmt prepare")
         if manifest.get("format") != FORMAT:
             raise DataError(str(self.directory / MANIFEST), f"corpus format {manifest.get('format')}, expected "
-                                                            f"{FORMAT}; delete {self.directory} to prepare it again")
+                                                            f"{FORMAT}; {self.remedy}")
         self.manifest = manifest
         self._reads = 0
         dtype = np.dtype(manifest["token_dtype"])
@@ -64,11 +68,9 @@ class PreparedCorpus:
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            raise DataError(str(path), f"missing from the prepared corpus; delete {self.directory} "
-                                       "(or run nmt prepare --force) to prepare it again") from None
+            raise DataError(str(path), f"missing from the prepared corpus; {self.remedy}") from None
         if size < expected or (exact and size != expected):
-            raise DataError(str(path), f"truncated or damaged: {size:,} bytes, expected {expected:,}; delete "
-                                       f"{self.directory} (or run nmt prepare --force) to prepare it again")
+            raise DataError(str(path), f"truncated or damaged: {size:,} bytes, expected {expected:,}; {self.remedy}")
 
     def _shards(self, shards: list[dict], dtype: np.dtype) -> tuple[list[np.ndarray], np.ndarray]:
         arrays = []
@@ -85,14 +87,19 @@ class PreparedCorpus:
         try:
             array = np.load(path, mmap_mode="r")
         except (ValueError, OSError) as exc:
-            raise DataError(str(path), f"damaged ({exc}); delete {self.directory} to prepare it again") from None
+            raise DataError(str(path), f"damaged ({exc}); {self.remedy}") from None
         if len(array) != self.manifest["pairs_kept"]:
-            raise DataError(str(path), f"{len(array)} records, expected {self.manifest['pairs_kept']}; delete "
-                                       f"{self.directory} to prepare it again")
+            raise DataError(str(path), f"{len(array)} records, expected {self.manifest['pairs_kept']}; {self.remedy}")
         return array
 
     def __len__(self) -> int:
         return int(self.manifest["pairs_kept"])
+
+    def __getstate__(self) -> dict:  # a data loader worker started by spawn maps the files anew, not a copy
+        return {"directory": self.directory}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["directory"])
 
     def length_index(self) -> LengthIndex:
         path = self.directory / "buckets.npz"
@@ -100,10 +107,9 @@ class PreparedCorpus:
             with np.load(path) as saved:
                 index = LengthIndex(saved["order"], saved["values"], saved["starts"])
         except (ValueError, OSError, KeyError, EOFError) as exc:
-            raise DataError(str(path), f"damaged ({exc}); delete {self.directory} to prepare it again") from None
+            raise DataError(str(path), f"damaged ({exc}); {self.remedy}") from None
         if len(index) != len(self):
-            raise DataError(str(path), f"{len(index)} examples, expected {len(self)}; delete {self.directory} "
-                                       "to prepare it again")
+            raise DataError(str(path), f"{len(index)} examples, expected {len(self)}; {self.remedy}")
         return index
 
     @staticmethod
