@@ -280,3 +280,15 @@ def test_workers_die_with_a_killed_preparation(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_prepare_is_for_parallel_corpora(tmp_path, capsys):
+    from tests.tasks.test_classify import classify_recipe, write_counting_task
+
+    data = write_counting_task(tmp_path / "data", n_train=20, n_dev=5)
+    recipe = write_recipe(tmp_path / "c.yaml", classify_recipe(data))
+    assert main(["prepare", str(recipe), "--run-dir", str(tmp_path / "run")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("nmt: ")]
+    assert lines == [f"nmt: {recipe}: task: task 'classify' reads its training data into memory; nmt prepare is "
+                     "for parallel corpora (task seq2seq)"]
+    assert not (tmp_path / "run").exists()
