@@ -26,6 +26,7 @@ RECORD = np.dtype([("line", "<i8"), ("src", "<i8"), ("tgt", "<i8"), ("src_len", 
 TEXT_RECORD = np.dtype([("src_text", "<i8"), ("tgt_text", "<i8"), ("src_bytes", "<u4"), ("tgt_bytes", "<u4")])
 SIDES = ("src", "tgt")
 RELEASE_EVERY = 8  # pairs read between two releases of the mapped pages (see PreparedCorpus._count_read)
+RELEASE_ABOVE = 256 << 20  # bytes: a corpus smaller than this is left mapped (all of it is a bounded cost)
 
 
 def read_manifest(directory: Path) -> dict | None:
@@ -63,6 +64,7 @@ class PreparedCorpus:
         if manifest.get("text_shards"):
             self.text = {side: self._shards(manifest["text_shards"][side], np.dtype(np.uint8)) for side in SIDES}
             self.text_records = self._array("text-index.npy", TEXT_RECORD.itemsize * manifest["pairs_kept"])
+        self._large = sum(len(m) for m in self._maps()) > RELEASE_ABOVE
 
     def _check_size(self, path: Path, expected: int, exact: bool = True) -> None:
         try:
@@ -134,9 +136,10 @@ class PreparedCorpus:
         a read measured on Linux 6.18, MADV_RANDOM or not), so without this a training process would map
         most of a large corpus within an epoch: page cache, which the kernel can drop, but resident
         memory all the same. The pages stay cached; reading one again is a minor fault. A release
-        costs about a millisecond."""
+        costs about a millisecond, and interrupts the process's other threads (TLB shootdown), so a
+        corpus under RELEASE_ABOVE bytes, whose whole mapping is a small bounded cost, is left mapped."""
         self._reads += 1
-        if self._reads % RELEASE_EVERY == 0 and hasattr(mmap.mmap, "madvise"):
+        if self._reads % RELEASE_EVERY == 0 and self._large and hasattr(mmap.mmap, "madvise"):
             for mapped in self._maps():
                 mapped.madvise(mmap.MADV_DONTNEED)
 

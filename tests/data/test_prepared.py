@@ -214,7 +214,10 @@ def test_mapped_pages_are_released_as_pairs_are_read(tmp_path, monkeypatch):
     from nmt.data import shards
 
     data = write_reverse_corpus(tmp_path / "data", n_train=60, n_dev=10)
-    corpus = make_task(tmp_path, data).make_datamodule().train_set.corpus
+    task = make_task(tmp_path, data)
+    assert not task.make_datamodule().train_set.corpus._large  # a small corpus stays mapped
+    monkeypatch.setattr(shards, "RELEASE_ABOVE", 0)
+    corpus = task.make_datamodule().train_set.corpus
     maps = list(corpus._maps())
     assert len(maps) == 3  # index, source and target shard
     released = []
