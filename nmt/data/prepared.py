@@ -418,7 +418,7 @@ def ensure_prepared(spec: CorpusSpec, directory: Path, workers: int | None = Non
     stats = (_input_stats(spec), json.dumps(spec.settings(), sort_keys=True))
     cached = _verified.get(str(directory))
     fresh = not force and cached is not None and cached[0] == stats and directory.exists()
-    manifest = None if force else read_manifest(directory)
+    manifest = None if force or (fresh and not announce) else read_manifest(directory)
     if not fresh:
         wanted = fingerprint(spec)
         if manifest is None or manifest.get("fingerprint") != wanted:

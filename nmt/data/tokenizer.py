@@ -80,15 +80,11 @@ class Tokenizer(ABC):
         None. ``seed`` makes the draws of a run repeatable. This default cannot sample."""
         return None
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids of each text, as :meth:`encode` gives them; plugins override it where a batch is faster
-        (a prepared corpus is tokenised a few thousand lines at a time, one process per core)."""
-        return [self.encode(text) for text in texts]
-
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`encode_batch` as two arrays: every text's ids back to back (int64), and each text's
-        count of ids. What a prepared corpus stores; a plugin may make it faster than one list per text."""
-        ids = self.encode_batch(texts)
+        """:meth:`encode` of many texts as two arrays: every text's ids back to back (int64), and each
+        text's count of ids. What a prepared corpus stores (it tokenises a few thousand lines at a time,
+        one process per core); a plugin may make it faster than one list per text."""
+        ids = [self.encode(text) for text in texts]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())), lengths
 

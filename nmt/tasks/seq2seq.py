@@ -295,12 +295,8 @@ class Seq2SeqTask(Task):
         encode_tgt = self.tgt_tokenizer.sampling_encoder(config, seed)
         return PreparedPairDataset(corpus, encode_src, encode_tgt, max_length=self.recipe.data.max_length)
 
-    def tokenize_pairs(self, src: list[str], tgt: list[str], max_length: int | None = None) -> list[Pair]:
-        """Token ids for each pair; with ``max_length`` (training only) long or empty pairs are skipped."""
-        pairs = []
-        for i, (s, t) in enumerate(zip(src, tgt)):
-            s_ids, t_ids = self.src_tokenizer.encode(s), self.tgt_tokenizer.encode(t)
-            if max_length is not None and not (0 < len(s_ids) <= max_length and 0 < len(t_ids) <= max_length):
-                continue
-            pairs.append(Pair(i, s_ids, t_ids))
-        return pairs
+    def tokenize_pairs(self, src: list[str], tgt: list[str]) -> list[Pair]:
+        """Token ids for every pair, none skipped (validation, scoring); training filters at
+        preparation (:mod:`nmt.data.prepared`)."""
+        return [Pair(i, self.src_tokenizer.encode(s), self.tgt_tokenizer.encode(t))
+                for i, (s, t) in enumerate(zip(src, tgt))]

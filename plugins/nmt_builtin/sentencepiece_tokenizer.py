@@ -137,10 +137,6 @@ class SentencePieceTokenizer(Tokenizer):
         return functools.partial(self.processor.encode, out_type=int, enable_sampling=True,
                                  alpha=config.sampling.alpha, nbest_size=config.sampling.nbest or -1)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        # One thread: a prepared corpus runs one tokenising process per core already.
-        return self.processor.encode(texts, out_type=int, num_threads=1)
-
     def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The ids of many lines, as :meth:`encode` gives them, several times faster.
 
