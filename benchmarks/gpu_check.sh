@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One GPU check (issue 13), under one global deadline, printing one table last:
 #   1. the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
-#   2. training speed of the en-de model, fp32 and bf16 side by side on the same batches
-#   3. a short bf16 en-de run of the recipe with its test BLEU (test_2016_flickr, test_2017_flickr)
+#   2. training speed of the en-de model, fp32 and bf16, eager and with the decoder step compiled
+#      (model.compile), side by side on the same batches
+#   3. a short run of the recipe's GPU variant (run.sh with GPU=1: bf16, 4x batch, compiled step) with
+#      its test BLEU (test_2016_flickr, test_2017_flickr)
 #   4. beam-5 and greedy translation of test_2016_flickr (1,000 sentences), timed after the model is loaded
 #
 # On the GPU machine, from the checkout, after the set-up in ../shared/GPU.md (wheels and data under
@@ -42,7 +44,7 @@ fi
 
 # 2. training speed, variants alternating step by step on the same batches
 timeout "$(( $(left) / 3 ))" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-    --steps "$STEPS" --device "$DEVICE" > "$OUT/train_speed.log" 2>&1
+    --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 > "$OUT/train_speed.log" 2>&1
 while read -r name rate _ _ ratio; do
     row "train speed: $name" "$rate target tokens/s ($ratio)"
 done < <(grep -E "target tokens/s" "$OUT/train_speed.log")
@@ -50,10 +52,12 @@ done < <(grep -E "target tokens/s" "$OUT/train_speed.log")
 # 3. the recipe, bf16, a short budget; BLEU of both test sets
 rm -rf "$OUT/run-ende"
 SECONDS=0
-RUN_DIR="$OUT/run-ende" BUDGET="$BUDGET" timeout "$(( $(left) - 60 ))" recipes/translation/multi30k/run.sh en-de \
-    trainer.precision=bf16-mixed "trainer.accelerator=$accelerator" trainer.devices=1 > "$OUT/recipe.log" 2>&1
-row "en-de recipe, bf16, budget $BUDGET (wall ${SECONDS}s)" \
+GPU=1 RUN_DIR="$OUT/run-ende" BUDGET="$BUDGET" timeout "$(( $(left) - 60 ))" recipes/translation/multi30k/run.sh en-de \
+    "trainer.accelerator=$accelerator" trainer.devices=1 > "$OUT/recipe.log" 2>&1
+row "en-de recipe, GPU=1 variant, budget $BUDGET (wall ${SECONDS}s)" \
     "$(grep -E '^test_201[67]_flickr +bleu' "$OUT/recipe.log" | awk '{printf "%s BLEU %s; ", $1, $3}')"
+
+while read -r line; do row "en-de recipe, dev BLEU over training" "$line"; done < <(grep -E "^dev curve" "$OUT/recipe.log" | head -3)
 
 # 4. translation of test_2016_flickr, timed after loading
 timeout "$(left)" python - "$OUT/run-ende" "$DEVICE" > "$OUT/translate_speed.log" 2>&1 <<'EOF'

@@ -8,6 +8,8 @@ A translation recipe (target tokens):
   nmt          token-count batches bucketed by length, output layer on real tokens only (the default)
   bf16         the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
   unbucketed   the same sentences in random order with the same sentences per batch (more padding)
+  compiled, bf16+compiled   with --compile: the decoder step through torch.compile (model.compile);
+               its compilation falls in the warm-up steps, which are not timed
 A classification or tagging recipe (input tokens):
   nmt          one pass per step (model.embedding.adversarial=0)
   adversarial  adversarial training at distance 1.0: a second pass at the moved inputs
@@ -54,7 +56,18 @@ def make_batches(task, n: int, seed: int = 0):
     return bucketed, unbucketed
 
 
-def variants(task, bucketed, unbucketed) -> tuple[dict, str]:
+def compiled(task, loss_fn):
+    """``loss_fn`` with the decoder step compiled (model.compile) for the call, eager again after."""
+    def loss(batch):
+        task.decoder.compile_step()
+        try:
+            return loss_fn(batch)
+        finally:
+            task.decoder.compile_step(False)
+    return loss
+
+
+def variants(task, bucketed, unbucketed, compile_: bool = False) -> tuple[dict, str]:
     """(name -> (batches, bf16, loss), the unit); ``loss(batch)`` gives (the loss to minimise, tokens counted)."""
     from nmt.tasks.labels import LabelTask
 
@@ -72,8 +85,10 @@ def variants(task, bucketed, unbucketed) -> tuple[dict, str]:
         total, ntokens = task.loss(batch, label_smoothing=0.1)
         return total / ntokens, ntokens
 
-    return ({"nmt": (bucketed, False, seq2seq), "bf16": (bucketed, True, seq2seq), "unbucketed": (unbucketed, False, seq2seq)},
-            "target tokens/s")
+    measured = {"nmt": (bucketed, False, seq2seq), "bf16": (bucketed, True, seq2seq), "unbucketed": (unbucketed, False, seq2seq)}
+    if compile_:
+        measured |= {"compiled": (bucketed, False, compiled(task, seq2seq)), "bf16+compiled": (bucketed, True, compiled(task, seq2seq))}
+    return measured, "target tokens/s"
 
 
 def step(task, optimizer, batch, device, bf16: bool, loss_fn) -> int:
@@ -95,25 +110,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("recipe")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="also the decoder step through torch.compile (model.compile)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (compilation falls here)")
     args = parser.parse_args(argv)
     recipe, task = build(args.recipe, args.device)
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
-    bucketed, unbucketed = make_batches(task, args.steps + 2)
-    measured, unit = variants(task, bucketed, unbucketed)
+    bucketed, unbucketed = make_batches(task, args.steps + args.warmup)
+    measured, unit = variants(task, bucketed, unbucketed, args.compile)
     tokens = dict.fromkeys(measured, 0)
     seconds = dict.fromkeys(measured, 0.0)
-    for i in range(args.steps + 2):
+    for i in range(args.steps + args.warmup):
         for name, (batches, bf16, loss_fn) in measured.items():
             start = time.perf_counter()
             n = step(task, optimizer, batches[i], args.device, bf16, loss_fn)
-            if i >= 2:  # the first steps warm up allocators and kernels
+            if i >= args.warmup:  # the first steps warm up allocators and kernels (and compile)
                 tokens[name] += n
                 seconds[name] += time.perf_counter() - start
     rates = {name: tokens[name] / seconds[name] for name in measured}
     print(f"{recipe.name}: {args.steps} training steps per variant on {args.device} "
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
-        print(f"  {name:<11} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}")
+        print(f"  {name:<13} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}")
     return rates
 
 

@@ -109,11 +109,16 @@ def load_run_recipe(run_dir: Path):
                                   "a run directory does not load code by itself: pass nmt --plugin PATH)") from None
 
 
+NAMED_CHECKPOINTS = ("best", "last", "averaged")  # RUN/checkpoints/<name>.ckpt; averaged: written by nmt average
+
+
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    if checkpoint in ("best", "last"):
+    if checkpoint in NAMED_CHECKPOINTS:
         path = Path(run_dir) / "checkpoints" / f"{checkpoint}.ckpt"
         if checkpoint == "best" and not path.exists():
             path = path.with_name("last.ckpt")  # no validation finished yet: the latest weights
+        elif checkpoint == "averaged" and not path.exists():
+            raise RunError(path, f"checkpoint not found: write it with nmt average {run_dir} --last N")
     else:
         path = Path(checkpoint)
     if not path.exists():

@@ -111,7 +111,6 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # [n,2K]
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_eos = top_token == model.eos_id
-        at_limit = torch.tensor([t + 1 >= limits[s] for s in active], device=device)
         # EOS among the first K candidates finishes a hypothesis
         # (a beam wider than the vocabulary also offers the -inf copies of the start beam: not hypotheses)
         for row, col in (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist():
@@ -127,9 +126,10 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         state = model.select_state(state, rows.view(-1))
         paths = paths[rows.view(-1)] if attention else None  # follow the beams to their new rows
         keep = []
+        best_live = scores.max(dim=1).values.tolist()  # [n]: one device-to-host copy a step, not one a sentence
         for row, sent in enumerate(active):
-            done = _sentence_done(finished[sent], scores[row], len(tokens[0]), limits[sent], alpha, nbest)
-            if done or bool(at_limit[row]):
+            done = _sentence_done(finished[sent], best_live[row], len(tokens[0]), limits[sent], alpha, nbest)
+            if done or t + 1 >= limits[sent]:
                 if len(finished[sent]) < nbest:  # out of length: the live beams end here
                     for j in range(k):
                         if torch.isfinite(scores[row, j]):
@@ -156,13 +156,13 @@ def _path(paths: torch.Tensor | None, row, source_length: int) -> list[list[floa
     return None if paths is None else paths[int(row), :, :source_length].tolist()
 
 
-def _sentence_done(finished: list[Hypothesis], live_scores: torch.Tensor, length: int, limit: int,
+def _sentence_done(finished: list[Hypothesis], best_live: float, length: int, limit: int,
                    alpha: float, nbest: int) -> bool:
-    """True when no live hypothesis can still beat the ``nbest``-th finished one."""
+    """True when no live hypothesis (the best has log-probability ``best_live``) can still beat the
+    ``nbest``-th finished one."""
     if len(finished) < nbest:
         return False
     worst_kept = sorted(h.score for h in finished)[-nbest]
-    best_live = live_scores.max().item()
     # log-probabilities only fall as hypotheses grow; the largest penalty they can reach bounds them
     bound = best_live / length_penalty(limit if alpha > 0 else length, alpha)
     return bound <= worst_kept

@@ -83,6 +83,31 @@ def test_average_last_is_the_elementwise_mean_and_translate_reads_it(kept_run: P
     assert len(out.read_text().splitlines()) == 30
 
 
+def test_checkpoint_averaged_names_each_runs_own_averaged_checkpoint(kept_run: Path, tmp_path: Path, capsys):
+    run = kept_run / "run"
+    assert main(["average", str(run), "--last", "2"]) == 0
+    by_name, by_path = tmp_path / "name.txt", tmp_path / "path.txt"
+    source = str(kept_run / "data" / "test.src")
+    assert main(["translate", "--run", str(run), "--checkpoint", "averaged", "-i", source, "-o", str(by_name)]) == 0
+    assert main(["translate", "--run", str(run), "--checkpoint", str(run / "checkpoints" / "averaged.ckpt"),
+                 "-i", source, "-o", str(by_path)]) == 0
+    assert by_name.read_text() == by_path.read_text()
+    task = load_run(run, checkpoint="averaged", device="cpu")
+    weights = load_checkpoint(run / "checkpoints" / "averaged.ckpt")["state_dict"]
+    assert all(torch.equal(task.state_dict()[n], weights[n]) for n in weights)
+    # a run without one: one line naming the file and the command that writes it
+    bare = tmp_path / "bare"
+    (bare / "checkpoints").mkdir(parents=True)
+    for name in ("recipe.yaml", "tokenizer", "fitted", "run.json"):
+        if (run / name).exists():
+            (bare / name).symlink_to(run / name)
+    (bare / "checkpoints" / "best.ckpt").symlink_to(run / "checkpoints" / "best.ckpt")
+    assert main(["translate", "--run", str(run), "--run", str(bare), "--checkpoint", "averaged", "-i", source,
+                 "-o", str(tmp_path / "x.txt")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(bare / "checkpoints" / "averaged.ckpt") in err and f"nmt average {bare} --last N" in err
+
+
 def test_average_best_takes_the_best_scores(kept_run: Path, tmp_path: Path):
     run = kept_run / "run"
     scores = {s: monitored_score(run / "checkpoints" / f"best-{s}.ckpt") for s in steps(run, "best-")}

@@ -34,7 +34,8 @@ def translate(base: Path, device: str, *extra: str) -> list[str]:
 def test_bf16_training_on_gpu_learns(gpu_run: Path):
     refs = (gpu_run / "data" / "test.tgt").read_text().splitlines()
     hyps = translate(gpu_run, DEVICE, "--beam", "5")
-    assert sum(h == r for h, r in zip(hyps, refs)) / len(refs) >= 0.8
+    # the bar of the CPU tests (tests/test_bf16_cpu.py): fp32 reaches 0.77 with this training on the CPU
+    assert sum(h == r for h, r in zip(hyps, refs)) / len(refs) >= 0.7
 
 
 def test_a_gpu_run_translates_alike_on_the_cpu(gpu_run: Path):

@@ -78,6 +78,9 @@ class Seq2SeqModel(Section):
     encoder: EncoderSection = {"name": "gru"}
     attention: AttentionSection = {"name": "bahdanau"}
     decoder: DecoderSection = {"name": "rnn"}
+    # Training runs the decoder step through torch.compile (the decoder must offer compile_step). Off by
+    # default: see the README's training-speed table for what it gave on the CPU and what it costs to start.
+    compile: bool = False
 
 
 CORPUS = "corpus"  # the prepared training corpus, in the run directory
@@ -101,6 +104,11 @@ class Seq2SeqTask(Task):
         if recipe.model.embedding.share_source and not recipe.data.joint_vocab:
             raise RecipeError(f"{recipe.path}: model.embedding.share_source",
                               "needs one vocabulary for both sides (data.joint_vocab: true)")
+        if recipe.model.compile:
+            decoder = recipe.components["model.decoder"]
+            if not callable(getattr(decoder.cls, "compile_step", None)):
+                raise RecipeError(f"{recipe.path}: model.compile",
+                                  f"decoder '{recipe.model.decoder['name']}' has no compile_step; set model.compile: false")
         try:  # build the network once (tiny vocabulary) so size mismatches surface before any file is written
             cls.build_network(recipe, 8, 8)
         except RecipeError as exc:
@@ -236,6 +244,10 @@ class Seq2SeqTask(Task):
         return self.generator(outputs[real]), real  # [N,V], [B,T]
 
     # --- Lightning hooks ------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.recipe.model.compile:
+            self.decoder.compile_step()
 
     def training_step(self, batch, batch_idx):
         total, ntokens = self.loss(batch, self.recipe.spec.optim.label_smoothing)

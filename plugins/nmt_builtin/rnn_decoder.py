@@ -7,12 +7,21 @@ The decoder state is a tuple ``(hidden, prev_output)``: ``hidden`` is [L, B, H] 
 Both are passed in and returned; nothing per batch is kept on the module. It meets
 :class:`nmt.contracts.Decoder`: it starts from the encoder's recurrent state when the encoder has
 one (its top layer), else from the encoder's pooled summary, so any encoder can feed it.
+
+The recurrent cell runs in float32 whatever the autocast around it: its matrix products are small,
+and its state is carried across every position. Under CUDA autocast, ``nn.GRU`` would otherwise run
+the cuDNN cell in bf16, state included, recasting its weights at every position; on the CPU autocast
+leaves RNNs in float32 already, so this changes nothing there. The attention and output layers
+follow autocast. :meth:`compile_step` (``model.compile``) runs the step through ``torch.compile``: the
+cell is then written out from the same weights (the module's RNN kernels are opaque to the compiler),
+its products in autocast's precision and its gates and state in float32.
 """
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -53,6 +62,7 @@ class RNNDecoder(nn.Module):
         super().__init__()
         self.config = config
         self.hidden_size = self.output_size = config.hidden_size
+        self._compiled = False
         self.num_layers = config.num_layers
         rnn_input_size = input_size + (config.hidden_size if config.input_feeding else 0)
         rnn_class = nn.GRU if config.cell == "gru" else nn.LSTM
@@ -74,9 +84,9 @@ class RNNDecoder(nn.Module):
         when it has one, else over its pooled summary (the same vector for the RNN encoders); or zeros."""
         if self.bridge is not None:
             summary = encoded.pooled if encoded.recurrent is None else top_layer(encoded.recurrent)  # [B, D]
-            h0 = torch.tanh(self.bridge(summary))  # [B, D] -> [B, H]
+            h0 = torch.tanh(self.bridge(summary)).float()  # [B, D] -> [B, H]; the state stays float32
         else:
-            h0 = self.output_layer.weight.new_zeros(encoded.states.size(0), self.hidden_size)  # [B, H]
+            h0 = encoded.states.new_zeros(encoded.states.size(0), self.hidden_size, dtype=torch.float32)  # [B, H]
         prev_output = torch.zeros_like(h0)  # [B, H]
         hidden = h0.unsqueeze(0).repeat(self.num_layers, 1, 1)  # [L, B, H]
         if self.config.cell == "lstm":
@@ -90,17 +100,54 @@ class RNNDecoder(nn.Module):
 
     def step(self, input_emb: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """One decoding step for ``input_emb`` [B, E]; returns (output [B, H], new state, weights [B, S])."""
+        if self._compiled:
+            return _compiled_step()(self, input_emb, state, memory)
+        return self._step(input_emb, state, memory, self._module_cell)
+
+    def compile_step(self, enabled: bool = True) -> None:
+        """Run :meth:`step` through ``torch.compile`` (dynamic shapes: one graph for every batch and
+        source length), or eagerly again. The flag is a plain attribute, so copies of the module (weight
+        averaging) compile too."""
+        self._compiled = enabled
+
+    def _step(self, input_emb: torch.Tensor, state: State, memory: Memory, cell) -> tuple[torch.Tensor, State, torch.Tensor]:
         hidden, prev_output = state
         prepared_keys, values, mask = memory
         x = self.emb_dropout(input_emb)  # [B, E]
         if self.config.input_feeding:
             x = torch.cat([x, prev_output], dim=-1)  # [B, E + H]
-        rnn_output, hidden = self.rnn(x.unsqueeze(1), hidden)  # [B, 1, H], [L, B, H] (or (h, c))
-        query = rnn_output.squeeze(1)  # [B, H], the top layer's new hidden state
+        query, hidden = cell(x, hidden)  # [B, H] the top layer's new hidden state, [L, B, H] (or (h, c))
         context, weights = self.attention(query, prepared_keys, values, mask)  # [B, V], [B, S]
         output = torch.tanh(self.output_layer(torch.cat([query, context], dim=-1)))  # [B, H + V] -> [B, H]
         output = self.hidden_dropout(output)  # [B, H]
         return output, (hidden, output), weights
+
+    def _module_cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """The ``nn.GRU``/``nn.LSTM`` module for one position, in float32 with autocast off."""
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._module_cell(x.float(), hidden)
+        rnn_output, hidden = self.rnn(x.unsqueeze(1), hidden)  # [B, 1, H], [L, B, H] (or (h, c))
+        return rnn_output.squeeze(1), hidden
+
+    def _written_cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """What :meth:`_module_cell` computes, written out for the compiler: products in autocast's
+        precision, gates and state in float32."""
+        lstm = self.config.cell == "lstm"
+        h_layers, c_layers = hidden if lstm else (hidden, None)  # [L, B, H] each
+        new_h, new_c = [], []
+        for layer in range(self.num_layers):
+            if layer > 0:  # nn.GRU/nn.LSTM's dropout between layers
+                x = F.dropout(x, self.rnn.dropout, self.training)
+            weights = [getattr(self.rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            gates, recurrent = F.linear(x, weights[0], weights[2]), F.linear(h_layers[layer], weights[1], weights[3])
+            if lstm:
+                x, c = _lstm_cell(gates, recurrent, c_layers[layer])
+                new_c.append(c)
+            else:
+                x = _gru_cell(gates, recurrent, h_layers[layer])
+            new_h.append(x)
+        return x, ((torch.stack(new_h), torch.stack(new_c)) if lstm else torch.stack(new_h))
 
     def forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Teacher forcing over ``inputs`` [B, T, E]; returns (outputs [B, T, H], final state, attention [B, T, S])."""
@@ -125,3 +172,34 @@ class RNNDecoder(nn.Module):
     def select_memory(memory: Memory, index: torch.Tensor) -> Memory:
         """Reorder or repeat the batch entries of ``memory`` (batch is dimension 0 of each tensor)."""
         return tuple(m.index_select(0, index) for m in memory)
+
+
+def _gru_cell(gates: torch.Tensor, recurrent: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """nn.GRU's cell from the input and recurrent products [B, 3H] (order r, z, n), in float32."""
+    i_r, i_z, i_n = gates.float().chunk(3, dim=-1)
+    h_r, h_z, h_n = recurrent.float().chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h.float() - n)  # (1 - z) * n + z * h
+
+
+def _lstm_cell(gates: torch.Tensor, recurrent: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.LSTM's cell from the input and recurrent products [B, 4H] (order i, f, g, o), in float32."""
+    i, f, g, o = (gates.float() + recurrent.float()).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _written_step(decoder: RNNDecoder, input_emb: torch.Tensor, state: State, memory: Memory):
+    return decoder._step(input_emb, state, memory, decoder._written_cell)
+
+
+_COMPILED = []
+
+
+def _compiled_step():
+    """The decoder step with the written-out cell through torch.compile, built once per process on first use."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_written_step, dynamic=True))
+    return _COMPILED[0]

@@ -118,3 +118,50 @@ def test_every_parameter_gets_a_gradient():
     outputs, _, _ = decoder(targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
     outputs.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.parameters())
+
+
+
+def written_forward(decoder: RNNDecoder, targets, state, memory):
+    """Teacher forcing through the written-out cell (what model.compile compiles), eagerly."""
+    outputs = []
+    for t in range(targets.size(1)):
+        output, state, weights = decoder._step(targets[:, t], state, memory, decoder._written_cell)
+        outputs.append((output, weights))
+    return outputs, state
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_the_written_out_cell_computes_what_the_torch_recurrent_module_computes(cell, input_feeding):
+    decoder = make(cell, input_feeding=input_feeding)  # two layers
+    encoded, targets = inputs(cell)
+    memory = decoder.prepare_memory(encoded)
+    outputs, final, weights = decoder(targets, decoder.init_state(encoded), memory)
+    written, written_final = written_forward(decoder, targets, decoder.init_state(encoded), memory)
+    for t, (output, step_weights) in enumerate(written):
+        torch.testing.assert_close(output, outputs[:, t])
+        torch.testing.assert_close(step_weights, weights[:, t])
+    for a, b in zip(as_list(written_final), as_list(final)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_under_bf16_autocast_the_recurrent_cell_and_its_state_stay_float32(cell):
+    """The module runs with autocast off on float32 inputs (under CUDA autocast cuDNN would run the cell
+    and its state in bf16); the written-out cell (model.compile) keeps its gates and state in float32
+    and stays within bf16 product error of the float32 run over 40 positions."""
+    decoder = make(cell)
+    encoded, targets = inputs(cell)
+    long_targets = targets.repeat(1, 8, 1)  # 40 positions
+    _, exact, _ = decoder(long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+    seen = []
+    decoder.rnn.register_forward_pre_hook(lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs, mixed, _ = decoder(long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+        _, written = written_forward(decoder, long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+    assert outputs.dtype == torch.bfloat16  # the attentional output follows autocast
+    assert len(seen) == 40 and set(seen) == {(False, torch.float32)}
+    for state in (mixed, written):
+        for a, b in zip(as_list(state)[:-1], as_list(exact)[:-1]):
+            assert a.dtype == torch.float32
+            assert (a - b).abs().max() < 0.05

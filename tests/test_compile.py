@@ -1,0 +1,73 @@
+"""``model.compile``: the decoder step through torch.compile (inductor, on the CPU here) computes and
+trains what the eager step does; the recipe key turns it on for training only, and a decoder that
+cannot compile is a recipe error naming the key."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import reverse_recipe, write_recipe
+from nmt.cli import main
+from nmt.recipe import load_recipe
+from nmt.runs import write_run
+
+sys.path.insert(0, str(Path(__file__).parent / "plugins"))
+from test_rnn_decoder import inputs, make  # noqa: E402
+
+
+def test_the_compiled_step_computes_and_trains_what_the_eager_step_does(one_thread):
+    eager, compiled = make("gru").train(), make("gru").train()
+    compiled.compile_step()
+    encoded, targets = inputs("gru")
+    results = []
+    for decoder in (eager, compiled):
+        torch.manual_seed(5)
+        outputs, state, weights = decoder(targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+        (outputs.square().sum() + state[0].sum()).backward()
+        results.append((outputs, weights, {n: p.grad for n, p in decoder.named_parameters()}))
+    (out_a, w_a, grads_a), (out_b, w_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w_b, w_a, rtol=1e-5, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled._compiled and not eager._compiled
+
+
+def build_task(tmp_path: Path, recipe: dict):
+    loaded = load_recipe(write_recipe(tmp_path / "r.yaml", recipe))
+    run_dir = tmp_path / "run"
+    write_run(run_dir, loaded.raw)
+    loaded.task_cls.prepare_run(loaded, run_dir)
+    return loaded.task_cls.from_run(loaded, run_dir)
+
+
+@pytest.mark.parametrize("compile_", [True, False])
+def test_model_compile_compiles_the_step_for_training_only(tmp_path, reverse_data, compile_):
+    task = build_task(tmp_path, reverse_recipe(reverse_data, model={"compile": compile_}))
+    task.setup("validate")
+    assert not task.decoder._compiled  # translation and validation-only starts stay eager
+    task.setup("fit")
+    assert task.decoder._compiled is compile_
+
+
+def test_a_decoder_without_compile_step_is_a_recipe_error_naming_the_key(tmp_path, reverse_data, capsys):
+    (tmp_path / "plain_decoder.py").write_text(
+        "import importlib\n"
+        "from nmt import register\n"
+        "RNNDecoder = importlib.import_module('nmt_builtin.rnn_decoder').RNNDecoder\n"
+        "@register('decoder', 'no_compile_step')\n"
+        "class Plain(RNNDecoder):\n"
+        "    '''A decoder that opts out of compile_step.'''\n"
+        "    compile_step = None\n")
+    recipe = reverse_recipe(reverse_data, model={"compile": True, "decoder": {"name": "no_compile_step"}})
+    recipe["plugins"] = ["plain_decoder.py"]
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "model.compile" in err and "no_compile_step" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
