@@ -62,7 +62,9 @@ GPU=1 RUN_DIR="$OUT/run-ende" BUDGET="$BUDGET" timeout "$(( $(left) - 60 ))" rec
 row "en-de recipe, GPU=1 variant, budget $BUDGET (wall ${SECONDS}s)" \
     "$(grep -E '^test_201[67]_flickr +bleu' "$OUT/recipe.log" | awk '{printf "%s BLEU %s; ", $1, $3}')"
 
-while read -r line; do row "en-de recipe, dev BLEU over training" "$line"; done < <(grep -E "^dev curve" "$OUT/recipe.log" | head -3)
+# the best dev BLEU and when it came (the rows of `nmt plot` that run.sh prints: minutes, step, val/bleu)
+row "en-de recipe, best dev BLEU" "$(grep -E '^dev curve: +[0-9.]+ +[0-9]+ +[0-9.]+$' "$OUT/recipe.log" |
+    awk '$5 > best {best = $5; at = $3; step = $4} END {if (at != "") printf "%.2f after %s min of training (step %s)", best, at, step}')"
 
 # 4. translation of test_2016_flickr, timed after loading
 timeout "$(left)" python - "$OUT/run-ende" "$DEVICE" > "$OUT/translate_speed.log" 2>&1 <<'EOF'
