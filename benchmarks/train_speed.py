@@ -8,6 +8,8 @@ A translation recipe (target tokens):
   nmt          token-count batches bucketed by length, output layer on real tokens only (the default)
   bf16         the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
   unbucketed   the same sentences in random order with the same sentences per batch (more padding)
+  bf16-f32cell, bf16-bf16cell   bf16 with the decoder's recurrent cell the other way than this
+               device's default (RNNDecoder.FLOAT32_CELL: float32 on CUDA, autocast's bf16 on the CPU)
   compiled, bf16+compiled   with --compile: the decoder step through torch.compile (model.compile);
                its compilation falls in the warm-up steps, which are not timed
 A classification or tagging recipe (input tokens):
@@ -67,7 +69,25 @@ def compiled(task, loss_fn):
     return loss
 
 
-def variants(task, bucketed, unbucketed, compile_: bool = False) -> tuple[dict, str]:
+def other_cell(task, loss_fn, device_type: str):
+    """``loss_fn`` with the decoder's recurrent cell in the other precision than the device's default
+    under autocast (RNNDecoder.FLOAT32_CELL flipped for the call); None for a decoder without the switch."""
+    decoder = type(task.decoder)
+    if not hasattr(decoder, "FLOAT32_CELL"):
+        return None
+    default = decoder.FLOAT32_CELL
+    flipped = tuple(d for d in default if d != device_type) if device_type in default else (*default, device_type)
+
+    def loss(batch):
+        decoder.FLOAT32_CELL = flipped
+        try:
+            return loss_fn(batch)
+        finally:
+            decoder.FLOAT32_CELL = default
+    return loss, ("bf16-bf16cell" if device_type in default else "bf16-f32cell")
+
+
+def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: str = "cpu") -> tuple[dict, str]:
     """(name -> (batches, bf16, loss), the unit); ``loss(batch)`` gives (the loss to minimise, tokens counted)."""
     from nmt.tasks.labels import LabelTask
 
@@ -86,6 +106,9 @@ def variants(task, bucketed, unbucketed, compile_: bool = False) -> tuple[dict, 
         return total / ntokens, ntokens
 
     measured = {"nmt": (bucketed, False, seq2seq), "bf16": (bucketed, True, seq2seq), "unbucketed": (unbucketed, False, seq2seq)}
+    flipped = other_cell(task, seq2seq, device_type)
+    if flipped is not None:
+        measured[flipped[1]] = (bucketed, True, flipped[0])
     if compile_:
         measured |= {"compiled": (bucketed, False, compiled(task, seq2seq)), "bf16+compiled": (bucketed, True, compiled(task, seq2seq))}
     return measured, "target tokens/s"
@@ -116,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     recipe, task = build(args.recipe, args.device)
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
     bucketed, unbucketed = make_batches(task, args.steps + args.warmup)
-    measured, unit = variants(task, bucketed, unbucketed, args.compile)
+    measured, unit = variants(task, bucketed, unbucketed, args.compile, torch.device(args.device).type)
     tokens = dict.fromkeys(measured, 0)
     seconds = dict.fromkeys(measured, 0.0)
     for i in range(args.steps + args.warmup):
@@ -130,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"{recipe.name}: {args.steps} training steps per variant on {args.device} "
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
-        print(f"  {name:<13} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}")
+        print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}")
     return rates
 
 
