@@ -1,0 +1,49 @@
+"""The Multi30k ensemble script end to end on a tiny stand-in for the data: it trains both members,
+averages each, scores the six candidates on the dev set, and only the chosen one reads the test sets."""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_reverse_corpus
+
+SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "translation" / "multi30k" / "ensemble.sh"
+CANDIDATES = ["a-best", "a-averaged", "b-best", "b-averaged", "ensemble-best", "ensemble-averaged"]
+
+
+def stand_in_multi30k(root: Path) -> Path:
+    """The reverse task under the names of Multi30k en-de (gzip), so the recipe's paths resolve."""
+    corpus = write_reverse_corpus(root / "reverse", n_train=300, n_dev=20)
+    (root / "multi30k").mkdir()
+    for split, name in (("train", "train"), ("dev", "val"), ("test", "test_2016_flickr"), ("test", "test_2017_flickr")):
+        for side, lang in (("src", "en"), ("tgt", "de")):
+            with gzip.open(root / "multi30k" / f"{name}.{lang}.gz", "wt", encoding="utf-8") as f:
+                f.write((corpus / f"{split}.{side}").read_text())
+    return root
+
+
+def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
+    data = stand_in_multi30k(tmp_path / "data")
+    env = {**os.environ, "NMT_DATA": str(data), "RUN_PREFIX": str(tmp_path / "ens"), "KEEP": "2",
+           "BUDGET": "00:00:10:00", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    tiny = ["data.tokenizer={name: whitespace}", "data.joint_vocab=false", "model.embedding.size=16",
+            "model.embedding.tie_target=false", "model.encoder.hidden_size=16", "model.decoder.hidden_size=32",
+            "trainer.max_epochs=2", "data.batch_tokens=400", "trainer.precision=32-true"]
+    done = subprocess.run(["bash", str(SCRIPT), "en-de", *tiny], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    scores = dict(re.findall(r"^(\S+) +(\d+\.\d\d)$", out, re.M))
+    assert list(scores) == CANDIDATES
+    chosen = re.search(r"^chosen on dev: (\S+) \((\d+\.\d\d)\)$", out, re.M)
+    assert chosen and float(chosen[2]) == max(float(v) for v in scores.values()) and scores[chosen[1]] == chosen[2]
+    for member in "ab":
+        assert (tmp_path / f"ens-{member}" / "checkpoints" / "averaged.ckpt").exists()
+    for test in ("test_2016_flickr", "test_2017_flickr"):
+        assert re.search(rf"^{test} +bleu +\d+\.\d\d  nrefs:1\|case:mixed", out, re.M)
+        assert len((tmp_path / f"ens.{test}.hyp").read_text().splitlines()) == 20
+    # the dev outputs of every candidate are kept beside the members; the test sets were translated once each
+    assert sorted(p.name for p in tmp_path.glob("ens.dev.*.hyp")) == sorted(f"ens.dev.{c}.hyp" for c in CANDIDATES)
