@@ -54,6 +54,9 @@ class Bounded(click.ParamType):
         return number
 
 
+CHECKPOINT_HELP = "best, last, averaged (written by nmt average) or a checkpoint path."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(nmt.__version__, prog_name="nmt")
 @click.option("--plugin", "plugins", multiple=True, metavar="PATH_OR_MODULE",
@@ -170,7 +173,7 @@ def translate(run_dirs, checkpoint, beam, nbest, alpha, batch_size, max_length_r
               help="Source sentences, one per line (plain or .gz).")
 @click.option("--tgt", "tgt_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Their translations to score, line for line with --src.")
-@click.option("--checkpoint", default="best", show_default=True, help="best, last, averaged (written by nmt average) or a checkpoint path.")
+@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"line", "logprob", "tokens", "token_logprobs", "ppl"}.')
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -206,7 +209,7 @@ def evaluate(hyp: Path, refs: tuple[Path, ...], metrics: str, as_json: bool) -> 
 
 @cli.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--checkpoint", default="best", show_default=True, help="best, last, averaged (written by nmt average) or a checkpoint path.")
+@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Text lines, sentences or a series CSV, by task [default: stdin].")
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -233,7 +236,7 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, encodin
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 serves every network interface.")
 @click.option("--port", default=8000, show_default=True, type=Bounded(int, 0, 65535), help="Port (0: any free one).")
-@click.option("--checkpoint", default="best", show_default=True, help="best, last, averaged (written by nmt average) or a checkpoint path.")
+@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
               help="Source tokens per model batch: concurrent requests are joined up to this many.")
@@ -258,7 +261,7 @@ def serve(run_dir, host, port, checkpoint, device, batch_size, batch_wait_ms) ->
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="A translation run directory written by nmt train.")
 @click.option("--format", "export_format", default="onnx", show_default=True, type=click.Choice(["onnx"]))
-@click.option("--checkpoint", default="best", show_default=True, help="best, last, averaged (written by nmt average) or a checkpoint path.")
+@click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the export goes; an earlier export there is replaced [default: RUN/onnx].")
 def export(run_dir: Path, export_format: str, checkpoint: str, output_dir: Path | None) -> None:
