@@ -16,6 +16,7 @@ compiler), its products in autocast's precision and its gates and state in float
 """
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -201,11 +202,7 @@ def _written_step(decoder: RNNDecoder, input_emb: torch.Tensor, state: State, me
     return decoder._step(input_emb, state, memory, decoder._written_cell)
 
 
-_COMPILED = []
-
-
+@functools.cache
 def _compiled_step():
     """The decoder step with the written-out cell through torch.compile, built once per process on first use."""
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_written_step, dynamic=True))
-    return _COMPILED[0]
+    return torch.compile(_written_step, dynamic=True)

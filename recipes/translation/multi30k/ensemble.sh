@@ -27,7 +27,7 @@ if [ "${TRAIN:-1}" != 0 ]; then
   for m in a b; do
     # shellcheck disable=SC2086  # the member's overrides are words
     OMP_NUM_THREADS="${THREADS:-1}" nmt train "$here/$pair.yaml" --run-dir "$prefix-$m" "${common[@]}" ${member[$m]} \
-      > "$prefix-$m.log" 2>&1 &
+      >> "$prefix-$m.log" 2>&1 &  # appended: a resumed member keeps the log of its first training
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || { echo "a member failed: see $prefix-*.log" >&2; exit 1; }; done
