@@ -2,7 +2,8 @@
 # One GPU check (issue 13), under one global deadline, printing one table last:
 #   1. the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
 #   2. training speed of the en-de model, fp32 and bf16, eager and with the decoder step compiled
-#      (model.compile), side by side on the same batches
+#      (model.compile), side by side on the same batches; and at 4x and 16x the recipe's batch
+#      (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound
 #   3. a short run of the recipe's GPU variant (run.sh with GPU=1: bf16, 4x batch) with
 #      its test BLEU (test_2016_flickr, test_2017_flickr)
 #   4. beam-5 and greedy translation of test_2016_flickr (1,000 sentences), timed after the model is loaded
@@ -44,11 +45,11 @@ fi
 
 # 2. training speed, variants alternating step by step on the same batches
 timeout "$(( $(left) / 3 ))" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-    --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 > "$OUT/train_speed.log" 2>&1
+    --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens 4200 16800 > "$OUT/train_speed.log" 2>&1
 if ! grep -q "target tokens/s" "$OUT/train_speed.log"; then  # compile failed there: the eager variants alone
     row "train speed with --compile" "failed: $(grep -E 'Error|error' "$OUT/train_speed.log" | tail -1 | cut -c1-160)"
     timeout "$(( $(left) / 4 ))" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-        --steps "$STEPS" --device "$DEVICE" > "$OUT/train_speed.log" 2>&1
+        --steps "$STEPS" --device "$DEVICE" --batch-tokens 4200 16800 > "$OUT/train_speed.log" 2>&1
 fi
 while read -r name rate _ _ ratio; do
     row "train speed: $name" "$rate target tokens/s ($ratio)"

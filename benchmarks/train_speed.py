@@ -12,6 +12,9 @@ A translation recipe (target tokens):
                device's default (RNNDecoder.FLOAT32_CELL: float32 on CUDA, autocast's bf16 on the CPU)
   compiled, bf16+compiled   with --compile: the decoder step through torch.compile (model.compile);
                its compilation falls in the warm-up steps, which are not timed
+  nmt@N, bf16@N  with --batch-tokens N [N ...]: batches of N tokens instead of the recipe's
+               data.batch_tokens. A step bound by kernel launches costs about the same at any
+               batch size, so its tokens/s grows with N; a step bound by arithmetic does not.
 A classification or tagging recipe (input tokens):
   nmt          one pass per step (model.embedding.adversarial=0)
   adversarial  adversarial training at distance 1.0: a second pass at the moved inputs
@@ -42,8 +45,16 @@ def build(recipe_path: str, device: str):
     return recipe, task
 
 
-def make_batches(task, n: int, seed: int = 0):
-    """n bucketed batches as training sees them, and the same sentences in unbucketed batches."""
+def make_batches(task, n: int, seed: int = 0, batch_tokens: int | None = None):
+    """n bucketed batches as training sees them, and the same sentences in unbucketed batches;
+    ``batch_tokens`` instead of the recipe's data.batch_tokens where given."""
+    if batch_tokens is not None:
+        recipe_data = task.recipe.data
+        task.recipe.data = recipe_data.model_copy(update={"batch_tokens": batch_tokens})
+        try:
+            return make_batches(task, n, seed)
+        finally:
+            task.recipe.data = recipe_data
     module = task.make_datamodule()
     loader = module.train_dataloader()
     loader.batch_sampler.set_epoch(0)
@@ -87,8 +98,10 @@ def other_cell(task, loss_fn, device_type: str):
     return loss, ("bf16-bf16cell" if device_type in default else "bf16-f32cell")
 
 
-def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: str = "cpu") -> tuple[dict, str]:
-    """(name -> (batches, bf16, loss), the unit); ``loss(batch)`` gives (the loss to minimise, tokens counted)."""
+def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: str = "cpu",
+             resized: dict[int, list] | None = None) -> tuple[dict, str]:
+    """(name -> (batches, bf16, loss), the unit); ``loss(batch)`` gives (the loss to minimise, tokens counted).
+    ``resized``: batch_tokens -> bucketed batches of that size, measured in fp32 and bf16."""
     from nmt.tasks.labels import LabelTask
 
     if isinstance(task, LabelTask):
@@ -99,7 +112,7 @@ def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: st
             loss, adversarial_loss, _ = task.adversarial_losses(batch, 1.0)
             return loss + adversarial_loss, int(batch["src_len"].sum())
 
-        return {"nmt": (bucketed, False, plain), "adversarial": (bucketed, False, adversarial)}, "tokens/s"
+        return {"nmt": (bucketed, False, plain), "adversarial": (bucketed, False, adversarial)} | resized_variants(resized, plain), "tokens/s"
 
     def seq2seq(batch):
         total, ntokens = task.loss(batch, label_smoothing=0.1)
@@ -111,7 +124,13 @@ def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: st
         measured[flipped[1]] = (bucketed, True, flipped[0])
     if compile_:
         measured |= {"compiled": (bucketed, False, compiled(task, seq2seq)), "bf16+compiled": (bucketed, True, compiled(task, seq2seq))}
-    return measured, "target tokens/s"
+    return measured | resized_variants(resized, seq2seq), "target tokens/s"
+
+
+def resized_variants(resized: dict[int, list] | None, loss_fn) -> dict:
+    """nmt@N and bf16@N for each batch size N of ``resized``."""
+    return {f"{name}@{size}": (batches, bf16, loss_fn)
+            for size, batches in (resized or {}).items() for name, bf16 in (("nmt", False), ("bf16", True))}
 
 
 def step(task, optimizer, batch, device, bf16: bool, loss_fn) -> int:
@@ -135,11 +154,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also the decoder step through torch.compile (model.compile)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (compilation falls here)")
+    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[], metavar="N",
+                        help="also batches of N tokens instead of data.batch_tokens, fp32 and bf16: nmt@N, bf16@N")
     args = parser.parse_args(argv)
+    if any(n <= 0 for n in args.batch_tokens):
+        parser.error(f"--batch-tokens: each size must be a positive number of tokens, got {args.batch_tokens}")
     recipe, task = build(args.recipe, args.device)
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
     bucketed, unbucketed = make_batches(task, args.steps + args.warmup)
-    measured, unit = variants(task, bucketed, unbucketed, args.compile, torch.device(args.device).type)
+    resized = {n: make_batches(task, args.steps + args.warmup, batch_tokens=n)[0] for n in args.batch_tokens}
+    measured, unit = variants(task, bucketed, unbucketed, args.compile, torch.device(args.device).type, resized)
     tokens = dict.fromkeys(measured, 0)
     seconds = dict.fromkeys(measured, 0.0)
     for i in range(args.steps + args.warmup):

@@ -1,0 +1,50 @@
+"""The training-speed benchmark's batch-size variants (``--batch-tokens``): the numbers that tell
+whether a step is bound by kernel launches (tokens/s grows with the batch) or by arithmetic."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from conftest import reverse_recipe, write_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train_speed():
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_batches_of_another_size_and_the_recipe_left_alone(train_speed, reverse_data, tmp_path, one_thread):
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    _, task = train_speed.build(str(recipe_path), "cpu")
+    default, _ = train_speed.make_batches(task, 4)
+    larger, _ = train_speed.make_batches(task, 4, batch_tokens=1600)
+    assert task.recipe.data.batch_tokens == 400  # the recipe is as it was
+    sentences = [b["src"].size(0) for b in default]
+    sentences_larger = [b["src"].size(0) for b in larger]
+    # four times the tokens: about four times the sentences per batch
+    assert sum(sentences_larger) > 3 * sum(sentences)
+    assert max(b["src"].numel() for b in larger) <= 1600
+
+
+def test_each_size_measured_in_fp32_and_bf16(train_speed, reverse_data, tmp_path, one_thread, capsys):
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu",
+                              "--batch-tokens", "200", "800"])
+    assert {"nmt@200", "bf16@200", "nmt@800", "bf16@800"} <= set(rates)
+    assert all(rate > 0 for rate in rates.values())
+    assert "bf16@800" in capsys.readouterr().out
+
+
+def test_a_size_that_is_not_positive_is_refused(train_speed, reverse_data, tmp_path, capsys):
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    with pytest.raises(SystemExit) as exit_:
+        train_speed.main([str(recipe_path), "--batch-tokens", "0"])
+    assert exit_.value.code == 2
+    assert "--batch-tokens: each size must be a positive number of tokens" in capsys.readouterr().err
