@@ -11,7 +11,7 @@
 # On the GPU machine, from the checkout, after the set-up in ../shared/GPU.md (wheels and data under
 # .gpu/, PYTHONPATH and NMT_DATA exported):   benchmarks/gpu_check.sh
 # Dry run on a CPU (what a session without a GPU runs to check the script itself):
-#   DEVICE=cpu BUDGET=00:00:00:40 STEPS=2 DEADLINE=400 benchmarks/gpu_check.sh
+#   DEVICE=cpu BUDGET=00:00:00:40 STEPS=2 SIZES=2100 DEADLINE=480 benchmarks/gpu_check.sh
 # Everything goes to $OUT (default gpu-check/): the logs, table.tsv and the run directory.
 # Through the device tool: prepare .gpu/ as ../shared/GPU.md says (pydantic wheels, multi30k data),
 # then one `run` with carry [".gpu"] and the command
@@ -19,13 +19,14 @@
 #   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . &&
 #   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH NMT_DATA=$PWD/.gpu/data && rm -rf runs &&
 #   OUT=$OUT/gpu-check benchmarks/gpu_check.sh
-# (timeout_s 540); the table and logs come back under files_at. Dry run on this CPU: 230 s, every row
-# filled (2026-11-28).
+# (timeout_s 540); the table and logs come back under files_at. Dry run on this CPU: 288 s, every row
+# filled, beside two trainings (2026-11-28; SIZES=2100, STEPS=2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"            # cuda or cpu
 BUDGET="${BUDGET:-00:00:03:00}"     # training time of the recipe run (DD:HH:MM:SS)
 STEPS="${STEPS:-30}"                # training steps per variant of the speed benchmark
+SIZES="${SIZES:-4200 16800}"        # batch sizes (tokens) measured beside the recipe's 1050
 DEADLINE="${DEADLINE:-460}"         # seconds for the whole script (the device lends 8 minutes a try)
 OUT="${OUT:-gpu-check}"
 start=$(date +%s)
@@ -45,11 +46,11 @@ fi
 
 # 2. training speed, variants alternating step by step on the same batches
 timeout "$(( $(left) / 3 ))" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-    --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens 4200 16800 > "$OUT/train_speed.log" 2>&1
+    --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
 if ! grep -q "target tokens/s" "$OUT/train_speed.log"; then  # compile failed there: the eager variants alone
     row "train speed with --compile" "failed: $(grep -E 'Error|error' "$OUT/train_speed.log" | tail -1 | cut -c1-160)"
     timeout "$(( $(left) / 4 ))" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-        --steps "$STEPS" --device "$DEVICE" --batch-tokens 4200 16800 > "$OUT/train_speed.log" 2>&1
+        --steps "$STEPS" --device "$DEVICE" --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
 fi
 while read -r name rate _ _ ratio; do
     row "train speed: $name" "$rate target tokens/s ($ratio)"
