@@ -8,8 +8,10 @@ A translation recipe (target tokens):
   nmt          token-count batches bucketed by length, output layer on real tokens only (the default)
   bf16         the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
   unbucketed   the same sentences in random order with the same sentences per batch (more padding)
-  bf16-f32cell, bf16-bf16cell   bf16 with the decoder's recurrent cell the other way than this
-               device's default (RNNDecoder.FLOAT32_CELL: float32 on CUDA, autocast's bf16 on the CPU)
+  bf16-f32cell, bf16-bf16cell, bf16-writtencell   bf16 with the decoder's recurrent cell run another
+               way than this device's default (RNNDecoder.AUTOCAST_CELL: autocast on the CPU, float32 on
+               CUDA): the module in float32 with autocast off, the module under autocast (cell and state
+               bf16), the cell written out (products bf16, gates and state float32); the default's row is bf16
   compiled, bf16+compiled   with --compile: the decoder step through torch.compile (model.compile);
                its compilation falls in the warm-up steps, which are not timed
   nmt@N, bf16@N  with --batch-tokens N [N ...]: batches of N tokens instead of the recipe's
@@ -80,22 +82,26 @@ def compiled(task, loss_fn):
     return loss
 
 
-def other_cell(task, loss_fn, device_type: str):
-    """``loss_fn`` with the decoder's recurrent cell in the other precision than the device's default
-    under autocast (RNNDecoder.FLOAT32_CELL flipped for the call); None for a decoder without the switch."""
-    decoder = type(task.decoder)
-    if not hasattr(decoder, "FLOAT32_CELL"):
-        return None
-    default = decoder.FLOAT32_CELL
-    flipped = tuple(d for d in default if d != device_type) if device_type in default else (*default, device_type)
+CELL_VARIANTS = {"float32": "bf16-f32cell", "autocast": "bf16-bf16cell", "written": "bf16-writtencell"}
 
-    def loss(batch):
-        decoder.FLOAT32_CELL = flipped
-        try:
-            return loss_fn(batch)
-        finally:
-            decoder.FLOAT32_CELL = default
-    return loss, ("bf16-bf16cell" if device_type in default else "bf16-f32cell")
+
+def other_cells(task, loss_fn, device_type: str) -> dict[str, object]:
+    """name -> ``loss_fn`` with the decoder's recurrent cell run under autocast another way than this
+    device's default (RNNDecoder.AUTOCAST_CELL set for the call); none for a decoder without the switch."""
+    decoder = type(task.decoder)
+    if not hasattr(decoder, "AUTOCAST_CELL"):
+        return {}
+    default = decoder.AUTOCAST_CELL
+
+    def with_cell(mode):
+        def loss(batch):
+            decoder.AUTOCAST_CELL = {**default, device_type: mode}
+            try:
+                return loss_fn(batch)
+            finally:
+                decoder.AUTOCAST_CELL = default
+        return loss
+    return {name: with_cell(mode) for mode, name in CELL_VARIANTS.items() if mode != default.get(device_type, "autocast")}
 
 
 def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: str = "cpu",
@@ -119,9 +125,7 @@ def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: st
         return total / ntokens, ntokens
 
     measured = {"nmt": (bucketed, False, seq2seq), "bf16": (bucketed, True, seq2seq), "unbucketed": (unbucketed, False, seq2seq)}
-    flipped = other_cell(task, seq2seq, device_type)
-    if flipped is not None:
-        measured[flipped[1]] = (bucketed, True, flipped[0])
+    measured |= {name: (bucketed, True, loss) for name, loss in other_cells(task, seq2seq, device_type).items()}
     if compile_:
         measured |= {"compiled": (bucketed, False, compiled(task, seq2seq)), "bf16+compiled": (bucketed, True, compiled(task, seq2seq))}
     return measured | resized_variants(resized, seq2seq), "target tokens/s"

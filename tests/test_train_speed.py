@@ -1,5 +1,6 @@
-"""The training-speed benchmark's batch-size variants (``--batch-tokens``): the numbers that tell
-whether a step is bound by kernel launches (tokens/s grows with the batch) or by arithmetic."""
+"""The training-speed benchmark's variants: batch sizes (``--batch-tokens``), the numbers that tell
+whether a step is bound by kernel launches (tokens/s grows with the batch) or by arithmetic; and the
+decoder cell's ways under bf16 (RNNDecoder.AUTOCAST_CELL)."""
 from __future__ import annotations
 
 import importlib.util
@@ -38,6 +39,8 @@ def test_each_size_measured_in_fp32_and_bf16(train_speed, reverse_data, tmp_path
     rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu",
                               "--batch-tokens", "200", "800"])
     assert {"nmt@200", "bf16@200", "nmt@800", "bf16@800"} <= set(rates)
+    # the decoder cell's other ways under bf16 beside the CPU's default (autocast's: the bf16 row)
+    assert {"bf16-f32cell", "bf16-writtencell"} <= set(rates) and "bf16-bf16cell" not in rates
     assert all(rate > 0 for rate in rates.values())
     assert "bf16@800" in capsys.readouterr().out
 

@@ -8,11 +8,12 @@ Both are passed in and returned; nothing per batch is kept on the module. It mee
 :class:`nmt.contracts.Decoder`: it starts from the encoder's recurrent state when the encoder has
 one (its top layer), else from the encoder's pooled summary, so any encoder can feed it.
 
-Under CUDA autocast the recurrent cell runs in float32 (autocast off around it): ``nn.GRU`` would
-otherwise run the cuDNN cell in bf16, state included, recasting its weights at every position. On
-the CPU autocast's bf16 cell is left alone: it is faster there, and learned as well in every CPU run. :meth:`compile_step` (``model.compile``) runs the step through ``torch.compile``:
-the cell is then written out from the same weights (the module's RNN kernels are opaque to the
-compiler), its products in autocast's precision and its gates and state in float32.
+Under autocast (bf16) ``nn.GRU`` runs the cell and its state in bf16 (cuDNN on CUDA, recasting its
+weights at every position). ``AUTOCAST_CELL`` chooses per device how the cell runs instead: on CUDA
+the module in float32 with autocast off; or written out from the module's weights, its two products
+in autocast's precision and its gates and state in float32. :meth:`compile_step` (``model.compile``)
+runs the step through ``torch.compile`` with the written-out cell (the module's RNN kernels are
+opaque to the compiler).
 """
 from __future__ import annotations
 
@@ -37,11 +38,14 @@ class RNNDecoder(nn.Module):
     """Conditional GRU/LSTM decoder with attention, optional input feeding and an encoder bridge."""
 
     output_size: int  # H, the hidden size
-    # Devices where the recurrent module runs in float32 under autocast: CUDA, whose autocast would run the
-    # cuDNN cell and its state in bf16. On the CPU autocast's bf16 GRU (its state bf16 too, as in every
-    # CPU run so far) trains the en-de model 1.16x as fast as a float32 cell (nmt bench train-speed:
-    # bf16 against bf16-f32cell).
-    FLOAT32_CELL = ("cuda",)
+    # How the recurrent cell runs under autocast, per device type (others: "autocast"): "autocast" (the
+    # module under autocast: cell and state in bf16; on CUDA the cuDNN cell, recasting its weights at
+    # every position), "float32" (the module with autocast off, on float32 inputs and state) or
+    # "written" (the cell written out from the module's weights: products in autocast's precision,
+    # gates and state in float32). On the CPU autocast's module is the fastest of the three (nmt bench
+    # train-speed: bf16 against bf16-f32cell and bf16-writtencell; README, Training speed). CUDA runs
+    # the float32 module until benchmarks/gpu_check.sh has measured the three there.
+    AUTOCAST_CELL: dict[str, Literal["autocast", "float32", "written"]] = {"cpu": "autocast", "cuda": "float32"}
 
     class Config(BaseModel):
         """Recipe options of the recurrent decoder (``model.decoder``)."""
@@ -106,7 +110,7 @@ class RNNDecoder(nn.Module):
         """One decoding step for ``input_emb`` [B, E]; returns (output [B, H], new state, weights [B, S])."""
         if self._compiled:
             return _compiled_step()(self, input_emb, state, memory)
-        return self._step(input_emb, state, memory, self._module_cell)
+        return self._step(input_emb, state, memory, self._cell)
 
     def compile_step(self, enabled: bool = True) -> None:
         """Run :meth:`step` through ``torch.compile`` (dynamic shapes: one graph for every batch and
@@ -126,19 +130,25 @@ class RNNDecoder(nn.Module):
         output = self.hidden_dropout(output)  # [B, H]
         return output, (hidden, output), weights
 
-    def _module_cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        """The ``nn.GRU``/``nn.LSTM`` module for one position; on the devices of ``FLOAT32_CELL``, in
-        float32 with autocast off."""
+    def _cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """The recurrent cell for one position: the module, or under autocast as ``AUTOCAST_CELL`` says."""
         device = x.device.type
-        if device in self.FLOAT32_CELL and torch.is_autocast_enabled(device):
+        mode = self.AUTOCAST_CELL.get(device, "autocast")
+        if torch.is_autocast_enabled(device) and mode != "autocast":
+            if mode == "written":
+                return self._written_cell(x, hidden)
             with torch.autocast(device, enabled=False):
                 hidden = tuple(h.float() for h in hidden) if isinstance(hidden, tuple) else hidden.float()
                 return self._module_cell(x.float(), hidden)
+        return self._module_cell(x, hidden)
+
+    def _module_cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+        """The ``nn.GRU``/``nn.LSTM`` module for one position."""
         rnn_output, hidden = self.rnn(x.unsqueeze(1), hidden)  # [B, 1, H], [L, B, H] (or (h, c))
         return rnn_output.squeeze(1), hidden
 
     def _written_cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
-        """What :meth:`_module_cell` computes, written out for the compiler: products in autocast's
+        """What :meth:`_module_cell` computes, written out from its weights: products in autocast's
         precision, gates and state in float32."""
         lstm = self.config.cell == "lstm"
         h_layers, c_layers = hidden if lstm else (hidden, None)  # [L, B, H] each

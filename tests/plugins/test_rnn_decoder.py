@@ -147,29 +147,37 @@ def test_the_written_out_cell_computes_what_the_torch_recurrent_module_computes(
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_under_bf16_autocast_the_recurrent_state_stays_float32(cell, monkeypatch):
-    """On a device of FLOAT32_CELL (CUDA; the CPU stands in for it here) the module runs with autocast
-    off on float32 inputs and state, where cuDNN would run the cell and its state in bf16. Elsewhere
-    autocast reaches the module as before. The written-out cell (model.compile) keeps its gates and
-    state in float32. Both float32 states stay within bf16 product error of the float32 run over 40
-    positions."""
+    """AUTOCAST_CELL "written" writes the cell under autocast out from the module's weights and the
+    module never runs; "float32" (CUDA's default) runs the module with autocast off on float32 inputs
+    and state; "autocast" (the CPU's default) lets autocast reach the module (its state bf16). Both float32 states stay
+    within bf16 product error of the float32 run over 40 positions; the attentional output follows
+    autocast in every mode."""
     decoder = make(cell)
     encoded, targets = inputs(cell)
     long_targets = targets.repeat(1, 8, 1)  # 40 positions
     _, exact, _ = decoder(long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
-    assert RNNDecoder.FLOAT32_CELL == ("cuda",)
+    assert RNNDecoder.AUTOCAST_CELL == {"cpu": "autocast", "cuda": "float32"}
     seen = []
     decoder.rnn.register_forward_pre_hook(lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].dtype)))
-    states = []
-    for float32_cell in (("cpu",), ()):
-        monkeypatch.setattr(RNNDecoder, "FLOAT32_CELL", float32_cell)
+    states = {}
+    for mode in ("written", "float32", "autocast"):
+        monkeypatch.setattr(RNNDecoder, "AUTOCAST_CELL", {"cpu": mode})
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs, state, _ = decoder(long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+            outputs, states[mode], _ = decoder(long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
         assert outputs.dtype == torch.bfloat16  # the attentional output follows autocast
-        states.append(state)
-    assert seen[:40] == [(False, torch.float32)] * 40 and len(seen) == 80 and all(enabled for enabled, _ in seen[40:])
+        calls, seen[:] = list(seen), []
+        if mode == "written":
+            assert calls == []
+        elif mode == "float32":
+            assert calls == [(False, torch.float32)] * 40
+        else:
+            assert len(calls) == 40 and all(enabled for enabled, _ in calls)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, written = written_forward(decoder, long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
-    for state in (states[0], written):
+    for a, b in zip(as_list(states["written"]), as_list(written)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # "written" is the written cell, exactly
+    for state in (states["written"], states["float32"]):
         for a, b in zip(as_list(state)[:-1], as_list(exact)[:-1]):
             assert a.dtype == torch.float32
             assert (a - b).abs().max() < 0.05
+    assert as_list(states["autocast"])[0].dtype == torch.bfloat16
