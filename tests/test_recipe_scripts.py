@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from conftest import write_reverse_corpus
 
 SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "translation" / "multi30k" / "ensemble.sh"
@@ -29,7 +31,8 @@ def stand_in_multi30k(root: Path) -> Path:
 def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
     data = stand_in_multi30k(tmp_path / "data")
     env = {**os.environ, "NMT_DATA": str(data), "RUN_PREFIX": str(tmp_path / "ens"), "KEEP": "2",
-           "BUDGET": "00:00:10:00", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "BUDGET": "00:00:10:00", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MEMBER_B": "seed=7 model.embedding.dropout=0.3"}
     tiny = ["data.tokenizer={name: whitespace}", "data.joint_vocab=false", "model.embedding.size=16",
             "model.embedding.tie_target=false", "model.encoder.hidden_size=16", "model.decoder.hidden_size=32",
             "trainer.max_epochs=2", "data.batch_tokens=400", "trainer.precision=32-true"]
@@ -42,6 +45,10 @@ def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
     assert chosen and float(chosen[2]) == max(float(v) for v in scores.values()) and scores[chosen[1]] == chosen[2]
     for member in "ab":
         assert (tmp_path / f"ens-{member}" / "checkpoints" / "averaged.ckpt").exists()
+    # MEMBER_B's overrides reached member b alone (a keeps the recipe's seed and dropout)
+    recipes = {m: yaml.safe_load((tmp_path / f"ens-{m}" / "recipe.yaml").read_text()) for m in "ab"}
+    assert (recipes["b"]["seed"], recipes["b"]["model"]["embedding"]["dropout"]) == (7, 0.3)
+    assert (recipes["a"]["seed"], recipes["a"]["model"]["embedding"]["dropout"]) == (1234, 0.2)
     for test in ("test_2016_flickr", "test_2017_flickr"):
         assert re.search(rf"^{test} +bleu +\d+\.\d\d  nrefs:1\|case:mixed", out, re.M)
         assert len((tmp_path / f"ens.{test}.hyp").read_text().splitlines()) == 20

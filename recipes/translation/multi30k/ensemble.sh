@@ -3,6 +3,8 @@
 # validations, the system chosen on the dev set alone, then the two test sets translated once.
 #   usage: recipes/translation/multi30k/ensemble.sh [en-de|de-en|en-fr] [extra overrides for both members]
 #   member a: the recipe as it is; member b: dropout 0.3 instead of 0.2 (embeddings, encoder, decoder output)
+#   MEMBER_A="key=value ...", MEMBER_B="...": each member's own overrides instead of those (after the
+#   common ones), e.g. MEMBER_A="$B seed=1" MEMBER_B="$B seed=2" for two seeds of one setting
 #   BUDGET=00:01:55:00 training time of each member (DD:HH:MM:SS); THREADS=1 per member (two members on 2 cores)
 #   RUN_PREFIX=runs/ens-<pair> (members in RUN_PREFIX-a, RUN_PREFIX-b; existing ones are resumed)
 #   TRAIN=0 skips training (choose and test with the runs as they are); KEEP=5 validations averaged
@@ -19,7 +21,8 @@ keep="${KEEP:-5}"; beam="${BEAM:-5}"; alpha="${ALPHA:-0.6}"
 data_root="${NMT_DATA:-$(python -c 'from nmt.recipe import default_data_root; print(default_data_root())')}"
 common=(trainer.precision=bf16-mixed trainer.enable_progress_bar=false "checkpoint.keep=$keep"
         "trainer.max_time=${BUDGET:-00:01:55:00}" "$@")
-declare -A member=([a]="" [b]="model.embedding.dropout=0.3 model.encoder.dropout=0.3 model.decoder.hidden_dropout=0.3")
+declare -A member=([a]="${MEMBER_A-}"
+                   [b]="${MEMBER_B-model.embedding.dropout=0.3 model.encoder.dropout=0.3 model.decoder.hidden_dropout=0.3}")
 
 start=$(date +%s)
 if [ "${TRAIN:-1}" != 0 ]; then
