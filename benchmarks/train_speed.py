@@ -59,14 +59,19 @@ def make_batches(task, n: int, seed: int = 0, batch_tokens: int | None = None):
             task.recipe.data = recipe_data
     module = task.make_datamodule()
     loader = module.train_dataloader()
-    loader.batch_sampler.set_epoch(0)
-    bucketed = [b for b, _ in zip(loader, range(n))]
+    bucketed, epoch = [], 0
+    while len(bucketed) < n:  # the next epochs' batches where one epoch has fewer than n (large batches)
+        loader.batch_sampler.set_epoch(epoch)
+        more = [b for b, _ in zip(loader, range(n - len(bucketed)))]
+        if not more:
+            raise SystemExit(f"{task.recipe.path}: no training batches")
+        bucketed, epoch = bucketed + more, epoch + 1
     pairs = [module.train_set[i] for i in range(len(module.train_set))]
     random.Random(seed).shuffle(pairs)
     unbucketed, start = [], 0
-    for b in bucketed:  # same number of sentences per batch, drawn at random
+    for b in bucketed:  # same number of sentences per batch, drawn at random (around again past the end)
         size = b["src"].size(0)
-        unbucketed.append(module.collator(pairs[start:start + size]))
+        unbucketed.append(module.collator([pairs[(start + k) % len(pairs)] for k in range(size)]))
         start += size
     return bucketed, unbucketed
 

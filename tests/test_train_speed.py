@@ -34,6 +34,18 @@ def test_batches_of_another_size_and_the_recipe_left_alone(train_speed, reverse_
     assert max(b["src"].numel() for b in larger) <= 1600
 
 
+def test_batches_enough_where_one_epoch_has_fewer(train_speed, reverse_data, tmp_path, one_thread):
+    """Batches so large that an epoch holds fewer than the steps asked for: the next epochs' batches
+    follow, and the unbucketed ones go around the shuffled corpus again."""
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    _, task = train_speed.build(str(recipe_path), "cpu")
+    sentences = len(task.make_datamodule().train_set)
+    bucketed, unbucketed = train_speed.make_batches(task, 12, batch_tokens=20_000)
+    assert len(bucketed) == len(unbucketed) == 12
+    assert sum(b["src"].size(0) for b in bucketed) > sentences  # more than one epoch's sentences
+    assert [b["src"].size(0) for b in unbucketed] == [b["src"].size(0) for b in bucketed]
+
+
 def test_each_size_measured_in_fp32_and_bf16(train_speed, reverse_data, tmp_path, one_thread, capsys):
     recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
     rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu",
