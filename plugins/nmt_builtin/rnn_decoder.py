@@ -133,10 +133,10 @@ class RNNDecoder(nn.Module):
     def _cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """The recurrent cell for one position: the module, or under autocast as ``AUTOCAST_CELL`` says."""
         device = x.device.type
-        mode = self.AUTOCAST_CELL.get(device, "autocast")
-        if torch.is_autocast_enabled(device) and mode != "autocast":
-            if mode == "written":
-                return self._written_cell(x, hidden)
+        mode = self.AUTOCAST_CELL.get(device, "autocast") if torch.is_autocast_enabled(device) else None
+        if mode == "written":
+            return self._written_cell(x, hidden)
+        if mode == "float32":
             with torch.autocast(device, enabled=False):
                 hidden = tuple(h.float() for h in hidden) if isinstance(hidden, tuple) else hidden.float()
                 return self._module_cell(x.float(), hidden)
