@@ -4,7 +4,8 @@
 #   usage: recipes/translation/multi30k/ensemble.sh [en-de|de-en|en-fr] [extra overrides for both members]
 #   member a: the recipe as it is; member b: dropout 0.3 instead of 0.2 (embeddings, encoder, decoder output)
 #   MEMBER_A="key=value ...", MEMBER_B="...": each member's own overrides instead of those (after the
-#   common ones), e.g. MEMBER_A="$B seed=1" MEMBER_B="$B seed=2" for two seeds of one setting
+#   common ones), e.g. MEMBER_A="seed=1 model.encoder.dropout=0.3" MEMBER_B="seed=2 model.encoder.dropout=0.3"
+#   for two seeds of one setting
 #   BUDGET=00:01:55:00 training time of each member (DD:HH:MM:SS); THREADS=1 per member (two members on 2 cores)
 #   RUN_PREFIX=runs/ens-<pair> (members in RUN_PREFIX-a, RUN_PREFIX-b; existing ones are resumed)
 #   TRAIN=0 skips training (choose and test with the runs as they are); KEEP=5 validations averaged
