@@ -1,8 +1,9 @@
 """bf16 mixed precision on the CPU: the training that tests/test_gpu.py runs on CUDA learns the reverse
 task here too, with the decoder's matrix products in bf16.
 The bar is the reverse-task bar of the fp32 tests (0.7): in float32 this training reaches 0.77 (154/200).
-In bf16, by the decoder's RNNDecoder.AUTOCAST_CELL (one seed each, 2026-11-28): the module under
-autocast (the CPU's default, its state bf16) 152/200, the float32 module 161, the written cell 163."""
+In bf16, by the decoder's RNNDecoder.AUTOCAST_CELL (one seed each, 2026-11-28, a one-off script that
+set it around this training): the module under autocast (the CPU's default, its state bf16) 152/200,
+the float32 module 161, the written cell 163."""
 from __future__ import annotations
 
 from conftest import reverse_recipe, write_recipe, write_reverse_corpus
