@@ -32,7 +32,7 @@ def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
     data = stand_in_multi30k(tmp_path / "data")
     env = {**os.environ, "NMT_DATA": str(data), "RUN_PREFIX": str(tmp_path / "ens"), "KEEP": "2",
            "BUDGET": "00:00:10:00", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MEMBER_B": "seed=7 model.embedding.dropout=0.3"}
+           "MEMBER_B": "seed=7 model.embedding.dropout=0.3", "ALPHAS": "0.6 1.0"}
     tiny = ["data.tokenizer={name: whitespace}", "data.joint_vocab=false", "model.embedding.size=16",
             "model.embedding.tie_target=false", "model.encoder.hidden_size=16", "model.decoder.hidden_size=32",
             "trainer.max_epochs=2", "data.batch_tokens=400", "trainer.precision=32-true"]
@@ -43,6 +43,14 @@ def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
     assert list(scores) == CANDIDATES
     chosen = re.search(r"^chosen on dev: (\S+) \((\d+\.\d\d)\)$", out, re.M)
     assert chosen and float(chosen[2]) == max(float(v) for v in scores.values()) and scores[chosen[1]] == chosen[2]
+    # then the chosen system's length penalty, on dev: the better of alpha 0.6 (the candidates' score) and 1.0
+    other = re.search(r"^with alpha 1.0: (\d+\.\d\d)$", out, re.M)
+    chosen_alpha = re.search(r"^chosen alpha: (\S+) \((\d+\.\d\d)\)$", out, re.M)
+    assert other and chosen_alpha
+    assert float(chosen_alpha[2]) == max(float(chosen[2]), float(other[1]))
+    assert chosen_alpha[1] == ("1.0" if float(other[1]) > float(chosen[2]) else "0.6")
+    assert re.search(rf"^test set .*; {chosen[1]}, beam 5, alpha {chosen_alpha[1]}\)$", out, re.M)
+    assert (tmp_path / f"ens.dev-alpha1.0.{chosen[1]}.hyp").exists()
     for member in "ab":
         assert (tmp_path / f"ens-{member}" / "checkpoints" / "averaged.ckpt").exists()
     # MEMBER_B's overrides reached member b alone (a keeps the recipe's seed and dropout)

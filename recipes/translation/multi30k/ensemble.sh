@@ -9,16 +9,18 @@
 #   BUDGET=00:01:55:00 training time of each member (DD:HH:MM:SS); THREADS=1 per member (two members on 2 cores)
 #   RUN_PREFIX=runs/ens-<pair> (members in RUN_PREFIX-a, RUN_PREFIX-b; existing ones are resumed)
 #   TRAIN=0 skips training (choose and test with the runs as they are); KEEP=5 validations averaged
-#   BEAM=5, ALPHA=0.6; NMT_DATA=<data root>
-# Candidates, each scored on the dev set: every member's best checkpoint and its average of the last
-# KEEP validations, and the ensemble of the members' best and of their averages. The best on dev is
-# the system; only it reads the test sets.
+#   BEAM=5; ALPHAS="0.6 0.8 1.0 1.2" length penalties (GNMT alpha) tried on dev; NMT_DATA=<data root>
+# Candidates, each scored on the dev set at the first of ALPHAS: every member's best checkpoint and its
+# average of the last KEEP validations, and the ensemble of the members' best and of their averages.
+# The best on dev is the system, then its length penalty is chosen on dev among ALPHAS; only that
+# system reads the test sets.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pair="${1:-en-de}"; shift || true
 src="${pair%-*}"; tgt="${pair#*-}"
 prefix="${RUN_PREFIX:-runs/ens-$pair}"
-keep="${KEEP:-5}"; beam="${BEAM:-5}"; alpha="${ALPHA:-0.6}"
+keep="${KEEP:-5}"; beam="${BEAM:-5}"
+read -r -a alphas <<< "${ALPHAS:-0.6 0.8 1.0 1.2}"; alpha="${alphas[0]}"
 data_root="${NMT_DATA:-$(python -c 'from nmt.recipe import default_data_root; print(default_data_root())')}"
 common=(trainer.precision=bf16-mixed trainer.enable_progress_bar=false "checkpoint.keep=$keep"
         "trainer.max_time=${BUDGET:-00:01:55:00}" "$@")
@@ -57,8 +59,16 @@ for name in a-best a-averaged b-best b-averaged ensemble-best ensemble-averaged;
   if python -c "import sys; sys.exit(0 if float('$score') > float('$best') else 1)"; then choice=$name best=$score; fi
 done
 echo "chosen on dev: $choice ($best)"
+for a in "${alphas[@]:1}"; do  # the chosen system's length penalty, on dev too
+  # shellcheck disable=SC2086
+  nmt translate ${runs[$choice]} --beam "$beam" --alpha "$a" -i "$dev_src" -o "$prefix.dev-alpha$a.$choice.hyp"
+  score=$(bleu "$prefix.dev-alpha$a.$choice.hyp" "$dev_ref")
+  echo "with alpha $a: $score"
+  if python -c "import sys; sys.exit(0 if float('$score') > float('$best') else 1)"; then alpha=$a best=$score; fi
+done
+echo "chosen alpha: $alpha ($best)"
 
-printf '\n%-18s %-8s %s\n' "test set" "metric" "score (sacrebleu signature)"
+printf '\n%-18s %-8s %s\n' "test set" "metric" "score (sacrebleu signature; $choice, beam $beam, alpha $alpha)"
 for test in test_2016_flickr test_2017_flickr; do
   ref="$data_root/multi30k/$test.$tgt.gz"
   [ -f "$ref" ] || { echo "skipping $test: $ref not found"; continue; }
