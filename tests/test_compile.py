@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from conftest import reverse_recipe, write_recipe
 from nmt.cli import main
@@ -20,6 +21,8 @@ from test_rnn_decoder import inputs, make  # noqa: E402
 
 
 def test_the_compiled_step_computes_and_trains_what_the_eager_step_does(one_thread):
+    torch._dynamo.reset()
+    counters.clear()
     eager, compiled = make("gru").train(), make("gru").train()
     compiled.compile_step()
     encoded, targets = inputs("gru")
@@ -36,6 +39,8 @@ def test_the_compiled_step_computes_and_trains_what_the_eager_step_does(one_thre
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5, msg=name)
     assert compiled._compiled and not eager._compiled
+    # the whole step compiled: no graph break (reading the nn.GRU's weights once broke it at every step)
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 def build_task(tmp_path: Path, recipe: dict):

@@ -109,7 +109,8 @@ class TokenBatchSampler(Sampler[list[int]]):
 class BucketedDataModule(pl.LightningDataModule):
     """Training and validation batches under a token budget, bucketed by length.
 
-    Works for any dataset with ``lengths()`` and a collate function. The batch sampler shards
+    Works for any dataset with ``lengths()`` and a collate function (``valid_collator``, if given,
+    for the validation batches). The batch sampler shards
     batches across DDP ranks itself (every example once per epoch, equal batch counts), so the
     Trainer runs with ``use_distributed_sampler=False``.
 
@@ -118,23 +119,24 @@ class BucketedDataModule(pl.LightningDataModule):
     epoch's batches, each once, instead of starting the epoch over."""
 
     def __init__(self, train, valid, collator, batch_tokens: int, max_sentences: int | None,
-                 valid_batch_tokens: int, seed: int, num_workers: int = 0):
+                 valid_batch_tokens: int, seed: int, num_workers: int = 0, valid_collator=None):
         super().__init__()
         self.train_set, self.valid_set = train, valid
         self.collator = collator
+        self.valid_collator = collator if valid_collator is None else valid_collator
         self.batch_tokens, self.max_sentences = batch_tokens, max_sentences
         self.valid_batch_tokens, self.seed, self.num_workers = valid_batch_tokens, seed, num_workers
         self._train_sampler: TokenBatchSampler | None = None
         self._resume: dict = {}
 
-    def _loader(self, dataset, max_tokens: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset, max_tokens: int, shuffle: bool, collator) -> DataLoader:
         sampler = TokenBatchSampler(length_index(dataset), max_tokens=max_tokens, max_sentences=self.max_sentences,
                                     shuffle=shuffle, seed=self.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collator,
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        loader = self._loader(self.train_set, self.batch_tokens, shuffle=True)
+        loader = self._loader(self.train_set, self.batch_tokens, shuffle=True, collator=self.collator)
         self._train_sampler = loader.batch_sampler
         if self._resume:
             self._train_sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
@@ -153,4 +155,4 @@ class BucketedDataModule(pl.LightningDataModule):
         self._resume = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False)
+        return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False, collator=self.valid_collator)

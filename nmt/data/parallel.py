@@ -70,29 +70,57 @@ class PreparedPairDataset(Dataset):
         return np.maximum(records["src_len"], records["tgt_len"].astype(np.int64) + 1)
 
 
-def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    out = torch.full((len(sequences), max(1, max(len(s) for s in sequences))), pad_id, dtype=torch.long)
+def pad(sequences: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> torch.Tensor:
+    """[len(sequences), width] (default: the longest sequence, at least 1), ``pad_id`` after each sequence."""
+    width = max(1, max(len(s) for s in sequences)) if width is None else width
+    out = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     for i, s in enumerate(sequences):
         out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
     return out
 
 
-class PairCollator:
-    """Pads a list of pairs into tensors; target input starts with BOS, target output ends with EOS."""
+def next_length(n: int, lengths: Sequence[int]) -> int:
+    """The first of the increasing ``lengths`` that holds ``n``."""
+    for length in lengths:
+        if length >= n:
+            return length
+    raise ValueError(f"a sequence of {n} tokens is longer than the last of the padded lengths {list(lengths)}")
 
-    def __init__(self, pad_id: int, bos_id: int, eos_id: int):
+
+class PairCollator:
+    """Pads a list of pairs into tensors; target input starts with BOS, target output ends with EOS.
+
+    With ``pad_lengths`` (increasing) every batch has one of a few shapes, for compiled steps that
+    specialise on shapes (CUDA graphs): the source and the target are padded to the next of those
+    lengths, and the batch to the next power of two rows with filler rows (a one-token source, an
+    all-padding target output, id -1) that add no target token, so nothing counts them."""
+
+    def __init__(self, pad_id: int, bos_id: int, eos_id: int, pad_lengths: Sequence[int] | None = None):
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.pad_lengths = list(pad_lengths) if pad_lengths else None
 
     def __call__(self, pairs: list[Pair]) -> dict[str, torch.Tensor]:
+        ids = [p.index for p in pairs]
+        src = [p.src or [self.eos_id] for p in pairs]
         tgt_in = [[self.bos_id] + p.tgt for p in pairs]
         tgt_out = [p.tgt + [self.eos_id] for p in pairs]
+        ntokens = sum(len(t) for t in tgt_out)
+        src_width = tgt_width = None
+        if self.pad_lengths:
+            filler = (1 << (len(pairs) - 1).bit_length()) - len(pairs)
+            ids += [-1] * filler
+            src += [[self.eos_id]] * filler
+            tgt_in += [[self.bos_id]] * filler
+            tgt_out += [[]] * filler
+            src_width = next_length(max(len(s) for s in src), self.pad_lengths)
+            tgt_width = next_length(max(len(t) for t in tgt_in), self.pad_lengths)
         return {
-            "ids": torch.tensor([p.index for p in pairs]),
-            "src": pad([p.src or [self.eos_id] for p in pairs], self.pad_id),  # [B,S]
-            "src_len": torch.tensor([max(1, len(p.src)) for p in pairs]),  # [B]
-            "tgt_in": pad(tgt_in, self.pad_id),  # [B,T]
-            "tgt_out": pad(tgt_out, self.pad_id),  # [B,T]
-            "ntokens": torch.tensor(sum(len(t) for t in tgt_out)),
+            "ids": torch.tensor(ids),
+            "src": pad(src, self.pad_id, src_width),  # [B,S]
+            "src_len": torch.tensor([len(s) for s in src]),  # [B]
+            "tgt_in": pad(tgt_in, self.pad_id, tgt_width),  # [B,T]
+            "tgt_out": pad(tgt_out, self.pad_id, tgt_width),  # [B,T]
+            "ntokens": torch.tensor(ntokens),
         }
 
 

@@ -10,7 +10,7 @@ import itertools
 import math
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -57,6 +57,16 @@ class Seq2SeqData(Section):
     valid_max_length_ratio: float = Field(1.5, gt=0, le=100, allow_inf_nan=False)  # .inf would crash greedy search
     num_workers: int = Field(0, ge=0)
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
+    # static shapes: training batches padded to the next of these lengths (source and target) and to a
+    # power of two rows, so a compiled step (model.compile: static) meets a few shapes, not hundreds
+    pad_lengths: Optional[list[PositiveInt]] = None
+
+    @field_validator("pad_lengths")
+    @classmethod
+    def _increasing(cls, lengths):
+        if lengths is not None and (not lengths or any(b <= a for a, b in zip(lengths, lengths[1:]))):
+            raise PydanticCustomError("not_increasing", "expected a non-empty list of increasing lengths, e.g. [16, 32, 48, 101]")
+        return lengths
 
     @field_validator("train")
     @classmethod
@@ -80,7 +90,8 @@ class Seq2SeqModel(Section):
     decoder: DecoderSection = {"name": "rnn"}
     # Training runs the decoder step through torch.compile (the decoder must offer compile_step). Off by
     # default: see the README's training-speed table for what it gave on the CPU and what it costs to start.
-    compile: bool = False
+    # static: one graph per batch shape (CUDA graphs on a GPU), with data.pad_lengths to keep shapes few
+    compile: Union[bool, Literal["static"]] = False
 
 
 CORPUS = "corpus"  # the prepared training corpus, in the run directory
@@ -109,6 +120,14 @@ class Seq2SeqTask(Task):
             if not callable(getattr(decoder.cls, "compile_step", None)):
                 raise RecipeError(f"{recipe.path}: model.compile",
                                   f"decoder '{recipe.model.decoder['name']}' has no compile_step; set model.compile: false")
+        if recipe.model.compile == "static" and not recipe.data.pad_lengths:
+            raise RecipeError(f"{recipe.path}: model.compile",
+                              "static compiles one graph per batch shape: set data.pad_lengths too (a few "
+                              f"increasing lengths up to {recipe.data.max_length + 1}), or use model.compile: true")
+        if recipe.data.pad_lengths and recipe.data.pad_lengths[-1] < recipe.data.max_length + 1:
+            raise RecipeError(f"{recipe.path}: data.pad_lengths",
+                              f"the last length must hold the longest training target with its BOS: "
+                              f"at least max_length + 1 = {recipe.data.max_length + 1}, got {recipe.data.pad_lengths[-1]}")
         try:  # build the network once (tiny vocabulary) so size mismatches surface before any file is written
             cls.build_network(recipe, 8, 8)
         except RecipeError as exc:
@@ -247,7 +266,7 @@ class Seq2SeqTask(Task):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.recipe.model.compile:
-            self.decoder.compile_step()
+            self.decoder.compile_step(static=self.recipe.model.compile == "static")
 
     def training_step(self, batch, batch_idx):
         total, ntokens = self.loss(batch, self.recipe.spec.optim.label_smoothing)
@@ -289,9 +308,10 @@ class Seq2SeqTask(Task):
                                              encoding_errors=data.encoding_errors)
         module = BucketedDataModule(
             self.training_set(), PairDataset(self.tokenize_pairs(valid_src, valid_tgt)),
-            PairCollator(self.pad_id, self.bos_id, self.eos_id),
+            PairCollator(self.pad_id, self.bos_id, self.eos_id, data.pad_lengths),
             batch_tokens=data.batch_tokens, max_sentences=data.max_sentences,
-            valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed, num_workers=data.num_workers)
+            valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed, num_workers=data.num_workers,
+            valid_collator=PairCollator(self.pad_id, self.bos_id, self.eos_id))
         module.valid_references = valid_tgt
         return module
 

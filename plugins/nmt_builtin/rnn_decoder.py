@@ -109,14 +109,16 @@ class RNNDecoder(nn.Module):
     def step(self, input_emb: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """One decoding step for ``input_emb`` [B, E]; returns (output [B, H], new state, weights [B, S])."""
         if self._compiled:
-            return _compiled_step()(self, input_emb, state, memory)
+            return _compiled_step(self._compiled == "static", input_emb.is_cuda)(self, input_emb, state, memory)
         return self._step(input_emb, state, memory, self._cell)
 
-    def compile_step(self, enabled: bool = True) -> None:
+    def compile_step(self, enabled: bool = True, static: bool = False) -> None:
         """Run :meth:`step` through ``torch.compile`` (dynamic shapes: one graph for every batch and
-        source length), or eagerly again. The flag is a plain attribute, so copies of the module (weight
-        averaging) compile too."""
-        self._compiled = enabled
+        source length), or eagerly again. ``static``: one graph per shape of the step (rows, source
+        length), replayed as CUDA graphs on CUDA (mode ``reduce-overhead``); for batches padded to a
+        few shapes (``data.pad_lengths``). The flag is a plain attribute, so copies of the module
+        (weight averaging) compile too."""
+        self._compiled = ("static" if static else True) if enabled else False
 
     def _step(self, input_emb: torch.Tensor, state: State, memory: Memory, cell) -> tuple[torch.Tensor, State, torch.Tensor]:
         hidden, prev_output = state
@@ -212,7 +214,21 @@ def _written_step(decoder: RNNDecoder, input_emb: torch.Tensor, state: State, me
     return decoder._step(input_emb, state, memory, decoder._written_cell)
 
 
+STATIC_GRAPHS = 256  # the most shapes a static compiled step specialises to before it runs eagerly
+
+
 @functools.cache
-def _compiled_step():
-    """The decoder step with the written-out cell through torch.compile, built once per process on first use."""
-    return torch.compile(_written_step, dynamic=True)
+def _compiled_step(static: bool = False, cuda: bool = False):
+    """The decoder step with the written-out cell through torch.compile, built once per process on first use.
+
+    The written cell reads its weights from the ``nn.GRU``/``nn.LSTM`` module without calling it; Dynamo
+    refuses to look into such a module at all unless ``allow_rnn`` is set, and without it the whole cell
+    falls back to eager (a graph break at every step)."""
+    config = torch._dynamo.config
+    config.allow_rnn = True
+    if not static:
+        return torch.compile(_written_step, dynamic=True)
+    # each shape is one more compilation: let a padded run's few shapes all compile
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), STATIC_GRAPHS))
+    return torch.compile(_written_step, dynamic=False, mode="reduce-overhead" if cuda else None)
