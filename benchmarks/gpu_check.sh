@@ -7,6 +7,8 @@
 #   3. a short run of the recipe's GPU variant (run.sh with GPU=1: bf16, 4x batch) with
 #      its test BLEU (test_2016_flickr, test_2017_flickr)
 #   4. beam-5 and greedy translation of test_2016_flickr (1,000 sentences), timed after the model is loaded
+#   5. in the time left: training speed with static shapes (batches padded to STATIC lengths, the step
+#      compiled once per shape: model.compile: static, CUDA graphs) beside the eager rows
 #
 # On the GPU machine, from the checkout, after the set-up in ../shared/GPU.md (wheels and data under
 # .gpu/, PYTHONPATH and NMT_DATA exported):   benchmarks/gpu_check.sh
@@ -27,6 +29,7 @@ DEVICE="${DEVICE:-cuda}"            # cuda or cpu
 BUDGET="${BUDGET:-00:00:03:00}"     # training time of the recipe run (DD:HH:MM:SS)
 STEPS="${STEPS:-30}"                # training steps per variant of the speed benchmark
 SIZES="${SIZES:-4200 16800}"        # batch sizes (tokens) measured beside the recipe's 1050
+STATIC="${STATIC:-16 24 32 48 81}"  # padded lengths of the static-shape rows (data.pad_lengths)
 DEADLINE="${DEADLINE:-460}"         # seconds for the whole script (the device lends 8 minutes a try)
 OUT="${OUT:-gpu-check}"
 start=$(date +%s)
@@ -91,6 +94,19 @@ with torch.inference_mode():
         print(f"beam {beam}: {len(lines)} sentences in {time.perf_counter() - begin:.2f} s")
 EOF
 while read -r line; do row "translate test_2016_flickr" "$line"; done < <(grep -E "^beam" "$OUT/translate_speed.log")
+
+# 5. static shapes, last (the most speculative lever, in the time left): the same batches padded to a
+#    few shapes, the decoder step compiled once per shape (CUDA graphs on CUDA), beside the eager rows
+timeout "$(left)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
+    --steps "$STEPS" --device "$DEVICE" --warmup 3 --static $STATIC > "$OUT/train_speed_static.log" 2>&1
+if grep -q "target tokens/s" "$OUT/train_speed_static.log"; then
+    row "static shapes ($STATIC)" "$(grep -E '^static:' "$OUT/train_speed_static.log")"
+    while read -r name rate _ _ ratio; do
+        row "train speed, static run: $name" "$rate target tokens/s ($ratio)"
+    done < <(grep -E "^  (nmt|bf16|static|bf16\+static) +[0-9]+ target tokens/s" "$OUT/train_speed_static.log")
+else
+    row "train speed with --static $STATIC" "did not finish: $(grep -E 'Error|error|^static:' "$OUT/train_speed_static.log" | tail -1 | cut -c1-160)"
+fi
 
 echo
 echo "gpu_check: $(( $(date +%s) - start )) s in all (deadline $DEADLINE s); logs in $OUT/"

@@ -14,6 +14,9 @@ A translation recipe (target tokens):
                bf16), the cell written out (products bf16, gates and state float32); the default's row is bf16
   compiled, bf16+compiled   with --compile: the decoder step through torch.compile (model.compile);
                its compilation falls in the warm-up steps, which are not timed
+  static, bf16+static   with --static L [L ...]: the same batches padded to those lengths and a multiple
+               of 8 rows (data.pad_lengths), the step compiled once per shape (model.compile: static;
+               CUDA graphs on CUDA); every shape is compiled before the timed steps
   nmt@N, bf16@N  with --batch-tokens N [N ...]: batches of N tokens instead of the recipe's
                data.batch_tokens. A step bound by kernel launches costs about the same at any
                batch size, so its tokens/s grows with N; a step bound by arithmetic does not.
@@ -47,12 +50,13 @@ def build(recipe_path: str, device: str):
     return recipe, task
 
 
-def make_batches(task, n: int, seed: int = 0, batch_tokens: int | None = None):
+def make_batches(task, n: int, seed: int = 0, batch_tokens: int | None = None, pad_lengths: list[int] | None = None):
     """n bucketed batches as training sees them, and the same sentences in unbucketed batches;
-    ``batch_tokens`` instead of the recipe's data.batch_tokens where given."""
-    if batch_tokens is not None:
+    ``batch_tokens`` and ``pad_lengths`` instead of the recipe's data.batch_tokens and data.pad_lengths where given."""
+    update = {k: v for k, v in (("batch_tokens", batch_tokens), ("pad_lengths", pad_lengths)) if v is not None}
+    if update:
         recipe_data = task.recipe.data
-        task.recipe.data = recipe_data.model_copy(update={"batch_tokens": batch_tokens})
+        task.recipe.data = recipe_data.model_copy(update=update)
         try:
             return make_batches(task, n, seed)
         finally:
@@ -76,10 +80,10 @@ def make_batches(task, n: int, seed: int = 0, batch_tokens: int | None = None):
     return bucketed, unbucketed
 
 
-def compiled(task, loss_fn):
-    """``loss_fn`` with the decoder step compiled (model.compile) for the call, eager again after."""
+def compiled(task, loss_fn, static: bool = False):
+    """``loss_fn`` with the decoder step compiled (model.compile, or its static form) for the call, eager again after."""
     def loss(batch):
-        task.decoder.compile_step()
+        task.decoder.compile_step(static=static)
         try:
             return loss_fn(batch)
         finally:
@@ -110,9 +114,10 @@ def other_cells(task, loss_fn, device_type: str) -> dict[str, object]:
 
 
 def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: str = "cpu",
-             resized: dict[int, list] | None = None) -> tuple[dict, str]:
+             resized: dict[int, list] | None = None, padded: list | None = None) -> tuple[dict, str]:
     """(name -> (batches, bf16, loss), the unit); ``loss(batch)`` gives (the loss to minimise, tokens counted).
-    ``resized``: batch_tokens -> bucketed batches of that size, measured in fp32 and bf16."""
+    ``resized``: batch_tokens -> bucketed batches of that size, measured in fp32 and bf16; ``padded``: the
+    bucketed batches padded to a few shapes, measured with the static compiled step."""
     from nmt.tasks.labels import LabelTask
 
     if isinstance(task, LabelTask):
@@ -133,6 +138,9 @@ def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: st
     measured |= {name: (bucketed, True, loss) for name, loss in other_cells(task, seq2seq, device_type).items()}
     if compile_:
         measured |= {"compiled": (bucketed, False, compiled(task, seq2seq)), "bf16+compiled": (bucketed, True, compiled(task, seq2seq))}
+    if padded is not None:
+        static = compiled(task, seq2seq, static=True)
+        measured |= {"static": (padded, False, static), "bf16+static": (padded, True, static)}
     return measured | resized_variants(resized, seq2seq), "target tokens/s"
 
 
@@ -165,6 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (compilation falls here)")
     parser.add_argument("--batch-tokens", type=int, nargs="+", default=[], metavar="N",
                         help="also batches of N tokens instead of data.batch_tokens, fp32 and bf16: nmt@N, bf16@N")
+    parser.add_argument("--static", type=int, nargs="+", default=None, metavar="L",
+                        help="also the batches padded to these lengths (data.pad_lengths), the step compiled per shape")
     args = parser.parse_args(argv)
     if any(n <= 0 for n in args.batch_tokens):
         parser.error(f"--batch-tokens: each size must be a positive number of tokens, got {args.batch_tokens}")
@@ -172,7 +182,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
     bucketed, unbucketed = make_batches(task, args.steps + args.warmup)
     resized = {n: make_batches(task, args.steps + args.warmup, batch_tokens=n)[0] for n in args.batch_tokens}
-    measured, unit = variants(task, bucketed, unbucketed, args.compile, torch.device(args.device).type, resized)
+    padded = None
+    if args.static is not None:
+        if args.static != sorted(set(args.static)) or args.static[0] <= 0 or args.static[-1] <= recipe.data.max_length:
+            parser.error(f"--static: increasing positive lengths, the last above data.max_length "
+                         f"({recipe.data.max_length}), got {args.static}")
+        padded = make_batches(task, args.steps + args.warmup, pad_lengths=args.static)[0]
+    measured, unit = variants(task, bucketed, unbucketed, args.compile, torch.device(args.device).type, resized, padded)
+    if padded is not None:  # compile every shape now, not in the timed steps
+        shapes = {(b["src"].shape, b["tgt_in"].shape): b for b in padded}
+        cells = sum(b["src"].numel() + b["tgt_in"].numel() for b in padded) / sum(b["src"].numel() + b["tgt_in"].numel() for b in bucketed)
+        print(f"static: {len(shapes)} batch shapes among {len(padded)} batches, x{cells:.2f} the token cells of "
+              f"the unpadded batches", file=sys.stderr)
+        for name in ("static", "bf16+static"):
+            for batch in shapes.values():
+                step(task, optimizer, batch, args.device, measured[name][1], measured[name][2])
     tokens = dict.fromkeys(measured, 0)
     seconds = dict.fromkeys(measured, 0.0)
     for i in range(args.steps + args.warmup):

@@ -1,6 +1,7 @@
 """Static shapes for compiled training steps (issue 13: CUDA graphs need few shapes).
 
-``data.pad_lengths`` pads every training batch to one of a few shapes; the padding changes no loss
+``data.pad_lengths`` pads every training batch to one of a few shapes (lengths from the list, a multiple
+of 8 rows); the padding changes no loss
 and no gradient. ``model.compile: static`` compiles one graph per shape of the decoder step (on the
 CPU here; CUDA graphs on a GPU), each once however many batches share it, and computes what the
 eager step does. Both keys are recipe errors naming the key when they cannot work together."""
@@ -25,22 +26,23 @@ from test_rnn_decoder import E, V, make  # noqa: E402
 PAD, BOS, EOS = 0, 1, 2
 
 
-def test_padded_batches_take_the_next_listed_length_and_a_power_of_two_rows():
+def test_padded_batches_take_the_next_listed_length_and_a_multiple_of_8_rows():
     pairs = [Pair(10, [5, 6], [7]), Pair(11, [5, 6, 7, 8, 9], [7, 8, 9, 10, 11, 12]), Pair(12, [5, 6, 7], [8, 9])]
     plain = PairCollator(PAD, BOS, EOS)(pairs)
     padded = PairCollator(PAD, BOS, EOS, pad_lengths=[4, 8, 16])(pairs)
-    assert padded["src"].shape == (4, 8) and padded["tgt_in"].shape == padded["tgt_out"].shape == (4, 8)
+    assert padded["src"].shape == (8, 8) and padded["tgt_in"].shape == padded["tgt_out"].shape == (8, 8)
     # the real rows are the unpadded batch, then padding
     for key in ("src", "tgt_in", "tgt_out"):
         width = plain[key].shape[1]
         assert torch.equal(padded[key][:3, :width], plain[key]) and (padded[key][:3, width:] == PAD).all()
     assert torch.equal(padded["src_len"][:3], plain["src_len"]) and padded["ntokens"] == plain["ntokens"] == 12
-    # one filler row: a one-token source, BOS then padding in, nothing out, no corpus line
-    assert padded["ids"].tolist() == [10, 11, 12, -1] and padded["src_len"][3] == 1
-    assert padded["src"][3].tolist() == [EOS] + [PAD] * 7 and padded["tgt_in"][3].tolist() == [BOS] + [PAD] * 7
-    assert (padded["tgt_out"][3] == PAD).all()
-    # a power of two rows stays as it is; too long for the last length is an error, not a silent cut
-    assert PairCollator(PAD, BOS, EOS, pad_lengths=[8])(pairs[:2])["src"].shape == (2, 8)
+    # five filler rows: a one-token source, BOS then padding in, nothing out, no corpus line
+    assert padded["ids"].tolist() == [10, 11, 12] + [-1] * 5 and (padded["src_len"][3:] == 1).all()
+    for row in range(3, 8):
+        assert padded["src"][row].tolist() == [EOS] + [PAD] * 7 and padded["tgt_in"][row].tolist() == [BOS] + [PAD] * 7
+    assert (padded["tgt_out"][3:] == PAD).all()
+    # a multiple of 8 rows stays as it is; too long for the last length is an error, not a silent cut
+    assert PairCollator(PAD, BOS, EOS, pad_lengths=[8])(pairs[:2] * 4)["src"].shape == (8, 8)
     with pytest.raises(ValueError, match="longer than the last"):
         PairCollator(PAD, BOS, EOS, pad_lengths=[4, 6])(pairs)
 
@@ -56,7 +58,7 @@ def test_padding_changes_neither_the_loss_nor_the_gradients(tmp_path, reverse_da
     module = task.make_datamodule()
     pairs = [module.train_set[i] for i in range(5)]
     padded = module.collator(pairs)
-    assert padded["src"].shape[0] == 8 and padded["src"].shape[1] in (8, 13)
+    assert padded["src"].shape[0] == 8 and padded["src"].shape[1] in (8, 13)  # 5 sentences and 3 filler rows
     task.eval()  # no dropout: the same numbers with or without the padding
     results = []
     for batch in (PairCollator(task.pad_id, task.bos_id, task.eos_id)(pairs), padded):

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import reverse_recipe, write_recipe
 
@@ -63,3 +64,23 @@ def test_a_size_that_is_not_positive_is_refused(train_speed, reverse_data, tmp_p
         train_speed.main([str(recipe_path), "--batch-tokens", "0"])
     assert exit_.value.code == 2
     assert "--batch-tokens: each size must be a positive number of tokens" in capsys.readouterr().err
+
+
+def test_static_rows_measure_the_same_sentences_padded_and_compiled_per_shape(train_speed, reverse_data, tmp_path,
+                                                                            one_thread, capsys):
+    recipe = reverse_recipe(reverse_data, data={"max_length": 12})
+    recipe_path = write_recipe(tmp_path / "r.yaml", recipe)
+    _, task = train_speed.build(str(recipe_path), "cpu")
+    bucketed, _ = train_speed.make_batches(task, 3)
+    padded, _ = train_speed.make_batches(task, 3, pad_lengths=[8, 13])
+    assert task.recipe.data.pad_lengths is None  # the recipe is as it was
+    for plain, pad in zip(bucketed, padded):
+        rows = plain["src"].size(0)
+        assert torch.equal(pad["ids"][:rows], plain["ids"]) and (pad["ids"][rows:] == -1).all()
+        assert pad["src"].size(0) % 8 == 0 and pad["src"].size(1) in (8, 13)
+    rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--static", "8", "13"])
+    assert {"static", "bf16+static"} <= set(rates) and all(rate > 0 for rate in rates.values())
+    assert "batch shapes among" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--static", "8", "12"])
+    assert "the last above data.max_length (12)" in capsys.readouterr().err

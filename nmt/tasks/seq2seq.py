@@ -58,7 +58,7 @@ class Seq2SeqData(Section):
     num_workers: int = Field(0, ge=0)
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
     # static shapes: training batches padded to the next of these lengths (source and target) and to a
-    # power of two rows, so a compiled step (model.compile: static) meets a few shapes, not hundreds
+    # multiple of 8 rows, so a compiled step (model.compile: static) meets a few shapes, not hundreds
     pad_lengths: Optional[list[PositiveInt]] = None
 
     @field_validator("pad_lengths")
