@@ -129,3 +129,27 @@ def test_static_shape_keys_that_cannot_work_are_recipe_errors_naming_the_key(tmp
     err = capsys.readouterr().err
     assert key in err and message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_decoder_whose_compile_step_has_no_static_form_compiles_with_true_and_refuses_static(tmp_path, reverse_data,
+                                                                                             capsys):
+    (tmp_path / "dynamic_only.py").write_text(
+        "import importlib\n"
+        "from nmt import register\n"
+        "RNNDecoder = importlib.import_module('nmt_builtin.rnn_decoder').RNNDecoder\n"
+        "@register('decoder', 'dynamic_only')\n"
+        "class DynamicOnly(RNNDecoder):\n"
+        "    '''A decoder with the older compile_step(enabled) and no static form.'''\n"
+        "    def compile_step(self, enabled=True):\n"
+        "        super().compile_step(enabled)\n")
+    recipe = tiny_recipe(reverse_data, compile=True, decoder={"name": "dynamic_only", "hidden_size": 32})
+    recipe["plugins"] = [str(tmp_path / "dynamic_only.py")]
+    (tmp_path / "ok").mkdir()
+    task = build_task(tmp_path / "ok", recipe)
+    task.setup("fit")
+    assert task.decoder._compiled is True
+    recipe["model"]["compile"] = "static"
+    path = write_recipe(tmp_path / "r.yaml", recipe)
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "model.compile" in err and "no static compiled step" in err and "Traceback" not in err

@@ -6,6 +6,7 @@ a distribution over the target vocabulary; ``nmt.search`` decodes greedily or wi
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import time
@@ -120,6 +121,10 @@ class Seq2SeqTask(Task):
             if not callable(getattr(decoder.cls, "compile_step", None)):
                 raise RecipeError(f"{recipe.path}: model.compile",
                                   f"decoder '{recipe.model.decoder['name']}' has no compile_step; set model.compile: false")
+            if recipe.model.compile == "static" and "static" not in inspect.signature(decoder.cls.compile_step).parameters:
+                raise RecipeError(f"{recipe.path}: model.compile",
+                                  f"decoder '{recipe.model.decoder['name']}' has no static compiled step "
+                                  "(compile_step(static=True)); use model.compile: true")
         if recipe.model.compile == "static" and not recipe.data.pad_lengths:
             raise RecipeError(f"{recipe.path}: model.compile",
                               "static compiles one graph per batch shape: set data.pad_lengths too (a few "
@@ -266,7 +271,10 @@ class Seq2SeqTask(Task):
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.recipe.model.compile:
-            self.decoder.compile_step(static=self.recipe.model.compile == "static")
+            if self.recipe.model.compile == "static":
+                self.decoder.compile_step(static=True)
+            else:
+                self.decoder.compile_step()
 
     def training_step(self, batch, batch_idx):
         total, ntokens = self.loss(batch, self.recipe.spec.optim.label_smoothing)
