@@ -21,7 +21,7 @@
 #   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . &&
 #   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH NMT_DATA=$PWD/.gpu/data && rm -rf runs &&
 #   OUT=$OUT/gpu-check benchmarks/gpu_check.sh
-# (timeout_s 540); the table and logs come back under files_at. Dry run on this CPU: 288 s, every row
+# (timeout_s 540); the table and logs come back under files_at. Dry run on this CPU: 262 s, every row
 # filled, beside two trainings (2026-11-28; SIZES=2100, STEPS=2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
