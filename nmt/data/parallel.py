@@ -1,6 +1,7 @@
 """Parallel text for translation: tokenised pairs, length-bucketed token batches, padding."""
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -81,10 +82,10 @@ def pad(sequences: Sequence[Sequence[int]], pad_id: int, width: int | None = Non
 
 def next_length(n: int, lengths: Sequence[int]) -> int:
     """The first of the increasing ``lengths`` that holds ``n``."""
-    for length in lengths:
-        if length >= n:
-            return length
-    raise ValueError(f"a sequence of {n} tokens is longer than the last of the padded lengths {list(lengths)}")
+    i = bisect.bisect_left(lengths, n)
+    if i == len(lengths):
+        raise ValueError(f"a sequence of {n} tokens is longer than the last of the padded lengths {list(lengths)}")
+    return lengths[i]
 
 
 class PairCollator:
