@@ -1,78 +1,116 @@
 #!/usr/bin/env bash
-# One GPU check (issue 13), under one global deadline, printing one table last:
-#   1. the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
-#   2. training speed of the en-de model, fp32 and bf16, eager and with the decoder step compiled
-#      (model.compile), side by side on the same batches; and at 4x and 16x the recipe's batch
-#      (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound
-#   3. a short run of the recipe's GPU variant (run.sh with GPU=1: bf16, 4x batch) with
-#      its test BLEU (test_2016_flickr, test_2017_flickr)
-#   4. beam-5 and greedy translation of test_2016_flickr (1,000 sentences), timed after the model is loaded
-#   5. in the time left: training speed with static shapes (batches padded to STATIC lengths, the step
-#      compiled once per shape: model.compile: static, CUDA graphs) beside the eager rows
+# One GPU check (issue 13), under one global deadline, printing one table last. Its parts (PARTS, in
+# this order; the default is all of them):
+#   speed      training speed of the en-de model, fp32 and bf16, eager and with the decoder step compiled
+#              (model.compile), side by side on the same batches; and at 4x, 16x and 64x the recipe's
+#              batch (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound
+#   tests      the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
+#   static     training speed with static shapes (batches padded to STATIC lengths, the step compiled
+#              once per shape: model.compile: static, CUDA graphs) beside the eager rows
+#   recipe     a short run of the recipe's GPU variant (run.sh with GPU=1: bf16, 4x batch, then
+#              RECIPE_ARGS; fp32 instead where the speed part of this call measured bf16 slower than fp32
+#              at the first of SIZES, and the row says so) with its test BLEU and best dev BLEU
+#   translate  beam-5 and greedy translation of test_2016_flickr (1,000 sentences) by the recipe's run,
+#              timed after the model is loaded
+# A part cut by the deadline leaves what it measured: the speed parts print the steps timed so far.
 #
 # On the GPU machine, from the checkout, after the set-up in ../shared/GPU.md (wheels and data under
 # .gpu/, PYTHONPATH and NMT_DATA exported):   benchmarks/gpu_check.sh
 # Dry run on a CPU (what a session without a GPU runs to check the script itself):
-#   DEVICE=cpu BUDGET=00:00:00:40 STEPS=2 SIZES=2100 DEADLINE=480 benchmarks/gpu_check.sh
-# Everything goes to $OUT (default gpu-check/): the logs, table.tsv and the run directory.
-# Through the device tool: prepare .gpu/ as ../shared/GPU.md says (pydantic wheels, multi30k data),
-# then one `run` with carry [".gpu"] and the command
+#   DEVICE=cpu BUDGET=00:00:00:40 STEPS=2 SIZES=2100 DEADLINE=900 benchmarks/gpu_check.sh
+# The logs and table.tsv go to $OUT (default gpu-check/; seven files at most, the device tool brings back
+# eight); the run directory to $RUN_ROOT (default /tmp/gpu-check-runs), outside it.
+# Through the device tool: prepare .gpu/ as ../shared/GPU.md says (pydantic wheels, multi30k en and de),
+# then `run` with carry [".gpu"] and the command
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl &&
 #   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . &&
 #   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH NMT_DATA=$PWD/.gpu/data && rm -rf runs &&
-#   OUT=$OUT/gpu-check benchmarks/gpu_check.sh
-# (timeout_s 540); the table and logs come back under files_at. Dry run on this CPU: 262 s, every row
-# filled, beside two trainings (2026-11-28; SIZES=2100, STEPS=2).
+#   OUT=$OUT benchmarks/gpu_check.sh
+# (timeout_s DEADLINE + 50). Fifteen minutes of device time a session, starts included, fit two calls:
+#   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with the
+#   RECIPE_ARGS the first call's rows argue for; or all parts in one call with DEADLINE=540.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"            # cuda or cpu
+PARTS="${PARTS:-speed tests static recipe translate}"
 BUDGET="${BUDGET:-00:00:03:00}"     # training time of the recipe run (DD:HH:MM:SS)
+RECIPE_ARGS="${RECIPE_ARGS:-}"      # overrides of the recipe run after GPU=1's (e.g. data.batch_tokens=16800 optim.lr=0.002)
 STEPS="${STEPS:-30}"                # training steps per variant of the speed benchmark
-SIZES="${SIZES:-4200 16800}"        # batch sizes (tokens) measured beside the recipe's 1050
+SIZES="${SIZES:-4200 16800 67200}"  # batch sizes (tokens) measured beside the recipe's 1050
 STATIC="${STATIC:-16 24 32 48 81}"  # padded lengths of the static-shape rows (data.pad_lengths)
-DEADLINE="${DEADLINE:-460}"         # seconds for the whole script (the device lends 8 minutes a try)
+DEADLINE="${DEADLINE:-540}"         # seconds for the whole script (one device call: 10 minutes at most)
 OUT="${OUT:-gpu-check}"
+RUN_ROOT="${RUN_ROOT:-/tmp/gpu-check-runs}"
+run_dir="$RUN_ROOT/run-ende"
 start=$(date +%s)
 mkdir -p "$OUT"
 : > "$OUT/table.tsv"
 left() { local l=$(( DEADLINE - ($(date +%s) - start) )); [ "$l" -gt 5 ] && echo "$l" || echo 5; }
+at_most() { local l; l=$(left); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 row() { printf '%s\t%s\n' "$1" "$2" >> "$OUT/table.tsv"; echo "== $1: $2"; }
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+export PYTHONUNBUFFERED=1
 accelerator=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT/device.txt"
 row "device" "$(cat "$OUT/device.txt")"
+speed_rows() {  # the rows of one train_speed log: label prefix, log, the variants' pattern
+    while read -r name rate _ _ ratio; do
+        row "$1: $name" "$rate target tokens/s ($ratio)"
+    done < <(grep -E "^  $3 +[0-9]+ target tokens/s" "$2")
+    grep -E "^stopped by SIGTERM" "$2" | while read -r line; do row "$1" "$line (deadline)"; done
+}
 
-# 1. GPU tests
-if [ "$DEVICE" = cuda ]; then
-    timeout "$(( $(left) / 4 ))" python -m pytest -q -m gpu tests/test_gpu.py > "$OUT/gpu_tests.log" 2>&1
+if want speed; then  # variants alternating step by step on the same batches
+    timeout "$(at_most 170)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
+        --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
+    if ! grep -q "target tokens/s" "$OUT/train_speed.log"; then  # compile failed or was too slow: eager alone
+        row "train speed with --compile" "failed: $(grep -E 'Error|error|SIGTERM' "$OUT/train_speed.log" | tail -1 | cut -c1-160)"
+        timeout "$(at_most 60)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
+            --steps "$STEPS" --device "$DEVICE" --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
+    fi
+    speed_rows "train speed" "$OUT/train_speed.log" "[^ ]+"
+fi
+
+if want tests && [ "$DEVICE" = cuda ]; then
+    timeout "$(at_most 120)" python -m pytest -q -m gpu tests/test_gpu.py > "$OUT/gpu_tests.log" 2>&1
     row "GPU tests (pytest -m gpu tests/test_gpu.py)" "$(tail -1 "$OUT/gpu_tests.log")"
 fi
 
-# 2. training speed, variants alternating step by step on the same batches
-timeout "$(( $(left) / 3 ))" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-    --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
-if ! grep -q "target tokens/s" "$OUT/train_speed.log"; then  # compile failed there: the eager variants alone
-    row "train speed with --compile" "failed: $(grep -E 'Error|error' "$OUT/train_speed.log" | tail -1 | cut -c1-160)"
-    timeout "$(( $(left) / 4 ))" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-        --steps "$STEPS" --device "$DEVICE" --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
+if want static; then  # the same batches padded to a few shapes, the decoder step compiled once per shape
+    timeout "$(( $(left) - $(want recipe && echo 280 || echo 0) ))" python benchmarks/train_speed.py \
+        recipes/translation/multi30k/en-de.yaml --steps "$STEPS" --device "$DEVICE" --warmup 3 --static $STATIC \
+        > "$OUT/train_speed_static.log" 2>&1
+    row "static shapes ($STATIC)" "$(grep -E '^static:' "$OUT/train_speed_static.log" || echo 'the batches were not made in time')"
+    if grep -q "target tokens/s" "$OUT/train_speed_static.log"; then
+        speed_rows "train speed, static run" "$OUT/train_speed_static.log" "(nmt|bf16|static|bf16\+static)"
+    else
+        row "train speed with --static $STATIC" "did not finish: $(grep -E 'Error|error|SIGTERM' "$OUT/train_speed_static.log" | tail -1 | cut -c1-160)"
+    fi
 fi
-while read -r name rate _ _ ratio; do
-    row "train speed: $name" "$rate target tokens/s ($ratio)"
-done < <(grep -E "target tokens/s" "$OUT/train_speed.log")
 
-# 3. the recipe, bf16, a short budget; BLEU of both test sets
-rm -rf "$OUT/run-ende"
-SECONDS=0
-GPU=1 RUN_DIR="$OUT/run-ende" BUDGET="$BUDGET" timeout "$(( $(left) - 60 ))" recipes/translation/multi30k/run.sh en-de \
-    "trainer.accelerator=$accelerator" trainer.devices=1 > "$OUT/recipe.log" 2>&1
-row "en-de recipe, GPU=1 variant, budget $BUDGET (wall ${SECONDS}s)" \
-    "$(grep -E '^test_201[67]_flickr +bleu' "$OUT/recipe.log" | awk '{printf "%s BLEU %s; ", $1, $3}')"
+if want recipe; then  # the recipe's GPU variant, a short budget; BLEU of both test sets
+    precision=()
+    rate() { grep -sE "^  $1 +[0-9]+ target tokens/s" "$OUT/train_speed.log" | awk '{print $2}'; }
+    first="${SIZES%% *}"; fp32=$(rate "nmt@$first"); bf16=$(rate "bf16@$first")
+    [ -n "$fp32" ] && [ -n "$bf16" ] && [ "$bf16" -lt "$fp32" ] && precision=(trainer.precision=32-true)  # bf16 slower there
+    rm -rf "$run_dir"
+    SECONDS=0
+    # shellcheck disable=SC2086
+    GPU=1 RUN_DIR="$run_dir" BUDGET="$BUDGET" timeout "$(( $(left) - 30 ))" recipes/translation/multi30k/run.sh en-de \
+        "trainer.accelerator=$accelerator" trainer.devices=1 "${precision[@]}" $RECIPE_ARGS > "$OUT/recipe.log" 2>&1
+    row "en-de recipe, GPU=1 ${precision[*]} $RECIPE_ARGS, budget $BUDGET (wall ${SECONDS}s)" \
+        "$(grep -E '^test_201[67]_flickr +bleu' "$OUT/recipe.log" | awk '{printf "%s BLEU %s; ", $1, $3}')"
+    # the best dev BLEU and when it came (the rows of `nmt plot` that run.sh prints: minutes, step, val/bleu)
+    row "en-de recipe, best dev BLEU" "$(grep -E '^dev curve: +[0-9.]+ +[0-9]+ +[0-9.]+$' "$OUT/recipe.log" |
+        awk '$5 > best {best = $5; at = $3; step = $4} END {if (at != "") printf "%.2f after %s min of training (step %s)", best, at, step}')"
+    row "en-de recipe, end of training" "$(grep -oE 'finished [^:]*: [^;]*' "$OUT/recipe.log" | tail -1)"
+    timeout 30 nmt plot "$run_dir" train/tokens_per_sec 2>&1 | sed 's/^/tokens_per_sec curve: /' >> "$OUT/recipe.log"
+    row "en-de recipe, logged train/tokens_per_sec" "$(grep -E '^tokens_per_sec curve: +[0-9.]+ +[0-9]+ +[0-9.]+$' "$OUT/recipe.log" |
+        awk '{print $5}' | sort -n | awk '{v[NR] = $1} END {if (NR) printf "median %.0f over %d points", v[int((NR + 1) / 2)], NR}')"
+fi
 
-# the best dev BLEU and when it came (the rows of `nmt plot` that run.sh prints: minutes, step, val/bleu)
-row "en-de recipe, best dev BLEU" "$(grep -E '^dev curve: +[0-9.]+ +[0-9]+ +[0-9.]+$' "$OUT/recipe.log" |
-    awk '$5 > best {best = $5; at = $3; step = $4} END {if (at != "") printf "%.2f after %s min of training (step %s)", best, at, step}')"
-
-# 4. translation of test_2016_flickr, timed after loading
-timeout "$(left)" python - "$OUT/run-ende" "$DEVICE" > "$OUT/translate_speed.log" 2>&1 <<'EOF'
+if want translate; then  # translation of test_2016_flickr, timed after loading
+    timeout "$(left)" python - "$run_dir" "$DEVICE" > "$OUT/translate_speed.log" 2>&1 <<'EOF'
 import gzip, sys, time
 import torch
 from nmt.recipe import default_data_root
@@ -93,21 +131,9 @@ with torch.inference_mode():
             torch.cuda.synchronize()
         print(f"beam {beam}: {len(lines)} sentences in {time.perf_counter() - begin:.2f} s")
 EOF
-while read -r line; do row "translate test_2016_flickr" "$line"; done < <(grep -E "^beam" "$OUT/translate_speed.log")
-
-# 5. static shapes, last (the most speculative lever, in the time left): the same batches padded to a
-#    few shapes, the decoder step compiled once per shape (CUDA graphs on CUDA), beside the eager rows
-timeout "$(left)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-    --steps "$STEPS" --device "$DEVICE" --warmup 3 --static $STATIC > "$OUT/train_speed_static.log" 2>&1
-if grep -q "target tokens/s" "$OUT/train_speed_static.log"; then
-    row "static shapes ($STATIC)" "$(grep -E '^static:' "$OUT/train_speed_static.log")"
-    while read -r name rate _ _ ratio; do
-        row "train speed, static run: $name" "$rate target tokens/s ($ratio)"
-    done < <(grep -E "^  (nmt|bf16|static|bf16\+static) +[0-9]+ target tokens/s" "$OUT/train_speed_static.log")
-else
-    row "train speed with --static $STATIC" "did not finish: $(grep -E 'Error|error|^static:' "$OUT/train_speed_static.log" | tail -1 | cut -c1-160)"
+    row "translate test_2016_flickr" "$(grep -E "^beam" "$OUT/translate_speed.log" | paste -sd ';' || true)"
 fi
 
 echo
-echo "gpu_check: $(( $(date +%s) - start )) s in all (deadline $DEADLINE s); logs in $OUT/"
+echo "gpu_check: $(( $(date +%s) - start )) s in all (deadline $DEADLINE s); logs in $OUT/, the run in $run_dir"
 column -t -s $'\t' "$OUT/table.tsv"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -164,6 +165,14 @@ def step(task, optimizer, batch, device, bf16: bool, loss_fn) -> int:
     return ntokens
 
 
+class Stopped(Exception):
+    """SIGTERM during the steps (``timeout`` sends it): the rates of the steps timed so far are printed."""
+
+
+def _stop(signum, frame):
+    raise Stopped
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
@@ -199,15 +208,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 step(task, optimizer, batch, args.device, measured[name][1], measured[name][2])
     tokens = dict.fromkeys(measured, 0)
     seconds = dict.fromkeys(measured, 0.0)
-    for i in range(args.steps + args.warmup):
-        for name, (batches, bf16, loss_fn) in measured.items():
-            start = time.perf_counter()
-            n = step(task, optimizer, batches[i], args.device, bf16, loss_fn)
+    timed = 0  # timed steps of every variant so far
+    previous = signal.signal(signal.SIGTERM, _stop)  # a timeout's signal: report the steps timed so far
+    try:
+        for i in range(args.steps + args.warmup):
+            this = {}
+            for name, (batches, bf16, loss_fn) in measured.items():
+                start = time.perf_counter()
+                n = step(task, optimizer, batches[i], args.device, bf16, loss_fn)
+                this[name] = (n, time.perf_counter() - start)
             if i >= args.warmup:  # the first steps warm up allocators and kernels (and compile)
-                tokens[name] += n
-                seconds[name] += time.perf_counter() - start
+                for name, (n, spent) in this.items():
+                    tokens[name] += n
+                    seconds[name] += spent
+                timed += 1
+    except Stopped:
+        print(f"stopped by SIGTERM after {timed} of {args.steps} timed steps", file=sys.stderr)
+        if not timed:
+            return {}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     rates = {name: tokens[name] / seconds[name] for name in measured}
-    print(f"{recipe.name}: {args.steps} training steps per variant on {args.device} "
+    print(f"{recipe.name}: {timed} training steps per variant on {args.device} "
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
         print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}")

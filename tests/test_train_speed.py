@@ -4,6 +4,8 @@ decoder cell's ways under bf16 (RNNDecoder.AUTOCAST_CELL)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,27 @@ def test_static_rows_measure_the_same_sentences_padded_and_compiled_per_shape(tr
     with pytest.raises(SystemExit):
         train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--static", "8", "12"])
     assert "the last above data.max_length (12)" in capsys.readouterr().err
+
+
+def test_a_timeout_s_signal_reports_the_steps_timed_so_far(train_speed, reverse_data, tmp_path, one_thread,
+                                                            capsys, monkeypatch):
+    """``timeout`` (benchmarks/gpu_check.sh) sends SIGTERM: the rates of the whole steps timed before it
+    are printed instead of nothing, and the signal's handler is put back."""
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    calls, real_step = [], train_speed.step
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) == 3 * 3 + 2:  # the fourth step's second variant (three variants, one warm-up step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args)
+
+    monkeypatch.setattr(train_speed, "step", step)
+    monkeypatch.setattr(train_speed, "other_cells", lambda *_: {})  # nmt, bf16, unbucketed
+    before = signal.getsignal(signal.SIGTERM)
+    rates = train_speed.main([str(recipe_path), "--steps", "50", "--warmup", "1", "--device", "cpu"])
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert set(rates) == {"nmt", "bf16", "unbucketed"} and all(rate > 0 for rate in rates.values())
+    out, err = capsys.readouterr()
+    assert "stopped by SIGTERM after 2 of 50 timed steps" in err
+    assert ": 2 training steps per variant" in out and "bf16" in out
