@@ -85,7 +85,10 @@ def test_static_rows_measure_the_same_sentences_padded_and_compiled_per_shape(tr
     assert "batch shapes among" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--static", "8", "12"])
-    assert "the last above data.max_length (12)" in capsys.readouterr().err
+    assert "--static 8 12: the last length must hold" in capsys.readouterr().err  # data.pad_lengths' own check
+    with pytest.raises(SystemExit):
+        train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--static", "13", "8"])
+    assert "expected a non-empty list of increasing lengths" in capsys.readouterr().err
 
 
 def test_a_timeout_s_signal_reports_the_steps_timed_so_far(train_speed, reverse_data, tmp_path, one_thread,
