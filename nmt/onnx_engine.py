@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nmt.data.buckets import bucket_by_length
 from nmt.errors import RunError, UserError
+from nmt.search_rules import Hypothesis, length_penalty, sentence_done
 
 ENGINE_FORMAT = 1
 BUDGET_BEAM = 5  # as nmt.translate: --batch-size counts source tokens at beam sizes up to this
@@ -34,15 +34,6 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # as nmt.data.tokenizer
 SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")
 
 Arrays = list[np.ndarray]
-
-
-@dataclass
-class Hypothesis:
-    """One translation, as :class:`nmt.search.Hypothesis`: tokens without BOS and EOS."""
-
-    tokens: list[int]
-    log_prob: float  # the model's own log-probability of tokens + EOS
-    score: float  # log_prob divided by the length penalty
 
 
 # --- tokenizers, from their files -------------------------------------------------------------
@@ -209,12 +200,7 @@ def load_engine(run_dir: Path, onnx_dir: Path | None = None, checkpoint: str = "
     return OnnxEngine(Path(onnx_dir) if onnx_dir is not None else Path(run_dir) / "onnx")
 
 
-# --- search, as nmt.search ---------------------------------------------------------------------
-
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ((5 + |y|) / 6) ** alpha (Wu et al. 2016); 1 when alpha is 0."""
-    return ((5.0 + length) / 6.0) ** alpha
-
+# --- search, as nmt.search (the rules both share: nmt.search_rules) -------------------------------
 
 def max_lengths(src_len: np.ndarray, ratio: float) -> np.ndarray:
     """The longest output per sentence, ``int(src_len * ratio) + 10``, computed in float32 as torch does."""
@@ -293,7 +279,7 @@ def beam_search(model, src: np.ndarray, src_len: np.ndarray, beam_size: int = 5,
         state = model.select_state(state, rows.reshape(-1))
         keep = []
         for row, sent in enumerate(active):
-            done = _sentence_done(finished[sent], scores[row], tokens.shape[1], limits[sent], alpha, nbest)
+            done = sentence_done(finished[sent], float(scores[row].max()), tokens.shape[1], limits[sent], alpha, nbest)
             if done or t + 1 >= limits[sent]:
                 if len(finished[sent]) < nbest:  # out of length: the live beams end here
                     for j in range(k):
@@ -312,15 +298,3 @@ def beam_search(model, src: np.ndarray, src_len: np.ndarray, beam_size: int = 5,
             state, memory = model.select_state(state, rows_kept), model.select_memory(memory, rows_kept)
             active = [active[r] for r in keep]
     return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
-
-
-def _sentence_done(finished: list[Hypothesis], live_scores: np.ndarray, length: int, limit: int,
-                   alpha: float, nbest: int) -> bool:
-    """True when no live hypothesis can still beat the ``nbest``-th finished one."""
-    if len(finished) < nbest:
-        return False
-    worst_kept = sorted(h.score for h in finished)[-nbest]
-    best_live = float(live_scores.max())
-    # log-probabilities only fall as hypotheses grow; the largest penalty they can reach bounds them
-    bound = best_live / length_penalty(limit if alpha > 0 else length, alpha)
-    return bound <= worst_kept

@@ -11,24 +11,11 @@ Hypotheses are returned without BOS and EOS.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from nmt.search_rules import Hypothesis, length_penalty, sentence_done
 
-@dataclass
-class Hypothesis:
-    tokens: list[int]
-    log_prob: float  # the model's own log-probability of tokens + EOS
-    score: float  # log_prob divided by the length penalty
-    # With attention=True: the weights [target step][source position] that produced each token, EOS
-    # included (one row per token, plus one for EOS when it ended with EOS), over the real source positions.
-    attention: list[list[float]] | None = None
-
-
-def length_penalty(length: int | torch.Tensor, alpha: float):
-    """GNMT length penalty ((5 + |y|) / 6) ** alpha (Wu et al. 2016); 1 when alpha is 0."""
-    return ((5.0 + length) / 6.0) ** alpha
+__all__ = ["Hypothesis", "length_penalty", "max_lengths", "greedy_search", "beam_search"]
 
 
 def max_lengths(src_len: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -128,7 +115,7 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         keep = []
         best_live = scores.max(dim=1).values.tolist()  # [n]: one device-to-host copy a step, not one a sentence
         for row, sent in enumerate(active):
-            done = _sentence_done(finished[sent], best_live[row], len(tokens[0]), limits[sent], alpha, nbest)
+            done = sentence_done(finished[sent], best_live[row], len(tokens[0]), limits[sent], alpha, nbest)
             if done or t + 1 >= limits[sent]:
                 if len(finished[sent]) < nbest:  # out of length: the live beams end here
                     for j in range(k):
@@ -154,15 +141,3 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
 def _path(paths: torch.Tensor | None, row, source_length: int) -> list[list[float]] | None:
     """The attention weights [steps, source_length] along live row ``row``, or None when not kept."""
     return None if paths is None else paths[int(row), :, :source_length].tolist()
-
-
-def _sentence_done(finished: list[Hypothesis], best_live: float, length: int, limit: int,
-                   alpha: float, nbest: int) -> bool:
-    """True when no live hypothesis (the best has log-probability ``best_live``) can still beat the
-    ``nbest``-th finished one."""
-    if len(finished) < nbest:
-        return False
-    worst_kept = sorted(h.score for h in finished)[-nbest]
-    # log-probabilities only fall as hypotheses grow; the largest penalty they can reach bounds them
-    bound = best_live / length_penalty(limit if alpha > 0 else length, alpha)
-    return bound <= worst_kept
