@@ -12,14 +12,22 @@
 #              at the first of SIZES, and the row says so) with its test BLEU and best dev BLEU
 #   translate  beam-5 and greedy translation of test_2016_flickr (1,000 sentences) by the recipe's run,
 #              timed after the model is loaded
+#   ensemble   (issue 16; not in the default) recipes/translation/multi30k/ensemble.sh on the GPU: two
+#              members (MEMBER_A, MEMBER_B: dropout 0.3, two seeds) trained at once for ENSEMBLE_BUDGET
+#              each on the one GPU (a launch-bound step leaves it room), the system and its length
+#              penalty chosen on dev, both test sets read once
 # A part cut by the deadline leaves what it measured: the speed parts print the steps timed so far.
 #
 # On the GPU machine, from the checkout, after the set-up in ../shared/GPU.md (wheels and data under
 # .gpu/, PYTHONPATH and NMT_DATA exported):   benchmarks/gpu_check.sh
 # Dry run on a CPU (what a session without a GPU runs to check the script itself):
 #   DEVICE=cpu BUDGET=00:00:00:40 STEPS=2 SIZES=2100 DEADLINE=900 benchmarks/gpu_check.sh
-# The logs and table.tsv go to $OUT (default gpu-check/; seven files at most, the device tool brings back
-# eight); the run directory to $RUN_ROOT (default /tmp/gpu-check-runs), outside it.
+# and of the ensemble part, on a cut of the data (600 training pairs, 30 of each other set, in NMT_DATA)
+# with small members: DEVICE=cpu PARTS=ensemble KEEP=2 ENSEMBLE_BUDGET=00:00:01:00 ALPHAS="0.6 1.0"
+#   ENSEMBLE_ARGS="data.batch_tokens=300 model.embedding.size=32 model.encoder.hidden_size=32
+#   model.decoder.hidden_size=64 data.tokenizer.vocab_size=500 trainer.val_check_interval=2" (310 s beside two trainings)
+# The logs and table.tsv go to $OUT (default gpu-check/; eight files at most, what the device tool
+# brings back); the run directory to $RUN_ROOT (default /tmp/gpu-check-runs), outside it.
 # Through the device tool: prepare .gpu/ as ../shared/GPU.md says (pydantic wheels, multi30k en and de),
 # then `run` with carry [".gpu"] and the command
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl &&
@@ -35,6 +43,10 @@ DEVICE="${DEVICE:-cuda}"            # cuda or cpu
 PARTS="${PARTS:-speed tests static recipe translate}"
 BUDGET="${BUDGET:-00:00:03:00}"     # training time of the recipe run (DD:HH:MM:SS)
 RECIPE_ARGS="${RECIPE_ARGS:-}"      # overrides of the recipe run after GPU=1's (e.g. data.batch_tokens=16800 optim.lr=0.002)
+ENSEMBLE_BUDGET="${ENSEMBLE_BUDGET:-00:00:04:00}"  # training time of each ensemble member (they train at once)
+ENSEMBLE_ARGS="${ENSEMBLE_ARGS:-data.batch_tokens=4200 optim.lr=0.001}"  # both members' overrides (run.sh's GPU=1 batch)
+MEMBER_A="${MEMBER_A:-seed=1 model.embedding.dropout=0.3 model.encoder.dropout=0.3 model.decoder.hidden_dropout=0.3}"
+MEMBER_B="${MEMBER_B:-seed=2 model.embedding.dropout=0.3 model.encoder.dropout=0.3 model.decoder.hidden_dropout=0.3}"
 STEPS="${STEPS:-30}"                # training steps per variant of the speed benchmark
 SIZES="${SIZES:-4200 16800 67200}"  # batch sizes (tokens) measured beside the recipe's 1050
 STATIC="${STATIC:-16 24 32 48 81}"  # padded lengths of the static-shape rows (data.pad_lengths)
@@ -43,7 +55,7 @@ OUT="${OUT:-gpu-check}"
 RUN_ROOT="${RUN_ROOT:-/tmp/gpu-check-runs}"
 run_dir="$RUN_ROOT/run-ende"
 start=$(date +%s)
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$RUN_ROOT"
 : > "$OUT/table.tsv"
 left() { local l=$(( DEADLINE - ($(date +%s) - start) )); [ "$l" -gt 5 ] && echo "$l" || echo 5; }
 at_most() { local l; l=$(left); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
@@ -132,6 +144,18 @@ with torch.inference_mode():
         print(f"beam {beam}: {len(lines)} sentences in {time.perf_counter() - begin:.2f} s")
 EOF
     row "translate test_2016_flickr" "$(grep -E "^beam" "$OUT/translate_speed.log" | paste -sd ';' || true)"
+fi
+
+if want ensemble; then  # issue 16 on a GPU: two members trained at once on the one GPU, chosen on dev, tested once
+    rm -rf "$RUN_ROOT"/ens-*
+    SECONDS=0
+    # shellcheck disable=SC2086  # ENSEMBLE_ARGS are words
+    BUDGET="$ENSEMBLE_BUDGET" RUN_PREFIX="$RUN_ROOT/ens" THREADS=4 MEMBER_A="$MEMBER_A" MEMBER_B="$MEMBER_B" \
+        timeout "$(( $(left) - 5 ))" recipes/translation/multi30k/ensemble.sh en-de "trainer.accelerator=$accelerator" \
+        trainer.devices=1 $ENSEMBLE_ARGS > "$OUT/ensemble.log" 2>&1
+    row "ensemble of two members, $ENSEMBLE_BUDGET each at once (wall ${SECONDS}s)" \
+        "$(grep -E '^chosen' "$OUT/ensemble.log" | paste -sd ';'); $(grep -E '^test_201[67]_flickr +bleu' "$OUT/ensemble.log" |
+        awk '{printf "%s BLEU %s; ", $1, $3}')"
 fi
 
 echo

@@ -11,6 +11,7 @@ Hypotheses are returned without BOS and EOS.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from nmt.search_rules import Hypothesis, length_penalty, sentence_done
@@ -82,14 +83,17 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
     memory, state = model.encode(src, src_len)
     expand = torch.arange(batch, device=device).repeat_interleave(k)  # [B*K]
     memory, state = model.select_memory(memory, expand), model.select_state(state, expand)
-    tokens = torch.full((batch * k, 1), model.bos_id, dtype=torch.long, device=device)  # [B*K,1]
+    # each live row's tokens so far live on the host (read there when hypotheses end); the device
+    # keeps the scores and the last tokens, the next step's input
+    tokens = np.full((batch * k, 1), model.bos_id, dtype=np.int64)  # [B*K,1]
+    last = torch.full((batch * k,), model.bos_id, dtype=torch.long, device=device)  # [B*K]
     scores = torch.zeros(batch, k, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: keep one
     active = list(range(batch))  # original sentence index of each row group
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits)):
         n = len(active)
-        log_probs, state, weights = _step(model, tokens[:, -1], state, memory, attention)  # [n*K,V], state, [n*K,S]
+        log_probs, state, weights = _step(model, last, state, memory, attention)  # [n*K,V], state, [n*K,S]
         if attention:  # each row's path so far, then this step: [n*K, t+1, S]
             weights = weights.float().unsqueeze(1)
             paths = weights if paths is None else torch.cat([paths, weights], dim=1)
@@ -98,30 +102,36 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # [n,2K]
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_eos = top_token == model.eos_id
-        # EOS among the first K candidates finishes a hypothesis
-        # (a beam wider than the vocabulary also offers the -inf copies of the start beam: not hypotheses)
-        for row, col in (is_eos[:, :k] & torch.isfinite(top_scores[:, :k])).nonzero().tolist():
-            seq = tokens[row * k + top_beam[row, col]].tolist()[1:]
-            lp = top_scores[row, col].item()
-            path = _path(paths, row * k + top_beam[row, col], src_lengths[active[row]])
-            finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha), path))
         # the live beams: the best K candidates that did not end
         order = is_eos.to(torch.int8).argsort(dim=1, stable=True)[:, :k]  # non-EOS first, in score order
-        scores = top_scores.gather(1, order)  # [n,K]
-        rows = (torch.arange(n, device=device) * k).unsqueeze(1) + top_beam.gather(1, order)  # [n,K]
-        tokens = torch.cat([tokens[rows.view(-1)], top_token.gather(1, order).view(-1, 1)], dim=1)
-        state = model.select_state(state, rows.view(-1))
-        paths = paths[rows.view(-1)] if attention else None  # follow the beams to their new rows
+        scores = top_scores.gather(1, order).float()  # [n,K]
+        live_beam, last = top_beam.gather(1, order), top_token.gather(1, order)  # [n,K] each
+        rows = ((torch.arange(n, device=device) * k).unsqueeze(1) + live_beam).view(-1)  # [n*K]
+        # one device-to-host copy a step, not one per hypothesis (float32 holds the ids and beams exactly)
+        host = torch.cat([top_scores[:, :k].float(), top_beam[:, :k].float(), is_eos[:, :k].float(), scores,
+                          live_beam.float(), last.float()], dim=1).cpu().numpy()  # [n, 6K]
+        top_lp, top_from, top_eos, live_lp, live_from, live_token = np.split(host, 6, axis=1)  # [n,K] each
+        # EOS among the first K candidates finishes a hypothesis
+        # (a beam wider than the vocabulary also offers the -inf copies of the start beam: not hypotheses)
+        for row, col in zip(*np.nonzero((top_eos > 0) & np.isfinite(top_lp))):
+            source = int(row) * k + int(top_from[row, col])
+            seq, lp = tokens[source, 1:].tolist(), float(top_lp[row, col])
+            path = _path(paths, source, src_lengths[active[row]])
+            finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha), path))
+        host_rows = ((np.arange(n) * k)[:, None] + live_from.astype(np.int64)).reshape(-1)
+        tokens = np.concatenate([tokens[host_rows], live_token.astype(np.int64).reshape(-1, 1)], axis=1)
+        last = last.view(-1)
+        state = model.select_state(state, rows)
+        paths = paths[rows] if attention else None  # follow the beams to their new rows
         keep = []
-        best_live = scores.max(dim=1).values.tolist()  # [n]: one device-to-host copy a step, not one a sentence
+        best_live = live_lp.max(axis=1)  # [n]
         for row, sent in enumerate(active):
-            done = sentence_done(finished[sent], best_live[row], len(tokens[0]), limits[sent], alpha, nbest)
+            done = sentence_done(finished[sent], float(best_live[row]), tokens.shape[1], limits[sent], alpha, nbest)
             if done or t + 1 >= limits[sent]:
                 if len(finished[sent]) < nbest:  # out of length: the live beams end here
                     for j in range(k):
-                        if torch.isfinite(scores[row, j]):
-                            seq = tokens[row * k + j].tolist()[1:]
-                            lp = scores[row, j].item()
+                        if np.isfinite(live_lp[row, j]):
+                            seq, lp = tokens[row * k + j, 1:].tolist(), float(live_lp[row, j])
                             path = _path(paths, row * k + j, src_lengths[sent])
                             finished[sent].append(Hypothesis(seq, lp, lp / length_penalty(len(seq), alpha), path))
             else:
@@ -131,7 +141,8 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         if len(keep) < n:  # drop finished sentences from the batch
             keep_t = torch.tensor(keep, device=device)
             rows_kept = (keep_t.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
-            tokens, scores = tokens[rows_kept], scores[keep_t]
+            tokens = tokens[((np.array(keep) * k)[:, None] + np.arange(k)).reshape(-1)]
+            scores, last = scores[keep_t], last[rows_kept]
             paths = paths[rows_kept] if attention else None
             state, memory = model.select_state(state, rows_kept), model.select_memory(memory, rows_kept)
             active = [active[r] for r in keep]

@@ -1,5 +1,5 @@
-"""The Multi30k ensemble script end to end on a tiny stand-in for the data: it trains both members,
-averages each, scores the six candidates on the dev set, and only the chosen one reads the test sets."""
+"""The Multi30k ensemble and choice scripts end to end on a tiny stand-in for the data: ensemble.sh trains both members,
+averages each, scores the six candidates on the dev set (choose.sh), and only the chosen one reads the test sets."""
 from __future__ import annotations
 
 import gzip
@@ -14,6 +14,7 @@ import yaml
 from conftest import write_reverse_corpus
 
 SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "translation" / "multi30k" / "ensemble.sh"
+CHOOSE = SCRIPT.with_name("choose.sh")
 CANDIDATES = ["a-best", "a-averaged", "b-best", "b-averaged", "ensemble-best", "ensemble-averaged"]
 
 
@@ -62,3 +63,25 @@ def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
         assert len((tmp_path / f"ens.{test}.hyp").read_text().splitlines()) == 20
     # the dev outputs of every candidate are kept beside the members; the test sets were translated once each
     assert sorted(p.name for p in tmp_path.glob("ens.dev.*.hyp")) == sorted(f"ens.dev.{c}.hyp" for c in CANDIDATES)
+
+    # choose.sh alone over runs that exist (what ensemble.sh calls): the same translations score the same
+    picked = subprocess.run(["bash", str(CHOOSE), "en-de", f"one=--run {tmp_path}/ens-a --checkpoint best",
+                             f"both=--run {tmp_path}/ens-a --run {tmp_path}/ens-b --checkpoint averaged"],
+                            env={**env, "PREFIX": str(tmp_path / "pick"), "ALPHAS": "0.6"}, capture_output=True, text=True,
+                            timeout=300)
+    assert picked.returncode == 0, picked.stderr[-2000:]
+    picks = dict(re.findall(r"^(\S+) +(\d+\.\d\d)$", picked.stdout, re.M))
+    assert picks == {"one": scores["a-best"], "both": scores["ensemble-averaged"]}
+    assert re.search(r"^system: nmt translate --run \S+ens-a (--run \S+ens-b )?--checkpoint \w+ --beam 5 --alpha 0.6$",
+                     picked.stdout, re.M)
+    assert all((tmp_path / f"pick.{test}.hyp").exists() for test in ("test_2016_flickr", "test_2017_flickr"))
+
+
+def test_choose_script_refuses_a_candidate_without_a_name(tmp_path):
+    for args, said in ((["en-de", "--run runs/a"], "candidate '--run runs/a': expected NAME="),
+                       (["en-de", "a=--run x", "a=--run y"], "candidate 'a=--run y': expected NAME="),
+                       (["en-de"], "no candidates")):
+        done = subprocess.run(["bash", str(CHOOSE), *args], env={**os.environ, "PREFIX": str(tmp_path / "p")},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and said in done.stderr
+        assert not list(tmp_path.iterdir())  # nothing written

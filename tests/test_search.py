@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -230,3 +231,24 @@ def test_beam_wider_than_the_vocabulary_returns_only_real_hypotheses():
     hyps = search.beam_search(ToyTask(scorer), src, src_len, beam_size=8, alpha=0.0, nbest=4, max_length_ratio=0.5)[0]
     assert all(math.isfinite(h.score) for h in hyps)  # today the 4th is ([], -inf)
     assert len({tuple(h.tokens) for h in hyps}) == 4
+
+
+def test_beam_search_copies_from_the_device_once_a_step(monkeypatch):
+    """On a GPU each copy to the host waits for the device: the search makes one a step (and two at
+    its set-up), not one per finished hypothesis, and finds the same hypotheses."""
+    src, src_len = batch((A, B, A), (B,), (A, A, B, B), (B, B))
+    expected = search.beam_search(ToyTask(random_scorer), src, src_len, beam_size=3, nbest=3)
+    copies = []
+    for name in ("item", "tolist", "cpu", "numpy"):
+        def counting(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename == search.__file__:
+                copies.append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    task, steps = ToyTask(random_scorer), []
+    real_step = task.decode_step
+    monkeypatch.setattr(task, "decode_step", lambda *args: steps.append(1) or real_step(*args))
+    found = search.beam_search(task, src, src_len, beam_size=3, nbest=3)
+    assert found == expected and sum(map(len, found)) == 12
+    assert len(steps) >= 4 and copies.count("cpu") == len(steps)  # one .cpu() a step ...
+    assert len(copies) - copies.count("cpu") - copies.count("numpy") == 2  # ... and the lengths' two .tolist()
