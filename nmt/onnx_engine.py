@@ -26,7 +26,7 @@ import numpy as np
 
 from nmt.data.buckets import bucket_by_length
 from nmt.errors import RunError, UserError
-from nmt.search_rules import Hypothesis, length_penalty, sentence_done
+from nmt.search_rules import Hypothesis, beam_step, length_penalty  # noqa: F401 (length_penalty: as nmt.search has it)
 
 ENGINE_FORMAT = 1
 BUDGET_BEAM = 5  # as nmt.translate: --batch-size counts source tokens at beam sizes up to this
@@ -263,38 +263,16 @@ def beam_search(model, src: np.ndarray, src_len: np.ndarray, beam_size: int = 5,
         vocab = log_probs.shape[-1]
         candidates = (scores.reshape(-1, 1) + log_probs).reshape(n, k * vocab)  # [n, K*V]
         top_scores, top_index = top_k(candidates, 2 * k)  # [n, 2K]
-        top_beam, top_token = top_index // vocab, top_index % vocab
-        is_eos = top_token == model.eos_id
-        # EOS among the first K candidates finishes a hypothesis (-inf copies of the start beam do not)
-        for row, col in np.argwhere(is_eos[:, :k] & np.isfinite(top_scores[:, :k])).tolist():
-            seq = tokens[row * k + top_beam[row, col]].tolist()[1:]
-            lp = float(top_scores[row, col])
-            finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha)))
-        # the live beams: the best K candidates that did not end
-        order = np.argsort(is_eos.astype(np.int8), axis=1, kind="stable")[:, :k]  # non-EOS first, in score order
-        scores = np.take_along_axis(top_scores, order, axis=1)  # [n, K]
-        rows = (np.arange(n) * k)[:, None] + np.take_along_axis(top_beam, order, axis=1)  # [n, K]
-        tokens = np.concatenate([tokens[rows.reshape(-1)], np.take_along_axis(top_token, order, axis=1).reshape(-1, 1)],
-                                axis=1)
-        state = model.select_state(state, rows.reshape(-1))
-        keep = []
-        for row, sent in enumerate(active):
-            done = sentence_done(finished[sent], float(scores[row].max()), tokens.shape[1], limits[sent], alpha, nbest)
-            if done or t + 1 >= limits[sent]:
-                if len(finished[sent]) < nbest:  # out of length: the live beams end here
-                    for j in range(k):
-                        if np.isfinite(scores[row, j]):
-                            seq = tokens[row * k + j].tolist()[1:]
-                            lp = float(scores[row, j])
-                            finished[sent].append(Hypothesis(seq, lp, lp / length_penalty(len(seq), alpha)))
-            else:
-                keep.append(row)
+        tokens, order, keep = beam_step(tokens, top_scores, top_index, vocab, model.eos_id, active, finished,
+                                        limits, t, alpha, nbest)
         if not keep:
             break
+        scores, chosen = np.take_along_axis(top_scores, order, axis=1), np.take_along_axis(top_index, order, axis=1)
+        state = model.select_state(state, ((np.arange(n) * k)[:, None] + chosen // vocab).reshape(-1))
         if len(keep) < n:  # drop finished sentences from the batch
             kept = np.array(keep)
             rows_kept = (kept[:, None] * k + np.arange(k)).reshape(-1)
-            tokens, scores = tokens[rows_kept], scores[kept]
+            scores = scores[kept]
             state, memory = model.select_state(state, rows_kept), model.select_memory(memory, rows_kept)
             active = [active[r] for r in keep]
     return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]

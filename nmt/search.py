@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nmt.search_rules import Hypothesis, length_penalty, sentence_done
+from nmt.search_rules import Hypothesis, beam_step, length_penalty
 
 __all__ = ["Hypothesis", "length_penalty", "max_lengths", "greedy_search", "beam_search"]
 
@@ -100,48 +100,23 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         vocab = log_probs.size(-1)
         candidates = (scores.view(-1, 1) + log_probs).view(n, k * vocab)  # [n,K*V]
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # [n,2K]
-        top_beam, top_token = top_index // vocab, top_index % vocab
-        is_eos = top_token == model.eos_id
-        # the live beams: the best K candidates that did not end
-        order = is_eos.to(torch.int8).argsort(dim=1, stable=True)[:, :k]  # non-EOS first, in score order
-        scores = top_scores.gather(1, order).float()  # [n,K]
-        live_beam, last = top_beam.gather(1, order), top_token.gather(1, order)  # [n,K] each
-        rows = ((torch.arange(n, device=device) * k).unsqueeze(1) + live_beam).view(-1)  # [n*K]
-        # one device-to-host copy a step, not one per hypothesis (float32 holds the ids and beams exactly)
-        host = torch.cat([top_scores[:, :k].float(), top_beam[:, :k].float(), is_eos[:, :k].float(), scores,
-                          live_beam.float(), last.float()], dim=1).cpu().numpy()  # [n, 6K]
-        top_lp, top_from, top_eos, live_lp, live_from, live_token = np.split(host, 6, axis=1)  # [n,K] each
-        # EOS among the first K candidates finishes a hypothesis
-        # (a beam wider than the vocabulary also offers the -inf copies of the start beam: not hypotheses)
-        for row, col in zip(*np.nonzero((top_eos > 0) & np.isfinite(top_lp))):
-            source = int(row) * k + int(top_from[row, col])
-            seq, lp = tokens[source, 1:].tolist(), float(top_lp[row, col])
-            path = _path(paths, source, src_lengths[active[row]])
-            finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha), path))
-        host_rows = ((np.arange(n) * k)[:, None] + live_from.astype(np.int64)).reshape(-1)
-        tokens = np.concatenate([tokens[host_rows], live_token.astype(np.int64).reshape(-1, 1)], axis=1)
-        last = last.view(-1)
-        state = model.select_state(state, rows)
-        paths = paths[rows] if attention else None  # follow the beams to their new rows
-        keep = []
-        best_live = live_lp.max(axis=1)  # [n]
-        for row, sent in enumerate(active):
-            done = sentence_done(finished[sent], float(best_live[row]), tokens.shape[1], limits[sent], alpha, nbest)
-            if done or t + 1 >= limits[sent]:
-                if len(finished[sent]) < nbest:  # out of length: the live beams end here
-                    for j in range(k):
-                        if np.isfinite(live_lp[row, j]):
-                            seq, lp = tokens[row * k + j, 1:].tolist(), float(live_lp[row, j])
-                            path = _path(paths, row * k + j, src_lengths[sent])
-                            finished[sent].append(Hypothesis(seq, lp, lp / length_penalty(len(seq), alpha), path))
-            else:
-                keep.append(row)
+        # one device-to-host copy a step, not one per hypothesis (float64 holds the scores and indices exactly)
+        host = torch.cat([top_scores.double(), top_index.double()], dim=1).cpu().numpy()  # [n, 4K]
+        tokens, order, keep = beam_step(
+            tokens, host[:, :2 * k].astype(np.float32), host[:, 2 * k:].astype(np.int64), vocab, model.eos_id,
+            active, finished, limits, t, alpha, nbest,
+            path=(lambda row, sent: _path(paths, row, src_lengths[sent])) if attention else None)
         if not keep:
             break
+        live = torch.from_numpy(order).to(device)  # [n,K]: which candidates are the live beams
+        scores, chosen = top_scores.gather(1, live).float(), top_index.gather(1, live)  # [n,K] each
+        last = (chosen % vocab).view(-1)  # [n*K]
+        rows = ((torch.arange(n, device=device) * k).unsqueeze(1) + chosen // vocab).view(-1)  # [n*K]
+        state = model.select_state(state, rows)
+        paths = paths[rows] if attention else None  # follow the beams to their new rows
         if len(keep) < n:  # drop finished sentences from the batch
             keep_t = torch.tensor(keep, device=device)
             rows_kept = (keep_t.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
-            tokens = tokens[((np.array(keep) * k)[:, None] + np.arange(k)).reshape(-1)]
             scores, last = scores[keep_t], last[rows_kept]
             paths = paths[rows_kept] if attention else None
             state, memory = model.select_state(state, rows_kept), model.select_memory(memory, rows_kept)

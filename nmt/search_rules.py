@@ -1,9 +1,12 @@
-"""The rules of the search that do not depend on an array library, shared by :mod:`nmt.search`
-(torch) and the ONNX engine (:mod:`nmt.onnx_engine`, numpy, no torch): a hypothesis, the length
-penalty, and when a sentence's beam search may stop."""
+"""The host side of the search, shared by :mod:`nmt.search` (torch) and the ONNX engine
+(:mod:`nmt.onnx_engine`, numpy, no torch): a hypothesis, the length penalty, when a sentence's beam
+search may stop, and a beam-search step's bookkeeping in numpy once the step's candidates are known."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass
@@ -32,3 +35,44 @@ def sentence_done(finished: list[Hypothesis], best_live: float, length: int, lim
     # log-probabilities only fall as hypotheses grow; the largest penalty they can reach bounds them
     bound = best_live / length_penalty(limit if alpha > 0 else length, alpha)
     return bound <= worst_kept
+
+
+def beam_step(tokens: np.ndarray, top_scores: np.ndarray, top_index: np.ndarray, vocab: int, eos_id: int,
+              active: list[int], finished: list[list[Hypothesis]], limits: list[int], t: int, alpha: float,
+              nbest: int, path: Callable[[int, int], list[list[float]] | None] | None = None):
+    """One beam-search step after its candidates: ``top_scores``/``top_index`` [n, 2K] are each active
+    sentence's best 2K of its K*V candidates (index beam * V + token), best first; ``tokens`` [n*K, t+1]
+    the live rows' tokens so far. Ends the hypotheses that chose EOS among the first K, takes the best K
+    that did not as the live beams, and ends the sentences that are done or out of length (appending to
+    ``finished[sentence]``; ``path(row, sentence)`` gives a hypothesis's attention along old row ``row``).
+    Returns (the live rows' tokens [len(keep)*K, t+2] of the sentences kept, ``order`` [n, K]: which of
+    the 2K candidates are the live beams, ``keep``: the rows of the sentences still searching)."""
+    n, k = top_scores.shape[0], top_scores.shape[1] // 2
+    top_beam, top_token = top_index // vocab, top_index % vocab
+    is_eos = top_token == eos_id
+    # EOS among the first K candidates finishes a hypothesis
+    # (a beam wider than the vocabulary also offers the -inf copies of the start beam: not hypotheses)
+    for row, col in np.argwhere(is_eos[:, :k] & np.isfinite(top_scores[:, :k])).tolist():
+        source = row * k + int(top_beam[row, col])
+        seq, lp = tokens[source, 1:].tolist(), float(top_scores[row, col])
+        finished[active[row]].append(Hypothesis(seq, lp, lp / length_penalty(len(seq) + 1, alpha),
+                                                path(source, active[row]) if path else None))
+    # the live beams: the best K candidates that did not end
+    order = np.argsort(is_eos.astype(np.int8), axis=1, kind="stable")[:, :k]  # non-EOS first, in score order
+    scores = np.take_along_axis(top_scores, order, axis=1)  # [n, K]
+    rows = ((np.arange(n) * k)[:, None] + np.take_along_axis(top_beam, order, axis=1)).reshape(-1)  # [n*K] old rows
+    tokens = np.concatenate([tokens[rows], np.take_along_axis(top_token, order, axis=1).reshape(-1, 1)], axis=1)
+    keep = []
+    for row, sent in enumerate(active):
+        done = sentence_done(finished[sent], float(scores[row].max()), tokens.shape[1], limits[sent], alpha, nbest)
+        if done or t + 1 >= limits[sent]:
+            if len(finished[sent]) < nbest:  # out of length: the live beams end here
+                for j in range(k):
+                    if np.isfinite(scores[row, j]):
+                        seq, lp = tokens[row * k + j, 1:].tolist(), float(scores[row, j])
+                        finished[sent].append(Hypothesis(seq, lp, lp / length_penalty(len(seq), alpha),
+                                                         path(int(rows[row * k + j]), sent) if path else None))
+        else:
+            keep.append(row)
+    kept_rows = ((np.array(keep, dtype=np.int64) * k)[:, None] + np.arange(k)).reshape(-1)
+    return tokens[kept_rows], order, keep
