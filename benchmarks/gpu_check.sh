@@ -27,7 +27,8 @@
 #   ENSEMBLE_ARGS="data.batch_tokens=300 model.embedding.size=32 model.encoder.hidden_size=32
 #   model.decoder.hidden_size=64 data.tokenizer.vocab_size=500 trainer.val_check_interval=2" (310 s beside two trainings)
 # The logs and table.tsv go to $OUT (default gpu-check/; eight files at most, what the device tool
-# brings back); the run directory to $RUN_ROOT (default /tmp/gpu-check-runs), outside it.
+# brings back); the run directories to $RUN_ROOT (default /tmp/gpu-check-runs), outside it, under names of
+# its own (gpu-check-ende, gpu-check-ens-a, gpu-check-ens-b), replaced at each call.
 # Through the device tool: prepare .gpu/ as ../shared/GPU.md says (pydantic wheels, multi30k en and de),
 # then `run` with carry [".gpu"] and the command
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl &&
@@ -53,7 +54,7 @@ STATIC="${STATIC:-16 24 32 48 81}"  # padded lengths of the static-shape rows (d
 DEADLINE="${DEADLINE:-540}"         # seconds for the whole script (one device call: 10 minutes at most)
 OUT="${OUT:-gpu-check}"
 RUN_ROOT="${RUN_ROOT:-/tmp/gpu-check-runs}"
-run_dir="$RUN_ROOT/run-ende"
+run_dir="$RUN_ROOT/gpu-check-ende"  # this script's own names: it replaces them, nothing else there
 start=$(date +%s)
 mkdir -p "$OUT" "$RUN_ROOT"
 : > "$OUT/table.tsv"
@@ -151,10 +152,10 @@ EOF
 fi
 
 if want ensemble; then  # issue 16 on a GPU: two members trained at once on the one GPU, chosen on dev, tested once
-    rm -rf "$RUN_ROOT"/ens-*
+    rm -rf "$RUN_ROOT/gpu-check-ens-a" "$RUN_ROOT/gpu-check-ens-b"
     SECONDS=0
     # shellcheck disable=SC2086  # ENSEMBLE_ARGS are words
-    BUDGET="$ENSEMBLE_BUDGET" RUN_PREFIX="$RUN_ROOT/ens" THREADS=4 MEMBER_A="$MEMBER_A" MEMBER_B="$MEMBER_B" \
+    BUDGET="$ENSEMBLE_BUDGET" RUN_PREFIX="$RUN_ROOT/gpu-check-ens" THREADS=4 MEMBER_A="$MEMBER_A" MEMBER_B="$MEMBER_B" \
         timeout "$(but 5)" recipes/translation/multi30k/ensemble.sh en-de "trainer.accelerator=$accelerator" \
         trainer.devices=1 $ENSEMBLE_ARGS > "$OUT/ensemble.log" 2>&1
     row "ensemble of two members, $ENSEMBLE_BUDGET each at once (wall ${SECONDS}s)" \

@@ -18,9 +18,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pair="${1:-en-de}"; shift || true
 prefix="${RUN_PREFIX:-runs/ens-$pair}"
-keep="${KEEP:-5}"; beam="${BEAM:-5}"
-read -r -a alphas <<< "${ALPHAS:-0.6 0.8 1.0 1.2}"
-data_root="${NMT_DATA:-$(python -c 'from nmt.recipe import default_data_root; print(default_data_root())')}"
+keep="${KEEP:-5}"  # BEAM, ALPHAS and NMT_DATA are choose.sh's
 common=(trainer.precision=bf16-mixed trainer.enable_progress_bar=false "checkpoint.keep=$keep"
         "trainer.max_time=${BUDGET:-00:01:55:00}" "$@")
 declare -A member=([a]="${MEMBER_A-}"
@@ -41,7 +39,7 @@ fi
 trained=$(date +%s)
 for m in a b; do nmt average "$prefix-$m" --last "$keep"; done
 
-PREFIX="$prefix" BEAM="$beam" ALPHAS="${alphas[*]}" NMT_DATA="$data_root" "$here/choose.sh" "$pair" \
+PREFIX="$prefix" "$here/choose.sh" "$pair" \
   "a-best=--run $prefix-a --checkpoint best" "a-averaged=--run $prefix-a --checkpoint averaged" \
   "b-best=--run $prefix-b --checkpoint best" "b-averaged=--run $prefix-b --checkpoint averaged" \
   "ensemble-best=--run $prefix-a --run $prefix-b --checkpoint best" \
