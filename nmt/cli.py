@@ -195,6 +195,49 @@ def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_s
 
 
 @cli.command()
+@click.option("--nbest", "nbest_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The n-best list of nmt translate --nbest K: 'i ||| hypothesis ||| score' lines.")
+@click.option("-i", "--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The source lines the list translates (plain or .gz).")
+@click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A forward run (source to target); repeat it for an ensemble, as in nmt translate.")
+@click.option("--channel", "channel_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A channel run trained the other way (target to source), scoring log P(source | hypothesis); "
+                   "repeat it for several.")
+@click.option("--checkpoint", default="best", show_default=True,
+              help="The forward runs' checkpoint: " + CHECKPOINT_HELP)
+@click.option("--channel-checkpoint", default="best", show_default=True,
+              help="The channel runs' checkpoint: " + CHECKPOINT_HELP)
+@click.option("--weight", help="The channel's weight [default: 0.5 with --channel, else 0]; with --ref, "
+                                "comma-separated weights to try, e.g. 0,0.25,0.5,1.")
+@click.option("--alpha", default="0.6", show_default=True,
+              help="Length penalty exponent (GNMT) over the whole score; with --ref, comma-separated values to try.")
+@click.option("--ref", "ref_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="References of a dev set: try every --weight and --alpha, print their BLEU, write the best.")
+@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file, written atomically [default: stdout].")
+@click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
+              help="Padded tokens per batch.")
+@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
+              help="What to do with bytes that are not UTF-8.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_checkpoint, weight, alpha, ref_path,
+           output_path, batch_size, encoding_errors, device) -> None:
+    """Pick each line's translation from an n-best list, scored again by the forward runs and by channel
+    runs of the other direction: (log P(y|x) + weight * log P(x|y)) / lp(|y|, alpha).
+
+    With --ref (a dev set), every weight and alpha listed is tried and the best written; pass the
+    chosen values to rerank the test sets. Output line i answers input line i."""
+    from nmt.rerank import parse_grid, rerank_file
+
+    weight = weight or ("0.5" if channel_dirs else "0")
+    rerank_file(nbest_path, input_path, list(run_dirs), list(channel_dirs), checkpoint=checkpoint,
+                channel_checkpoint=channel_checkpoint, weights=parse_grid("--weight", weight, 0.0, 100.0),
+                alphas=parse_grid("--alpha", alpha, 0.0, MAX_ALPHA), ref_path=ref_path, output_path=output_path,
+                batch_tokens=batch_size, encoding_errors=encoding_errors, device=device)
+
+
+@cli.command()
 @click.option("--hyp", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Hypotheses, one per line.")
 @click.option("--ref", "refs", required=True, multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="References, one per line (repeat for several references).")

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # where the shared trained run lives
-from conftest import write_recipe  # noqa: E402
-from reliability_support import error_lines, reliability_data, run_cli, small_recipe, trained_run  # noqa: E402,F401
+from reliability_support import error_lines, other_run, reliability_data, run_cli, trained_run  # noqa: E402,F401
 
 from nmt.cli import main  # noqa: E402
 from nmt.ensemble import Ensemble, mean_probability  # noqa: E402
@@ -26,19 +25,6 @@ from nmt.runs import fitted_dir, load_run  # noqa: E402
 from nmt.translate import encode_lines, translate_lines  # noqa: E402
 
 DEV_LINES = 40  # of the reliability corpus's dev set: enough lines for two runs to disagree somewhere
-
-
-@pytest.fixture(scope="module")
-def other_run(tmp_path_factory, reliability_data) -> Path:
-    """A second run on the same data (so the same whitespace vocabulary, byte for byte), with another
-    seed, encoder, attention and sizes, trained for one epoch: a different model of the same task."""
-    root = tmp_path_factory.mktemp("other")
-    recipe = small_recipe(reliability_data, seed=2, trainer={"max_epochs": 1},
-                          model={"embedding": {"size": 32}, "encoder": {"name": "lstm", "hidden_size": 32},
-                                 "attention": {"name": "luong"}, "decoder": {"name": "rnn", "hidden_size": 64}})
-    run_dir = root / "run"
-    assert main(["train", str(write_recipe(root / "other.yaml", recipe)), "--run-dir", str(run_dir)]) == 0
-    return run_dir
 
 
 @pytest.fixture(scope="module")

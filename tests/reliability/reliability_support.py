@@ -96,6 +96,21 @@ def trained_run(tmp_path_factory, reliability_data) -> Path:
     return _SESSION["run"]
 
 
+@pytest.fixture(scope="session")
+def other_run(tmp_path_factory, reliability_data) -> Path:
+    """A second run on the same data (so the same whitespace vocabulary, byte for byte), with another
+    seed, encoder, attention and sizes, trained for one epoch: a different model of the same task."""
+    if "other" not in _SESSION:
+        root = tmp_path_factory.mktemp("other")
+        recipe = small_recipe(reliability_data, seed=2, trainer={"max_epochs": 1},
+                              model={"embedding": {"size": 32}, "encoder": {"name": "lstm", "hidden_size": 32},
+                                     "attention": {"name": "luong"}, "decoder": {"name": "rnn", "hidden_size": 64}})
+        run_dir = root / "run"
+        assert main(["train", str(write_recipe(root / "other.yaml", recipe)), "--run-dir", str(run_dir)]) == 0
+        _SESSION["other"] = run_dir
+    return _SESSION["other"]
+
+
 @pytest.fixture
 def run_copy(tmp_path, trained_run) -> Path:
     """A private copy of the trained run that a test may damage."""

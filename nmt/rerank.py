@@ -1,0 +1,187 @@
+"""``nmt rerank``: pick each line's translation from an n-best list with more than the search knew.
+
+The n-best list is what ``nmt translate --nbest K`` writes (``i ||| hypothesis ||| score``, ``i`` the
+0-based input line). Each hypothesis ``y`` of source ``x`` is scored again by forced decoding
+(:func:`nmt.score.score_lines`):
+
+- the **forward** runs (``--run``, as in ``nmt translate``): ``log P(y | x)``, several runs taken as the
+  same mixture the ensemble search uses (:func:`nmt.ensemble.mean_probability`, token by token);
+- the **channel** runs (``--channel``, trained in the other direction): ``log P(x | y)``, how well the
+  hypothesis explains the source. A translation that drops or invents content can be fluent and
+  probable forward, yet explains its source badly (noisy-channel reranking: Yee et al., 2019,
+  "Simple and Effective Noisy Channel Modeling for Neural Machine Translation").
+
+and ranked by ``(log P(y | x) + weight * log P(x | y)) / lp(|y|, alpha)``, ``lp`` the GNMT length
+penalty of the search over the forward target pieces (EOS included). With weight 0 and the search's
+alpha this is the search's own ranking, so the first hypothesis of each line is kept.
+
+With ``--ref`` (a dev set), every weight and alpha of the grid is tried, its corpus BLEU printed, and
+the best written; its values are then passed as ``--weight`` and ``--alpha`` for the test sets, which
+are never tuned on.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import click
+import torch
+
+from nmt.data.text import iter_lines, read_lines
+from nmt.ensemble import mean_probability
+from nmt.errors import DataError, UserError
+from nmt.io import open_output, refuse_same_file
+from nmt.search_rules import length_penalty
+
+SEPARATOR = "|||"
+
+
+@dataclass
+class Candidate:
+    """One hypothesis of one source line, with the scores reranking gives it."""
+
+    text: str
+    forward: float = 0.0  # log P(y | x), EOS included
+    pieces: int = 1  # forward target pieces, EOS included
+    channel: float = 0.0  # log P(x | y)
+
+    def score(self, weight: float, alpha: float) -> float:
+        return (self.forward + weight * self.channel) / length_penalty(self.pieces, alpha)
+
+
+def read_nbest(path: Path, sources: int, encoding_errors: str = "strict") -> list[list[str]]:
+    """The hypotheses of each of ``sources`` input lines, in the list's order. Entries the search
+    padded with (empty, scored -inf: it found fewer than K) are dropped; a line without any hypothesis
+    is an error naming the file and line, as is a line that is not ``i ||| text ||| score``."""
+    nbest: list[list[str]] = [[] for _ in range(sources)]
+    seen = [False] * sources
+    previous = -1
+    for number, line in enumerate(iter_lines(path, encoding_errors), start=1):
+        fields = [field.strip() for field in line.split(SEPARATOR)]  # --alignments adds a fourth
+        if len(fields) < 3:
+            raise DataError(f"{path}:{number}", "expected 'i ||| hypothesis ||| score' (nmt translate --nbest K)")
+        try:
+            index, score = int(fields[0]), float(fields[2])
+        except ValueError:
+            raise DataError(f"{path}:{number}", f"expected an input line number and a score, got "
+                                                f"{fields[0]!r} and {fields[2]!r}") from None
+        if not 0 <= index < sources:
+            raise DataError(f"{path}:{number}", f"input line {index} is not among the {sources} source lines "
+                                                "(0-based)")
+        if index < previous:
+            raise DataError(f"{path}:{number}", f"input line {index} after {previous}: the list is out of order")
+        previous, seen[index] = index, True
+        if score != float("-inf"):
+            nbest[index].append(fields[1])
+    missing = next((i for i, found in enumerate(seen) if not found), None)
+    if missing is not None:
+        raise DataError(path, f"no hypothesis for input line {missing} (0-based) of {sources}")
+    return nbest
+
+
+def forced_log_probs(run_dirs: Sequence[Path], checkpoint: str, sources: list[str], targets: list[str],
+                     batch_tokens: int, device: str) -> tuple[list[float], list[int]]:
+    """Per pair, the log-probability of the target given the source under the runs as one mixture
+    (each run's token log-probabilities combined with :func:`mean_probability`), and its pieces."""
+    from nmt.runs import load_run
+    from nmt.score import score_lines
+
+    members = []
+    for run_dir in run_dirs:
+        task = load_run(run_dir, checkpoint=checkpoint, device=device)
+        if not hasattr(task, "target_log_probs"):
+            raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; nmt rerank needs "
+                                     "seq2seq runs")
+        members.append(score_lines(task, sources, targets, batch_tokens))
+        del task
+    totals, pieces = [], []
+    for scored in zip(*members):
+        lengths = {len(s.token_logprobs) for s in scored}
+        if len(lengths) > 1:
+            raise UserError("--run", "the runs split a target into different pieces; they must share one tokenizer")
+        tokens = torch.tensor([s.token_logprobs for s in scored], dtype=torch.float64)  # [runs, pieces]
+        totals.append(float(mean_probability(list(tokens)).sum()))
+        pieces.append(lengths.pop())
+    return totals, pieces
+
+
+def score_candidates(nbest: list[list[str]], sources: list[str], run_dirs: Sequence[Path],
+                     channel_dirs: Sequence[Path], checkpoint: str, channel_checkpoint: str, batch_tokens: int,
+                     device: str) -> list[list[Candidate]]:
+    """Each hypothesis with its forward and channel scores. Empty source lines are left out of the
+    scoring (their translation is empty)."""
+    pairs = [(i, hyp) for i, hyps in enumerate(nbest) if sources[i].strip() for hyp in hyps]
+    srcs, hyps = [sources[i] for i, _ in pairs], [hyp for _, hyp in pairs]
+    forward, pieces = forced_log_probs(run_dirs, checkpoint, srcs, hyps, batch_tokens, device) if pairs else ([], [])
+    channel = (forced_log_probs(channel_dirs, channel_checkpoint, hyps, srcs, batch_tokens, device)[0]
+               if pairs and channel_dirs else [0.0] * len(pairs))
+    candidates: list[list[Candidate]] = [[] for _ in nbest]
+    for (i, hyp), f, n, c in zip(pairs, forward, pieces, channel):
+        candidates[i].append(Candidate(hyp, f, n, c))
+    return candidates
+
+
+def pick(candidates: list[list[Candidate]], weight: float, alpha: float) -> list[str]:
+    """Each line's best candidate (the first of equals, so the search's order breaks ties); an empty
+    line for a line without candidates (an empty source)."""
+    return [max(line, key=lambda c: c.score(weight, alpha)).text if line else "" for line in candidates]
+
+
+def parse_grid(option: str, text: str, low: float, high: float) -> list[float]:
+    """A comma-separated list of finite numbers within [low, high]."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise UserError(option, f"expected comma-separated numbers, got {item.strip()!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise UserError(option, f"expected numbers from {low:g} to {high:g}, got {item.strip()}")
+        values.append(value)
+    return values
+
+
+def rerank_file(nbest_path: Path, input_path: Path, run_dirs: Sequence[Path], channel_dirs: Sequence[Path] = (),
+                checkpoint: str = "best", channel_checkpoint: str = "best", weights: Sequence[float] = (0.0,),
+                alphas: Sequence[float] = (0.6,), ref_path: Path | None = None, output_path: Path | None = None,
+                batch_tokens: int = 4000, encoding_errors: str = "strict",
+                device: str = "auto") -> tuple[float, float, float | None]:
+    """Rerank ``nbest_path`` (hypotheses of ``input_path``'s lines) and write one line per input line.
+
+    With ``ref_path``, every (weight, alpha) is scored by corpus BLEU against it, a table goes to
+    stderr, and the best is written; without it, ``weights`` and ``alphas`` must hold one value each.
+    Returns the (weight, alpha) written and, with a reference, its BLEU."""
+    from nmt.metrics import score
+
+    refuse_same_file(output_path, nbest_path, input_path, *([ref_path] if ref_path else []))
+    if ref_path is None and (len(weights) != 1 or len(alphas) != 1):
+        raise UserError("--ref", "several weights or alphas are tried only against a reference (--ref)")
+    if not channel_dirs and any(w != 0 for w in weights):
+        raise UserError("--channel", "a channel weight needs a channel run (--channel RUN)")
+    sources = read_lines(input_path, encoding_errors)
+    if not sources:
+        raise DataError(input_path, "file is empty")
+    references = None
+    if ref_path is not None:
+        references = read_lines(ref_path, encoding_errors)
+        if len(references) != len(sources):
+            raise DataError(ref_path, f"line count differs from {input_path} ({len(references)} vs {len(sources)})")
+    nbest = read_nbest(nbest_path, len(sources), encoding_errors)
+    candidates = score_candidates(nbest, sources, run_dirs, channel_dirs, checkpoint, channel_checkpoint,
+                                  batch_tokens, device)
+    best: tuple[float, float, float | None] = (weights[0], alphas[0], None)
+    if references is not None:
+        click.echo(f"{'weight':>8} {'alpha':>6} {'BLEU':>7}", err=True)
+        for weight in weights:
+            for alpha in alphas:
+                bleu = score(pick(candidates, weight, alpha), [references], ("bleu",))["bleu"].score
+                click.echo(f"{weight:8g} {alpha:6g} {bleu:7.2f}", err=True)
+                if best[2] is None or bleu > best[2]:
+                    best = (weight, alpha, bleu)
+        click.echo(f"chosen: --weight {best[0]:g} --alpha {best[1]:g} (BLEU {best[2]:.2f})", err=True)
+    with open_output(output_path) as out:
+        for line in pick(candidates, best[0], best[1]):
+            out.write(line + "\n")
+    return best
