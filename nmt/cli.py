@@ -224,7 +224,7 @@ def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_s
 def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_checkpoint, weight, alpha, ref_path,
            output_path, batch_size, encoding_errors, device) -> None:
     """Pick each line's translation from an n-best list, scored again by the forward runs and by channel
-    runs of the other direction: (log P(y|x) + weight * log P(x|y)) / lp(|y|, alpha).
+    runs of the other direction: log P(y|x) / lp(|y|, alpha) + weight * log P(x|y) / |x|.
 
     With --ref (a dev set), every weight and alpha listed is tried and the best written; pass the
     chosen values to rerank the test sets. Output line i answers input line i."""

@@ -96,15 +96,20 @@ def test_channel_scores_are_the_other_directions_forced_decoding(capsys, tmp_pat
             assert candidate.forward == pytest.approx(f.logprob, abs=1e-4)
             assert candidate.pieces == len(f.token_logprobs)
             assert candidate.channel == pytest.approx(c.logprob, abs=1e-4)
+            assert candidate.source_pieces == len(c.token_logprobs)
     assert any(c.channel != pytest.approx(c.forward, abs=1e-3) for line in candidates for c in line)
 
 
-def test_the_ranking_adds_the_weighted_channel_before_the_length_penalty():
-    fluent = Candidate("fluent but short", forward=-2.0, pieces=4, channel=-9.0)
-    faithful = Candidate("faithful", forward=-3.0, pieces=5, channel=-1.0)
+def test_the_channel_is_weighed_per_source_piece_beside_the_length_penalised_forward_score():
+    fluent = Candidate("fluent but short", forward=-2.0, pieces=4, channel=-9.0, source_pieces=3)
+    faithful = Candidate("faithful", forward=-3.0, pieces=5, channel=-1.0, source_pieces=3)
     assert pick([[fluent, faithful]], 0.0, 0.0) == ["fluent but short"]
     assert pick([[fluent, faithful]], 1.0, 0.0) == ["faithful"]
-    assert faithful.score(0.5, 1.0) == pytest.approx((-3.0 - 0.5) / ((5 + 5) / 6) ** 1.0)
+    assert faithful.score(0.5, 1.0) == pytest.approx(-3.0 / ((5 + 5) / 6) + 0.5 * -1.0 / 3)
+    # the channel term does not grow with the hypothesis: a longer one gains nothing from it
+    longer = Candidate("faithful and more", forward=-3.0, pieces=9, channel=-1.0, source_pieces=3)
+    assert longer.score(1.0, 1.0) - longer.score(0.0, 1.0) == pytest.approx(faithful.score(1.0, 1.0) -
+                                                                            faithful.score(0.0, 1.0))
     assert pick([[], [faithful]], 1.0, 0.6) == ["", "faithful"]  # an empty source line stays empty
 
 
