@@ -34,7 +34,7 @@ import click
 import torch
 
 from nmt.data.text import iter_lines, read_lines
-from nmt.ensemble import mean_probability
+from nmt.ensemble import check_same_vocabulary, mean_probability
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
 from nmt.search_rules import length_penalty
@@ -87,25 +87,29 @@ def read_nbest(path: Path, sources: int, encoding_errors: str = "strict") -> lis
 
 
 def forced_log_probs(run_dirs: Sequence[Path], checkpoint: str, sources: list[str], targets: list[str],
-                     batch_tokens: int, device: str) -> tuple[list[float], list[int]]:
+                     batch_tokens: int, device: str, option: str = "--run") -> tuple[list[float], list[int]]:
     """Per pair, the log-probability of the target given the source under the runs as one mixture
-    (each run's token log-probabilities combined with :func:`mean_probability`), and its pieces."""
+    (each run's token log-probabilities combined with :func:`mean_probability`), and its pieces.
+    The runs are loaded one at a time; they must share one tokenizer, as an ensemble's members do."""
     from nmt.runs import load_run
     from nmt.score import score_lines
 
-    members = []
+    members, first = [], None
     for run_dir in run_dirs:
         task = load_run(run_dir, checkpoint=checkpoint, device=device)
         if not hasattr(task, "target_log_probs"):
             raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; nmt rerank needs "
                                      "seq2seq runs")
+        if first is None:
+            first = task
+        else:
+            check_same_vocabulary(first, task, run_dirs[0], run_dir)
         members.append(score_lines(task, sources, targets, batch_tokens))
-        del task
     totals, pieces = [], []
     for scored in zip(*members):
         lengths = {len(s.token_logprobs) for s in scored}
-        if len(lengths) > 1:
-            raise UserError("--run", "the runs split a target into different pieces; they must share one tokenizer")
+        if len(lengths) > 1:  # the same pieces, split differently (another sentencepiece model)
+            raise UserError(option, "the runs split a line into different pieces; they must share one tokenizer")
         tokens = torch.tensor([s.token_logprobs for s in scored], dtype=torch.float64)  # [runs, pieces]
         totals.append(float(mean_probability(list(tokens)).sum()))
         pieces.append(lengths.pop())
@@ -120,7 +124,8 @@ def score_candidates(nbest: list[list[str]], sources: list[str], run_dirs: Seque
     pairs = [(i, hyp) for i, hyps in enumerate(nbest) if sources[i].strip() for hyp in hyps]
     srcs, hyps = [sources[i] for i, _ in pairs], [hyp for _, hyp in pairs]
     forward, pieces = forced_log_probs(run_dirs, checkpoint, srcs, hyps, batch_tokens, device) if pairs else ([], [])
-    channel, source_pieces = (forced_log_probs(channel_dirs, channel_checkpoint, hyps, srcs, batch_tokens, device)
+    channel, source_pieces = (forced_log_probs(channel_dirs, channel_checkpoint, hyps, srcs, batch_tokens, device,
+                                               "--channel")
                               if pairs and channel_dirs else ([0.0] * len(pairs), [1] * len(pairs)))
     candidates: list[list[Candidate]] = [[] for _ in nbest]
     for (i, hyp), f, n, c, m in zip(pairs, forward, pieces, channel, source_pieces):

@@ -7,7 +7,9 @@ scores must be the other direction's forced decoding, and tuning must write the 
 """
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from reliability_support import error_lines, other_run, reliability_data, run_cl
 
 from nmt.metrics import score as corpus_score  # noqa: E402
 from nmt.rerank import Candidate, pick, read_nbest, score_candidates  # noqa: E402
-from nmt.runs import load_run  # noqa: E402
+from nmt.runs import fitted_dir, load_run  # noqa: E402
 from nmt.score import score_lines  # noqa: E402
 
 LINES = 30
@@ -190,3 +192,21 @@ def test_a_reference_of_another_length_and_an_output_over_an_input_are_refused(c
                            "--device", "cpu")
     assert code == 2 and len(error_lines(err)) == 1, err
     assert nbest.read_text() == "0 ||| b a ||| -1\n1 ||| d c ||| -1\n"
+
+
+@pytest.mark.parametrize("option", ["--run", "--channel"])
+def test_runs_of_one_side_with_different_tokenizers_are_refused_in_one_line(capsys, tmp_path, trained_run, dev,
+                                                                             option):
+    source, _ = dev
+    nbest = nbest_of(capsys, tmp_path, [trained_run], source)
+    other = Path(shutil.copytree(trained_run, tmp_path / "swapped"))
+    vocab = fitted_dir(other) / "joint.vocab.json"
+    payload = json.loads(vocab.read_text())
+    payload["tokens"][4], payload["tokens"][5] = payload["tokens"][5], payload["tokens"][4]  # other ids
+    vocab.write_text(json.dumps(payload))
+    runs = ["--run", trained_run] + (["--run", other] if option == "--run" else ["--channel", trained_run,
+                                                                                 "--channel", other])
+    code, out, err = run_cli(capsys, "rerank", "--nbest", nbest, "-i", source, *runs, "--device", "cpu")
+    assert code == 2 and out == ""
+    [message] = error_lines(err)
+    assert str(other) in message and "tokenizer differs" in message
