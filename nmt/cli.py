@@ -57,6 +57,23 @@ class Bounded(click.ParamType):
 CHECKPOINT_HELP = "best, last, averaged (written by nmt average) or a checkpoint path."
 
 
+def forced_decoding_options(command):
+    """-o, --batch-size (padded tokens), --encoding-errors and --device: what nmt score and nmt rerank
+    share, in this order in their help."""
+    options = [
+        click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Output file, written atomically [default: stdout]."),
+        click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
+                     help="Padded tokens per batch."),
+        click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
+                     help="What to do with bytes that are not UTF-8."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(nmt.__version__, prog_name="nmt")
 @click.option("--plugin", "plugins", multiple=True, metavar="PATH_OR_MODULE",
@@ -176,13 +193,7 @@ def translate(run_dirs, checkpoint, beam, nbest, alpha, batch_size, max_length_r
 @click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"line", "logprob", "tokens", "token_logprobs", "ppl"}.')
-@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file, written atomically [default: stdout].")
-@click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
-              help="Padded tokens per batch.")
-@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
-              help="What to do with bytes that are not UTF-8.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@forced_decoding_options
 def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_size, encoding_errors, device) -> None:
     """Forced decoding: how probable the run finds each --tgt line as the translation of its --src line.
 
@@ -214,13 +225,7 @@ def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_s
               help="Length penalty exponent (GNMT) over the whole score; with --ref, comma-separated values to try.")
 @click.option("--ref", "ref_path", type=click.Path(dir_okay=False, path_type=Path),
               help="References of a dev set: try every --weight and --alpha, print their BLEU, write the best.")
-@click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file, written atomically [default: stdout].")
-@click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
-              help="Padded tokens per batch.")
-@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
-              help="What to do with bytes that are not UTF-8.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@forced_decoding_options
 def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_checkpoint, weight, alpha, ref_path,
            output_path, batch_size, encoding_errors, device) -> None:
     """Pick each line's translation from an n-best list, scored again by the forward runs and by channel
