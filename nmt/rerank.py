@@ -34,7 +34,7 @@ import click
 import torch
 
 from nmt.data.text import iter_lines, read_lines
-from nmt.ensemble import check_same_vocabulary, mean_probability
+from nmt.ensemble import Ensemble, mean_probability
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
 from nmt.search_rules import length_penalty
@@ -47,10 +47,10 @@ class Candidate:
     """One hypothesis of one source line, with the scores reranking gives it."""
 
     text: str
-    forward: float = 0.0  # log P(y | x), EOS included
-    pieces: int = 1  # forward target pieces, EOS included
-    channel: float = 0.0  # log P(x | y), EOS included
-    source_pieces: int = 1  # the channel's target (the source line) pieces, EOS included
+    forward: float  # log P(y | x), EOS included
+    pieces: int  # forward target pieces, EOS included
+    channel: float  # log P(x | y), EOS included (0 without a channel run)
+    source_pieces: int  # the channel's target (the source line) pieces, EOS included (1 without one)
 
     def score(self, weight: float, alpha: float) -> float:
         return self.forward / length_penalty(self.pieces, alpha) + weight * self.channel / self.source_pieces
@@ -90,21 +90,17 @@ def forced_log_probs(run_dirs: Sequence[Path], checkpoint: str, sources: list[st
                      batch_tokens: int, device: str, option: str = "--run") -> tuple[list[float], list[int]]:
     """Per pair, the log-probability of the target given the source under the runs as one mixture
     (each run's token log-probabilities combined with :func:`mean_probability`), and its pieces.
-    The runs are loaded one at a time; they must share one tokenizer, as an ensemble's members do."""
-    from nmt.runs import load_run
+    The runs are loaded as ``nmt translate`` loads an ensemble, so they must share one vocabulary."""
     from nmt.score import score_lines
+    from nmt.translate import load_translator
 
-    members, first = [], None
-    for run_dir in run_dirs:
-        task = load_run(run_dir, checkpoint=checkpoint, device=device)
+    model = load_translator(run_dirs, checkpoint, device)
+    tasks = list(model.members) if isinstance(model, Ensemble) else [model]
+    for run_dir, task in zip(run_dirs, tasks):
         if not hasattr(task, "target_log_probs"):
-            raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; nmt rerank needs "
-                                     "seq2seq runs")
-        if first is None:
-            first = task
-        else:
-            check_same_vocabulary(first, task, run_dirs[0], run_dir)
-        members.append(score_lines(task, sources, targets, batch_tokens))
+            raise UserError(run_dir, f"task '{task.recipe.spec.task}' cannot score a translation; nmt rerank "
+                                     "needs seq2seq runs")
+    members = [score_lines(task, sources, targets, batch_tokens) for task in tasks]
     totals, pieces = [], []
     for scored in zip(*members):
         lengths = {len(s.token_logprobs) for s in scored}
@@ -165,7 +161,7 @@ def rerank_file(nbest_path: Path, input_path: Path, run_dirs: Sequence[Path], ch
     Returns the (weight, alpha) written and, with a reference, its BLEU."""
     from nmt.metrics import score
 
-    refuse_same_file(output_path, nbest_path, input_path, *([ref_path] if ref_path else []))
+    refuse_same_file(output_path, nbest_path, input_path, ref_path)
     if ref_path is None and (len(weights) != 1 or len(alphas) != 1):
         raise UserError("--ref", "several weights or alphas are tried only against a reference (--ref)")
     if not channel_dirs and any(w != 0 for w in weights):
