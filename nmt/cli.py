@@ -58,13 +58,16 @@ CHECKPOINT_HELP = "best, last, averaged (written by nmt average) or a checkpoint
 
 
 def forced_decoding_options(command):
-    """-o, --batch-size (padded tokens), --encoding-errors and --device: what nmt score and nmt rerank
-    share, in this order in their help."""
+    """-o, --batch-size (padded tokens), --max-input-tokens, --encoding-errors and --device: what nmt
+    score and nmt rerank share, in this order in their help."""
     options = [
         click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
                      help="Output file, written atomically [default: stdout]."),
         click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
                      help="Padded tokens per batch."),
+        click.option("--max-input-tokens", type=Bounded(int, 1, MAX_INPUT_TOKENS),
+                     help="A longer line, on either side, is an error naming its file and line (a score of "
+                          "part of a line would be wrong) [default: 4 x the recipe's data.max_length]."),
         click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
                      help="What to do with bytes that are not UTF-8."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
@@ -194,7 +197,8 @@ def translate(run_dirs, checkpoint, beam, nbest, alpha, batch_size, max_length_r
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"line", "logprob", "tokens", "token_logprobs", "ppl"}.')
 @forced_decoding_options
-def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_size, encoding_errors, device) -> None:
+def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_size, max_input_tokens, encoding_errors,
+          device) -> None:
     """Forced decoding: how probable the run finds each --tgt line as the translation of its --src line.
 
     Prints one total log-probability (natural log, EOS included) per line, or a JSON object per line
@@ -202,7 +206,8 @@ def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_s
     from nmt.score import score_files
 
     score_files(run_dir, src_path, tgt_path, checkpoint=checkpoint, as_json=as_json, output_path=output_path,
-                batch_tokens=batch_size, encoding_errors=encoding_errors, device=device)
+                batch_tokens=batch_size, encoding_errors=encoding_errors, device=device,
+                max_input_tokens=max_input_tokens)
 
 
 @cli.command()
@@ -227,7 +232,7 @@ def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_s
               help="References of a dev set: try every --weight and --alpha, print their BLEU, write the best.")
 @forced_decoding_options
 def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_checkpoint, weight, alpha, ref_path,
-           output_path, batch_size, encoding_errors, device) -> None:
+           output_path, batch_size, max_input_tokens, encoding_errors, device) -> None:
     """Pick each line's translation from an n-best list, scored again by the forward runs and by channel
     runs of the other direction: log P(y|x) / lp(|y|, alpha) + weight * log P(x|y) / |x|.
 
@@ -239,7 +244,8 @@ def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_c
     rerank_file(nbest_path, input_path, list(run_dirs), list(channel_dirs), checkpoint=checkpoint,
                 channel_checkpoint=channel_checkpoint, weights=parse_grid("--weight", weight, 0.0, 100.0),
                 alphas=parse_grid("--alpha", alpha, 0.0, MAX_ALPHA), ref_path=ref_path, output_path=output_path,
-                batch_tokens=batch_size, encoding_errors=encoding_errors, device=device)
+                batch_tokens=batch_size, encoding_errors=encoding_errors, device=device,
+                max_input_tokens=max_input_tokens)
 
 
 @cli.command()

@@ -28,18 +28,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import click
 import torch
 
-from nmt.data.text import iter_lines, read_lines
+from nmt.data.text import BYTES_PER_TOKEN, iter_bounded_lines
 from nmt.ensemble import Ensemble, mean_probability
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
 from nmt.search_rules import length_penalty
 
 SEPARATOR = "|||"
+#: Bytes of an n-best line by default: twice those of a line of the default --max-input-tokens (4 x
+#: the default data.max_length, 100), as the line also holds a score and, with --alignments, one pair
+#: per target piece.
+NBEST_LINE_BYTES = 2 * 4 * 100 * BYTES_PER_TOKEN
+
+
+class Entry(NamedTuple):
+    """One hypothesis of the n-best list, with its line number there (1-based)."""
+
+    line: int
+    text: str
 
 
 @dataclass
@@ -56,14 +67,17 @@ class Candidate:
         return self.forward / length_penalty(self.pieces, alpha) + weight * self.channel / self.source_pieces
 
 
-def read_nbest(path: Path, sources: int, encoding_errors: str = "strict") -> list[list[str]]:
+def read_nbest(path: Path, sources: int, encoding_errors: str = "strict",
+               max_bytes: int = NBEST_LINE_BYTES) -> list[list[Entry]]:
     """The hypotheses of each of ``sources`` input lines, in the list's order. Entries the search
     padded with (empty, scored -inf: it found fewer than K) are dropped; a line without any hypothesis
-    is an error naming the file and line, as is a line that is not ``i ||| text ||| score``."""
-    nbest: list[list[str]] = [[] for _ in range(sources)]
+    is an error naming the file and line, as is a line that is not ``i ||| text ||| score`` or one
+    longer than ``max_bytes``."""
+    nbest: list[list[Entry]] = [[] for _ in range(sources)]
     seen = [False] * sources
     previous = -1
-    for number, line in enumerate(iter_lines(path, encoding_errors), start=1):
+    lines = iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors)
+    for number, line in enumerate(lines, start=1):
         fields = [field.strip() for field in line.split(SEPARATOR)]  # --alignments adds a fourth
         if len(fields) < 3:
             raise DataError(f"{path}:{number}", "expected 'i ||| hypothesis ||| score' (nmt translate --nbest K)")
@@ -79,7 +93,7 @@ def read_nbest(path: Path, sources: int, encoding_errors: str = "strict") -> lis
             raise DataError(f"{path}:{number}", f"input line {index} after {previous}: the list is out of order")
         previous, seen[index] = index, True
         if score != float("-inf"):
-            nbest[index].append(fields[1])
+            nbest[index].append(Entry(number, fields[1]))
     missing = next((i for i, found in enumerate(seen) if not found), None)
     if missing is not None:
         raise DataError(path, f"no hypothesis for input line {missing} (0-based) of {sources}")
@@ -87,10 +101,12 @@ def read_nbest(path: Path, sources: int, encoding_errors: str = "strict") -> lis
 
 
 def forced_log_probs(run_dirs: Sequence[Path], checkpoint: str, sources: list[str], targets: list[str],
-                     batch_tokens: int, device: str, option: str = "--run") -> tuple[list[float], list[int]]:
+                     batch_tokens: int, device: str, option: str = "--run", max_tokens: int | None = None,
+                     locations: Sequence[tuple[str, str]] = ()) -> tuple[list[float], list[int]]:
     """Per pair, the log-probability of the target given the source under the runs as one mixture
     (each run's token log-probabilities combined with :func:`mean_probability`), and its pieces.
-    The runs are loaded as ``nmt translate`` loads an ensemble, so they must share one vocabulary."""
+    The runs are loaded as ``nmt translate`` loads an ensemble, so they must share one vocabulary.
+    A side longer than ``max_tokens`` is an error at its entry of ``locations`` (see :func:`score_lines`)."""
     from nmt.score import score_lines
     from nmt.translate import load_translator
 
@@ -100,7 +116,8 @@ def forced_log_probs(run_dirs: Sequence[Path], checkpoint: str, sources: list[st
         if not hasattr(task, "target_log_probs"):
             raise UserError(run_dir, f"task '{task.recipe.spec.task}' cannot score a translation; nmt rerank "
                                      "needs seq2seq runs")
-    members = [score_lines(task, sources, targets, batch_tokens) for task in tasks]
+    members = [score_lines(task, sources, targets, batch_tokens, max_tokens=max_tokens, locations=locations)
+               for task in tasks]
     totals, pieces = [], []
     for scored in zip(*members):
         lengths = {len(s.token_logprobs) for s in scored}
@@ -112,20 +129,24 @@ def forced_log_probs(run_dirs: Sequence[Path], checkpoint: str, sources: list[st
     return totals, pieces
 
 
-def score_candidates(nbest: list[list[str]], sources: list[str], run_dirs: Sequence[Path],
+def score_candidates(nbest: list[list[Entry]], sources: list[str], run_dirs: Sequence[Path],
                      channel_dirs: Sequence[Path], checkpoint: str, channel_checkpoint: str, batch_tokens: int,
-                     device: str) -> list[list[Candidate]]:
+                     device: str, max_tokens: int | None = None,
+                     names: tuple[str, str] = ("<input>", "<nbest>")) -> list[list[Candidate]]:
     """Each hypothesis with its forward and channel scores. Empty source lines are left out of the
-    scoring (their translation is empty)."""
-    pairs = [(i, hyp) for i, hyps in enumerate(nbest) if sources[i].strip() for hyp in hyps]
-    srcs, hyps = [sources[i] for i, _ in pairs], [hyp for _, hyp in pairs]
-    forward, pieces = forced_log_probs(run_dirs, checkpoint, srcs, hyps, batch_tokens, device) if pairs else ([], [])
+    scoring (their translation is empty). A source or hypothesis longer than ``max_tokens`` is an
+    error naming its line in the input or the n-best list (``names``: their files)."""
+    pairs = [(i, entry) for i, entries in enumerate(nbest) if sources[i].strip() for entry in entries]
+    srcs, hyps = [sources[i] for i, _ in pairs], [entry.text for _, entry in pairs]
+    where = [(f"{names[0]}:{i + 1}", f"{names[1]}:{entry.line}") for i, entry in pairs]
+    forward, pieces = (forced_log_probs(run_dirs, checkpoint, srcs, hyps, batch_tokens, device, "--run", max_tokens,
+                                        where) if pairs else ([], []))
     channel, source_pieces = (forced_log_probs(channel_dirs, channel_checkpoint, hyps, srcs, batch_tokens, device,
-                                               "--channel")
+                                               "--channel", max_tokens, [(h, s) for s, h in where])
                               if pairs and channel_dirs else ([0.0] * len(pairs), [1] * len(pairs)))
     candidates: list[list[Candidate]] = [[] for _ in nbest]
-    for (i, hyp), f, n, c, m in zip(pairs, forward, pieces, channel, source_pieces):
-        candidates[i].append(Candidate(hyp, f, n, c, m))
+    for (i, entry), f, n, c, m in zip(pairs, forward, pieces, channel, source_pieces):
+        candidates[i].append(Candidate(entry.text, f, n, c, m))
     return candidates
 
 
@@ -152,31 +173,42 @@ def parse_grid(option: str, text: str, low: float, high: float) -> list[float]:
 def rerank_file(nbest_path: Path, input_path: Path, run_dirs: Sequence[Path], channel_dirs: Sequence[Path] = (),
                 checkpoint: str = "best", channel_checkpoint: str = "best", weights: Sequence[float] = (0.0,),
                 alphas: Sequence[float] = (0.6,), ref_path: Path | None = None, output_path: Path | None = None,
-                batch_tokens: int = 4000, encoding_errors: str = "strict",
-                device: str = "auto") -> tuple[float, float, float | None]:
+                batch_tokens: int = 4000, encoding_errors: str = "strict", device: str = "auto",
+                max_input_tokens: int | None = None) -> tuple[float, float, float | None]:
     """Rerank ``nbest_path`` (hypotheses of ``input_path``'s lines) and write one line per input line.
 
     With ``ref_path``, every (weight, alpha) is scored by corpus BLEU against it, a table goes to
     stderr, and the best is written; without it, ``weights`` and ``alphas`` must hold one value each.
+    A source, hypothesis or reference longer than ``max_input_tokens`` (default 4 x the first forward
+    run's ``data.max_length``) is an error naming its file and line, as in ``nmt score``.
     Returns the (weight, alpha) written and, with a reference, its BLEU."""
     from nmt.metrics import score
+    from nmt.score import input_token_limit
 
     refuse_same_file(output_path, nbest_path, input_path, ref_path)
     if ref_path is None and (len(weights) != 1 or len(alphas) != 1):
         raise UserError("--ref", "several weights or alphas are tried only against a reference (--ref)")
     if not channel_dirs and any(w != 0 for w in weights):
         raise UserError("--channel", "a channel weight needs a channel run (--channel RUN)")
-    sources = read_lines(input_path, encoding_errors)
+    max_tokens = input_token_limit(run_dirs[0], max_input_tokens)
+    max_bytes = max_tokens * BYTES_PER_TOKEN
+
+    def read(path: Path) -> list[str]:
+        return list(iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors))
+
+    sources = read(input_path)
     if not sources:
         raise DataError(input_path, "file is empty")
     references = None
     if ref_path is not None:
-        references = read_lines(ref_path, encoding_errors)
+        references = read(ref_path)
         if len(references) != len(sources):
             raise DataError(ref_path, f"line count differs from {input_path} ({len(references)} vs {len(sources)})")
-    nbest = read_nbest(nbest_path, len(sources), encoding_errors)
+    # an n-best line holds a hypothesis (up to max_tokens, checked once tokenised), its score and
+    # with --alignments one pair per target piece: twice the bytes of a line is ample
+    nbest = read_nbest(nbest_path, len(sources), encoding_errors, 2 * max_bytes)
     candidates = score_candidates(nbest, sources, run_dirs, channel_dirs, checkpoint, channel_checkpoint,
-                                  batch_tokens, device)
+                                  batch_tokens, device, max_tokens, (str(input_path), str(nbest_path)))
     best: tuple[float, float, float | None] = (weights[0], alphas[0], None)
     if references is not None:
         click.echo(f"{'weight':>8} {'alpha':>6} {'BLEU':>7}", err=True)

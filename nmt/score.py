@@ -12,7 +12,10 @@ an object ``{"line": n (1-based), "logprob", "tokens" (target pieces and "</s>")
 ``corpus: N lines, T target tokens (EOS included), NLL x nats/token, ppl y``.
 
 The files are streamed in chunks and each chunk is batched under the token budget, longest pairs
-together, as ``nmt translate`` does.
+together, as ``nmt translate`` does. Work per line is bounded as there: a line longer than
+``--max-input-tokens`` (default 4 x the recipe's ``data.max_length``) is an error naming its file and
+line, found while reading (by bytes, before the line is held whole) or after tokenising. Unlike a
+translation, a score of part of a line would be wrong, so the line is refused rather than cut.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import click
 import torch
@@ -28,10 +32,10 @@ import torch
 from nmt.alignment import EOS_PIECE
 from nmt.data.batching import bucket_by_length
 from nmt.data.parallel import PairCollator
-from nmt.data.text import iter_lines
+from nmt.data.text import BYTES_PER_TOKEN, iter_bounded_lines
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
-from nmt.runs import load_run
+from nmt.runs import load_run, load_run_recipe
 
 CHUNK_LINES = 2000
 
@@ -57,9 +61,14 @@ class LineScore:
                            "token_logprobs": self.token_logprobs, "ppl": self.ppl}, ensure_ascii=False)
 
 
-def score_lines(task, sources: list[str], targets: list[str], batch_tokens: int, first_line: int = 1) -> list[LineScore]:
-    """The score of each pair, in input order; batches hold at most ``batch_tokens`` padded tokens."""
+def score_lines(task, sources: list[str], targets: list[str], batch_tokens: int, first_line: int = 1,
+                max_tokens: int | None = None, locations: Sequence[tuple[str, str]] = ()) -> list[LineScore]:
+    """The score of each pair, in input order; batches hold at most ``batch_tokens`` padded tokens.
+    With ``max_tokens``, a side longer than that is a :class:`DataError` at its entry of ``locations``
+    (``(source's "file:line", target's)`` per pair)."""
     pairs = task.tokenize_pairs(sources, targets)  # every pair, none skipped: Pair(index, src ids, tgt ids)
+    if max_tokens is not None:
+        check_lengths(pairs, max_tokens, locations)
     collate = PairCollator(task.pad_id, task.bos_id, task.eos_id)
     device = next(task.parameters()).device
     log_probs: list[list[float]] = [[] for _ in pairs]
@@ -75,19 +84,37 @@ def score_lines(task, sources: list[str], targets: list[str], batch_tokens: int,
             for i, p in enumerate(pairs)]
 
 
-def count_lines(path: Path, encoding_errors: str) -> int:
-    """Lines of ``path``, read through (and so checked for bad UTF-8) before the model is loaded."""
-    return sum(1 for _ in iter_lines(path, encoding_errors))
+def check_lengths(pairs, max_tokens: int, locations: Sequence[tuple[str, str]]) -> None:
+    """A :class:`DataError` at the first side of ``pairs`` with more than ``max_tokens`` tokens."""
+    for pair, where in zip(pairs, locations, strict=True):
+        for ids, side in ((pair.src, where[0]), (pair.tgt, where[1])):
+            if len(ids) > max_tokens:
+                raise DataError(side, f"line has {len(ids)} tokens, more than --max-input-tokens ({max_tokens}); "
+                                      "raise it to score the line")
+
+
+def input_token_limit(run_dir: Path, max_input_tokens: int | None) -> int:
+    """``max_input_tokens``, or by default 4 x the run's ``data.max_length`` (as ``nmt translate``), read
+    from its recipe before the model is loaded. (A task whose data has no ``max_length`` gets 4 x the
+    seq2seq default; it is refused when loaded, since it does not translate.)"""
+    return max_input_tokens or 4 * getattr(load_run_recipe(run_dir).data, "max_length", 100)
+
+
+def count_lines(path: Path, max_bytes: int, encoding_errors: str) -> int:
+    """Lines of ``path``, read through (and so checked for bad UTF-8 and length) before the model is loaded."""
+    return sum(1 for _ in iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors))
 
 
 def score_files(run_dir: Path, src_path: Path, tgt_path: Path, checkpoint: str = "best", as_json: bool = False,
                 output_path: Path | None = None, batch_tokens: int = 4000, encoding_errors: str = "strict",
-                device: str = "auto") -> tuple[float, int]:
+                device: str = "auto", max_input_tokens: int | None = None) -> tuple[float, int]:
     """Score every line of ``tgt_path`` as a translation of the same line of ``src_path``; write one
     line per pair to ``output_path`` (default stdout), the corpus line to stderr. Returns the corpus
     (log-probability, target tokens)."""
     refuse_same_file(output_path, src_path, tgt_path)
-    n_src, n_tgt = count_lines(src_path, encoding_errors), count_lines(tgt_path, encoding_errors)
+    max_tokens = input_token_limit(run_dir, max_input_tokens)
+    max_bytes = max_tokens * BYTES_PER_TOKEN
+    n_src, n_tgt = count_lines(src_path, max_bytes, encoding_errors), count_lines(tgt_path, max_bytes, encoding_errors)
     if n_src != n_tgt:
         raise DataError(str(tgt_path), f"line count differs from {src_path} ({n_tgt} vs {n_src})")
     if n_src == 0:
@@ -96,11 +123,14 @@ def score_files(run_dir: Path, src_path: Path, tgt_path: Path, checkpoint: str =
     if not hasattr(task, "target_log_probs"):
         raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; nmt score needs a seq2seq run")
     total, ntokens, line = 0.0, 0, 1
-    pairs = zip(iter_lines(src_path, encoding_errors), iter_lines(tgt_path, encoding_errors))
+    pairs = zip(*(iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors)
+                  for path in (src_path, tgt_path)))
     with open_output(output_path) as out:
         while chunk := list(itertools.islice(pairs, CHUNK_LINES)):
             sources, targets = zip(*chunk)
-            for scored in score_lines(task, list(sources), list(targets), batch_tokens, first_line=line):
+            locations = [(f"{src_path}:{n}", f"{tgt_path}:{n}") for n in range(line, line + len(chunk))]
+            for scored in score_lines(task, list(sources), list(targets), batch_tokens, first_line=line,
+                                      max_tokens=max_tokens, locations=locations):
                 out.write((scored.json() if as_json else f"{scored.logprob:.6f}") + "\n")
                 total += scored.logprob
                 ntokens += len(scored.token_logprobs)

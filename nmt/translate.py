@@ -7,7 +7,6 @@ Work per line is bounded too: a line is read up to a byte cap and encoded up to 
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import select
@@ -23,6 +22,7 @@ from nmt import search
 from nmt.alignment import EOS_PIECE, pharaoh
 from nmt.alignment import plot_attention as plot_attention_png
 from nmt.data.batching import bucket_by_length
+from nmt.data.text import BYTES_PER_TOKEN, capped_lines
 from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import UserError
 from nmt.io import describe, open_output, refuse_same_file
@@ -32,10 +32,6 @@ CHUNK_LINES = 2000
 #: --batch-size counts source tokens at beam sizes up to this; a wider beam keeps ``beam`` copies of
 #: every sentence in the batch, so proportionally fewer sentences fit (the memory stays the same).
 BUDGET_BEAM = 5
-#: Bytes read of a line per allowed token: generous for any tokenizer (a piece is rarely more than a
-#: few characters of up to 4 bytes), yet a 10 MB line is never held whole.
-BYTES_PER_TOKEN = 64
-_SKIP_BLOCK = 1 << 16
 
 
 def encode_lines(task, lines: list[str]) -> list[list[int]]:
@@ -79,32 +75,6 @@ def standard_input() -> BinaryIO:
     if stream is None or getattr(stream, "closed", False) or not hasattr(stream, "buffer"):
         raise UserError("<stdin>", "standard input is closed; pass the input with -i FILE")
     return stream.buffer
-
-
-def capped_lines(stream: BinaryIO, max_bytes: int, cut: set[int]) -> Iterator[bytes]:
-    """The raw lines of ``stream``, each cut to its first ``max_bytes`` bytes (at a character
-    boundary); the rest of a longer line is skipped block by block, never held. The numbers of the
-    lines cut are added to ``cut``."""
-    for line_no in itertools.count(1):
-        raw = stream.readline(max_bytes + 1)
-        if not raw:
-            return
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            while (rest := stream.readline(_SKIP_BLOCK)) and not rest.endswith(b"\n"):
-                pass
-            raw = _whole_characters(raw[:max_bytes]) + b"\n"
-            cut.add(line_no)
-        yield raw
-
-
-def _whole_characters(raw: bytes) -> bytes:
-    """``raw`` without a UTF-8 character that the cut split (which would read as invalid UTF-8)."""
-    for back in range(1, min(4, len(raw)) + 1):
-        byte = raw[-back]
-        if byte & 0xC0 != 0x80:  # the start of the last character
-            needed = 1 if byte < 0x80 else 2 if byte >= 0xC0 and byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return raw if needed <= back else raw[:-back]
-    return raw
 
 
 class LiveInput:

@@ -150,7 +150,7 @@ def test_padding_entries_are_dropped_and_empty_sources_stay_empty(capsys, tmp_pa
     lines = out.split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
     assert lines[0] == "c b a"  # the only real hypothesis, not the padding
-    assert read_nbest(nbest, 3) == [["c b a"], [""], ["e d", "d e"]]
+    assert read_nbest(nbest, 3) == [[(1, "c b a")], [(3, "")], [(4, "e d"), (5, "d e")]]  # with their lines
 
 
 @pytest.mark.parametrize("case, content, options, expected", [
@@ -163,6 +163,12 @@ def test_padding_entries_are_dropped_and_empty_sources_stay_empty(capsys, tmp_pa
     ("weight without channel", "0 ||| x ||| -1\n1 ||| y ||| -1\n", ("--weight", "0.5"), r"--channel: a channel"),
     ("bad grid", "0 ||| x ||| -1\n1 ||| y ||| -1\n", ("--alpha", "0.6,big"), r"--alpha: expected comma-separated"),
     ("negative weight", "0 ||| x ||| -1\n1 ||| y ||| -1\n", ("--weight", "-1"), r"--weight: expected numbers from 0"),
+    ("hypothesis over the token cap", "0 ||| x ||| -1\n1 ||| y ||| -1\n1 ||| y y y y ||| -2\n",
+     ("--max-input-tokens", "3"), r"list:3: line has 4 tokens, more than --max-input-tokens \(3\)"),
+    ("source over the token cap", "0 ||| x ||| -1\n1 ||| y ||| -1\n", ("--max-input-tokens", "1"),
+     r"src.txt:1: line has 2 tokens, more than --max-input-tokens \(1\)"),
+    ("list line over the byte cap", "0 ||| x ||| -1\n1 ||| " + "y " * 30_000 + "||| -1\n", (),
+     r"list:2: line is longer than 51200 bytes; raise --max-input-tokens"),
 ])
 def test_bad_input_is_one_line_naming_the_place(capsys, tmp_path, trained_run, case, content, options, expected):
     source = tmp_path / "src.txt"

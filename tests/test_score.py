@@ -98,7 +98,9 @@ def test_line_count_mismatch_is_one_line_naming_both_files(tmp_path, capsys):
     (tmp_path / "s.txt").write_text("a0\nb1\nc2\n")
     (tmp_path / "t.txt").write_text("a0\nb1\n")
     code, out, err = run_cli(capsys, "score", "--run", tmp_path / "no-run", "--src", tmp_path / "s.txt",
-                             "--tgt", tmp_path / "t.txt")
+                             "--tgt", tmp_path / "t.txt", "--max-input-tokens", "10")
     assert code == 2 and out == ""
-    # checked before the run is loaded (this one does not exist)
+    # checked before the run is loaded (this one does not exist; with --max-input-tokens given, not
+    # even its recipe is read)
     assert err.strip() == f"nmt: {tmp_path / 't.txt'}: line count differs from {tmp_path / 's.txt'} (2 vs 3)"
+
