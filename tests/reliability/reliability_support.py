@@ -115,3 +115,12 @@ def other_run(tmp_path_factory, reliability_data) -> Path:
 def run_copy(tmp_path, trained_run) -> Path:
     """A private copy of the trained run that a test may damage."""
     return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.fixture(name="workdir")
+def run_workdir(tmp_path, monkeypatch, trained_run) -> Path:
+    """cwd with ``run/`` (a copy of the trained run), so that recorded commands and messages name
+    relative paths, the same on every machine. Modules that need more in it define their own."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -6,22 +6,13 @@ translate`` is now refused, not cut (a score of part of a line would be wrong), 
 """
 from __future__ import annotations
 
-import shutil
 import tracemalloc
 
 import pytest
 
 from nmt.data.text import iter_bounded_lines
 from nmt.errors import DataError
-from reliability_support import record, reliability_data, run_cli, trained_run  # noqa: F401
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, trained_run):
-    """cwd with ``run/`` (a copy of the trained run)."""
-    shutil.copytree(trained_run, tmp_path / "run")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from reliability_support import record, reliability_data, run_cli, run_workdir, trained_run  # noqa: F401
 
 
 def test_a_line_over_the_byte_cap_is_refused_by_file_and_line_without_being_held(workdir, capsys):

@@ -6,22 +6,14 @@ beam of 100000 died in ``std::bad_alloc``; a NaN or infinite length ratio gave e
 from __future__ import annotations
 
 import io
-import shutil
 import time
 import tracemalloc
 
 import pytest
 
 from nmt import search, translate
-from reliability_support import check, error_lines, record, reliability_data, run_cli, trained_run  # noqa: F401
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, trained_run):
-    """cwd with ``run/`` (a copy of the trained run)."""
-    shutil.copytree(trained_run, tmp_path / "run")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from reliability_support import (check, error_lines, record, reliability_data, run_cli, run_workdir,  # noqa: F401
+                                 trained_run)
 
 
 def test_long_line_is_cut_to_max_input_tokens_with_one_warning(workdir, capsys):
