@@ -26,7 +26,7 @@ import numpy as np
 
 from nmt.data.buckets import bucket_by_length
 from nmt.errors import RunError, UserError
-from nmt.search_rules import Hypothesis, beam_step, length_penalty  # noqa: F401 (length_penalty: as nmt.search has it)
+from nmt.search_rules import Hypothesis, beam_step
 
 ENGINE_FORMAT = 1
 BUDGET_BEAM = 5  # as nmt.translate: --batch-size counts source tokens at beam sizes up to this

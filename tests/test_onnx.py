@@ -225,12 +225,6 @@ def test_length_cap_is_computed_in_float32_as_torch():
         assert onnx_engine.max_lengths(lengths.numpy(), ratio).tolist() == expected
 
 
-def test_length_penalty_is_gnmt():
-    for length in (1, 7, 30):
-        for alpha in (0.0, 0.6, 1.0):
-            assert onnx_engine.length_penalty(length, alpha) == pytest.approx(search.length_penalty(length, alpha))
-
-
 def test_batches_and_budget_are_the_torch_engines():
     assert onnx_engine.BUDGET_BEAM == BUDGET_BEAM
     assert onnx_engine.bucket_by_length is bucket_by_length

@@ -109,6 +109,15 @@ SHORT_OR_LONG = table_scorer({
 })
 
 
+def test_length_penalty_is_gnmts_for_numbers_and_arrays():
+    """((5 + |y|) / 6) ** alpha (Wu et al. 2016), the one rule both engines import (nmt.search_rules)."""
+    assert search.length_penalty(1, 0.6) == pytest.approx(1.0)
+    assert search.length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert search.length_penalty(25, 0.5) == pytest.approx(5 ** 0.5)
+    assert search.length_penalty(30, 0.0) == 1.0
+    assert search.length_penalty(torch.tensor([1.0, 7.0]), 1.0).tolist() == pytest.approx([1.0, 2.0])
+
+
 def test_length_penalty_changes_which_hypothesis_wins():
     src, src_len = batch((A, B))
     # alpha 0: raw log-probabilities, the short one wins.
