@@ -15,7 +15,8 @@ src="${pair%-*}"; tgt="${pair#*-}"; src="${src%%+*}"
 [ $# -gt 0 ] || { echo "choose.sh: no candidates: give NAME='nmt translate options' (e.g. \"a='--run runs/a'\")" >&2; exit 2; }
 prefix="${PREFIX:-runs/choose-$pair}"; beam="${BEAM:-5}"
 read -r -a alphas <<< "${ALPHAS:-0.6 0.8 1.0 1.2}"; alpha="${alphas[0]}"
-data_root="${NMT_DATA:-$(python -c 'from nmt.recipe import default_data_root; print(default_data_root())')}"
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"  # data_root, test_scores
 names=(); declare -A options=()
 for candidate in "$@"; do
   name="${candidate%%=*}"
@@ -57,7 +58,6 @@ for test in test_2016_flickr test_2017_flickr; do
   [ -f "$ref" ] || { echo "skipping $test: $ref not found"; continue; }
   # shellcheck disable=SC2086
   nmt translate ${options[$choice]} --beam "$beam" --alpha "$alpha" -i "$data_root/multi30k/$test.$src.gz" -o "$prefix.$test.hyp"
-  nmt evaluate --hyp "$prefix.$test.hyp" --ref "$ref" --metrics bleu,chrf --json |
-    python -c "import json,sys; [print(f'%-18s %-8s %6.2f  %s' % ('$test', k, v['score'], v['signature'])) for k, v in json.load(sys.stdin).items()]"
+  test_scores "$test" "$prefix.$test.hyp" "$ref"
 done
 echo "system: nmt translate ${options[$choice]} --beam $beam --alpha $alpha"

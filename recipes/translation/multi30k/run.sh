@@ -24,15 +24,15 @@ overrides+=("$@")
 start=$(date +%s)
 nmt train "$here/$pair.yaml" --run-dir "$run_dir" "${overrides[@]}"
 trained=$(date +%s)
-data_root="${NMT_DATA:-$(python -c 'from nmt.recipe import default_data_root; print(default_data_root())')}"
+# shellcheck source=common.sh
+. "$here/common.sh"  # data_root, test_scores
 
 printf '\n%-18s %-8s %s\n' "test set" "metric" "score (sacrebleu signature)"
 for test in test_2016_flickr test_2017_flickr; do
   ref="$data_root/multi30k/$test.$tgt.gz"
   [ -f "$ref" ] || { echo "skipping $test: $ref not found"; continue; }
   nmt translate --run "$run_dir" --beam "$beam" -i "$data_root/multi30k/$test.$src.gz" -o "$run_dir/$test.$tgt.hyp"
-  nmt evaluate --hyp "$run_dir/$test.$tgt.hyp" --ref "$ref" --metrics bleu,chrf --json |
-    python -c "import json,sys; [print(f'%-18s %-8s %6.2f  %s' % ('$test', k, v['score'], v['signature'])) for k, v in json.load(sys.stdin).items()]"
+  test_scores "$test" "$run_dir/$test.$tgt.hyp" "$ref"
 done
 nmt plot "$run_dir" val/bleu | sed 's/^/dev curve: /'
 echo "training wall time: $((trained - start)) s; total: $(( $(date +%s) - start )) s; run directory: $run_dir"
