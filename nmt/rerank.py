@@ -179,8 +179,9 @@ def rerank_file(nbest_path: Path, input_path: Path, run_dirs: Sequence[Path], ch
 
     With ``ref_path``, every (weight, alpha) is scored by corpus BLEU against it, a table goes to
     stderr, and the best is written; without it, ``weights`` and ``alphas`` must hold one value each.
-    A source, hypothesis or reference longer than ``max_input_tokens`` (default 4 x the first forward
-    run's ``data.max_length``) is an error naming its file and line, as in ``nmt score``.
+    A source or hypothesis longer than ``max_input_tokens`` (default 4 x the first forward run's
+    ``data.max_length``) is an error naming its file and line, as in ``nmt score``; so is a line of any
+    input file over the byte cap that goes with it (the reference is read under it too).
     Returns the (weight, alpha) written and, with a reference, its BLEU."""
     from nmt.metrics import score
     from nmt.score import input_token_limit
