@@ -269,9 +269,13 @@ def evaluate(hyp: Path, refs: tuple[Path, ...], metrics: str, as_json: bool) -> 
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Output file, written atomically [default: stdout].")
 @click.option("--probabilities", is_flag=True, help="Classification: print the probability of each label.")
+@click.option("--max-input-tokens", type=Bounded(int, 1, MAX_INPUT_TOKENS),
+              help="Text lines: longer lines are cut to this many tokens (steps of a numeric line), with a "
+                   "warning; tagging tags the words within them [default: 4 x the recipe's data.max_length].")
 @click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def predict(run_dir, checkpoint, input_path, output_path, probabilities, encoding_errors, device) -> None:
+def predict(run_dir, checkpoint, input_path, output_path, probabilities, max_input_tokens, encoding_errors,
+            device) -> None:
     """Serve a non-translation run: labels for text lines, tags for sentences, forecasts for a series."""
     from nmt.io import refuse_same_file
     from nmt.runs import load_run
@@ -281,7 +285,8 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, encodin
         standard_input()  # closed (nmt predict <&-): one line now, not an AttributeError after loading
     refuse_same_file(output_path, input_path, stdin=input_path is None)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
-    task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors)
+    options = {} if max_input_tokens is None else {"max_input_tokens": max_input_tokens}  # series: no such cap
+    task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors, **options)
 
 
 @cli.command()

@@ -161,6 +161,29 @@ def plot_chunk(task, directory: Path, line_no: int, encoded: list[list[int]],
                            task.src_tokenizer.pieces(encoded[k]), target)
 
 
+class CutLines:
+    """The warnings for input lines cut to ``--max-input-tokens``: the first such line by name and
+    number when it is met, and at the end how many there were in all (when more than one)."""
+
+    def __init__(self, name: str, max_tokens: int, doing: str):
+        self.name, self.max_tokens, self.doing = name, max_tokens, doing  # doing: e.g. "translating"
+        self.first: int | None = None
+        self.count = 0
+
+    def add(self, numbers: set[int]) -> None:
+        """Line numbers (1-based) cut in the chunk just read."""
+        if numbers and self.first is None:
+            self.first = min(numbers)
+            click.echo(f"nmt: warning: {self.name}:{self.first}: line longer than --max-input-tokens "
+                       f"({self.max_tokens} tokens); {self.doing} its first {self.max_tokens} tokens", err=True)
+        self.count += len(numbers)
+
+    def finish(self) -> None:
+        if self.count > 1:
+            click.echo(f"nmt: warning: {self.name}: {self.count} lines in all were cut to {self.max_tokens} "
+                       f"tokens (the first at line {self.first})", err=True)
+
+
 def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None = None) -> Iterator[list[str]]:
     """Lists of up to ``size`` lines; with ``pending``, a list also ends when no line is waiting."""
     iterator = iter(lines)
@@ -233,7 +256,7 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
     name = str(input_path or "<stdin>")
     cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens (below)
     source, pending = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, cut)
-    warned, first_cut, cut_count = False, None, 0
+    report, warned = CutLines(name, max_input_tokens, "translating"), False
     with open_output(output_path) as out:
         line_no = 0
         for chunk in chunks(source, CHUNK_LINES, pending):
@@ -244,11 +267,7 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
                     cut.add(line_no + k + 1)
             chunk_cut = {n for n in cut if n <= line_no + len(chunk)}
             cut -= chunk_cut
-            if chunk_cut and first_cut is None:
-                first_cut = min(chunk_cut)
-                click.echo(f"nmt: warning: {name}:{first_cut}: line longer than --max-input-tokens "
-                           f"({max_input_tokens} tokens); translating its first {max_input_tokens} tokens", err=True)
-            cut_count += len(chunk_cut)
+            report.add(chunk_cut)
             too_long = next((k for k, ids in enumerate(encoded) if len(ids) > longest
                              and line_no + k + 1 not in chunk_cut), None)
             if too_long is not None and not warned:
@@ -269,6 +288,4 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
                 plot_chunk(task, plot_attention, line_no, encoded, results)
             line_no += len(chunk)
             out.flush()
-    if cut_count > 1:
-        click.echo(f"nmt: warning: {name}: {cut_count} lines in all were cut to {max_input_tokens} tokens "
-                   f"(the first at line {first_cut})", err=True)
+    report.finish()

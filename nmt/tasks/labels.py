@@ -9,7 +9,6 @@ encoded sequence becomes logits (``forward``), and how logits become an output l
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -189,27 +188,50 @@ class LabelTask(Task):
     # --- nmt predict ----------------------------------------------------------------------------
 
     def predict_file(self, input_path=None, output_path=None, probabilities: bool = False,
-                     encoding_errors: str = "strict", batch_tokens: int = 8000, **options) -> None:
-        """Answer each input line with one output line, in order; empty lines stay empty."""
-        from nmt.data.text import iter_lines, iter_stream
+                     encoding_errors: str = "strict", batch_tokens: int = 8000, max_input_tokens: int | None = None,
+                     **options) -> None:
+        """Answer each input line with one output line, in order; empty lines stay empty.
+
+        Work per line is bounded as in ``nmt translate``: a line is read up to a byte cap and cut to
+        ``max_input_tokens`` (default 4 x ``data.max_length``; steps for numeric lines) with a warning
+        (:meth:`cut_example`). Standard input from a terminal or pipe is answered line by line as it comes."""
+        from nmt.data.text import BYTES_PER_TOKEN
         from nmt.io import open_output
-        from nmt.translate import CHUNK_LINES, chunks
+        from nmt.translate import CHUNK_LINES, CutLines, chunks, read_source
+
+        max_tokens = max_input_tokens or 4 * self.recipe.data.max_length
         name = str(input_path) if input_path else "<stdin>"
-        source = iter_lines(input_path, encoding_errors) if input_path else iter_stream(sys.stdin.buffer, name, encoding_errors)
+        step_bytes = BYTES_PER_TOKEN * (1 if self.tokenizer is not None else self.scaler.dim)  # a vector: its features
+        cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens
+        source, pending = read_source(input_path, encoding_errors, max_tokens * step_bytes, cut)
+        report = CutLines(name, max_tokens, "predicting from")
         with open_output(output_path) as out, torch.inference_mode():
             line_no = 0
-            for chunk in chunks(source, CHUNK_LINES):
+            for chunk in chunks(source, CHUNK_LINES, pending):
                 wheres = [f"{name}:{line_no + k + 1}" for k in range(len(chunk))]
-                for answer in self.predict_lines(chunk, wheres, probabilities, batch_tokens):
+                cut_here: set[int] = set()  # indices in the chunk
+                for answer in self.predict_lines(chunk, wheres, probabilities, batch_tokens, max_tokens, cut_here):
                     out.write(answer + "\n")
+                chunk_cut = {n for n in cut if n <= line_no + len(chunk)} | {line_no + k + 1 for k in cut_here}
+                cut -= chunk_cut
+                report.add(chunk_cut)
                 line_no += len(chunk)
                 out.flush()
+        report.finish()
 
-    def predict_lines(self, lines: list[str], wheres: list[str], probabilities: bool, batch_tokens: int) -> list[str]:
+    def predict_lines(self, lines: list[str], wheres: list[str], probabilities: bool, batch_tokens: int,
+                      max_tokens: int | None = None, cut: set[int] | None = None) -> list[str]:
         """One answer per line, in order; a blank line gets an empty one. Lines go through the model in
-        batches of similar length, at most ``batch_tokens`` padded tokens each."""
+        batches of similar length, at most ``batch_tokens`` padded tokens each. A line longer than
+        ``max_tokens`` is cut (:meth:`cut_example`) and its index added to ``cut``."""
         examples = {i: self.line_example(i, line, where)
                     for i, (line, where) in enumerate(zip(lines, wheres)) if line.strip()}
+        if max_tokens is not None:
+            for i, example in examples.items():
+                if len(example.inputs) > max_tokens:
+                    examples[i] = self.cut_example(example, max_tokens)
+                    if cut is not None:
+                        cut.add(i)
         todo = [i for i, example in examples.items() if example.inputs]
         answers = [""] * len(lines)
         collate = ExampleCollator(self.pad_id, self.tokenizer is None)
@@ -221,6 +243,10 @@ class LabelTask(Task):
             for example, answer in zip(batch_examples, self.batch_answers(self(batch), batch_examples, probabilities)):
                 answers[example.index] = answer
         return answers
+
+    def cut_example(self, example: Example, max_tokens: int) -> Example:
+        """``example`` with its first ``max_tokens`` inputs (tokens or steps): a label for the start of the line."""
+        return Example(example.index, example.inputs[:max_tokens], example.target)
 
     def line_example(self, index: int, line: str, where: str) -> Example:
         """The example of one non-blank input line of ``nmt predict`` (its targets are placeholders)."""

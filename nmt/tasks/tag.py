@@ -173,6 +173,15 @@ class TagTask(LabelTask):
         ids, starts = self.encode_words(words)
         return Example(index, ids, [0] * len(starts), starts, self.word_ids(words))
 
+    def cut_example(self, example: Example, max_tokens: int) -> Example:
+        """The words whose pieces all lie within the first ``max_tokens``: one tag each, so the answer
+        tags the line's first words (a word is never tagged from part of its pieces)."""
+        ends = example.word_starts[1:] + [len(example.inputs)]
+        words = sum(1 for end in ends if end <= max_tokens)  # words are contiguous: a prefix of them
+        kept = ends[words - 1] if words else 0
+        return Example(example.index, example.inputs[:kept], example.target[:words], example.word_starts[:words],
+                       None if example.word_ids is None else example.word_ids[:words])
+
     def batch_answers(self, logits: torch.Tensor, examples: list[Example], probabilities: bool) -> list[str]:
         """The most probable tag of each word, space-separated."""
         best = logits.argmax(-1).cpu()  # [B,W]

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import reverse_recipe, write_recipe, write_reverse_corpus
 from nmt.cli import main
@@ -124,3 +125,20 @@ def run_workdir(tmp_path, monkeypatch, trained_run) -> Path:
     shutil.copytree(trained_run, tmp_path / "run")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def classify_run(tmp_path_factory):
+    """A classify run trained for one short epoch: enough for nmt predict to answer."""
+    base = tmp_path_factory.mktemp("classify")
+    rows = ["label\tsentence"] + [f"{'long' if n > 4 else 'short'}\t{' '.join('ab'[:1 + n % 2] for _ in range(n))}"
+                                  for n in range(1, 9)] * 20
+    (base / "train.tsv").write_text("\n".join(rows) + "\n")
+    recipe = {"name": "lengths", "task": "classify", "seed": 1,
+              "data": {"root": str(base), "train": "train.tsv", "valid": "train.tsv", "batch_tokens": 400},
+              "model": {"embedding": {"size": 8}, "encoder": {"name": "gru", "hidden_size": 8}},
+              "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False,
+                          "enable_model_summary": False}}
+    (base / "lengths.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(base / "lengths.yaml"), "--run-dir", str(base / "run")]) == 0
+    return base / "run"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from reliability_support import (NMT, check, error_lines, record, reliability_data, run_cli,  # noqa: F401
-                                 trained_run)
+from reliability_support import (NMT, check, classify_run, error_lines, record, reliability_data,  # noqa: F401
+                                 run_cli, trained_run)
 from nmt.cli import main
 from nmt.io import atomic_open, atomic_write_text
 from nmt.lightning_fixes import AtomicCheckpointIO
@@ -36,25 +36,6 @@ def workdir(tmp_path, monkeypatch, trained_run):
     (tmp_path / "out.txt").write_text(PREVIOUS)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def classify_run(tmp_path_factory):
-    """A classify run trained for one short epoch: enough for nmt predict to answer."""
-    import yaml
-
-    base = tmp_path_factory.mktemp("classify")
-    rows = ["label\tsentence"] + [f"{'long' if n > 4 else 'short'}\t{' '.join('ab'[:1 + n % 2] for _ in range(n))}"
-                                  for n in range(1, 9)] * 20
-    (base / "train.tsv").write_text("\n".join(rows) + "\n")
-    recipe = {"name": "lengths", "task": "classify", "seed": 1,
-              "data": {"root": str(base), "train": "train.tsv", "valid": "train.tsv", "batch_tokens": 400},
-              "model": {"embedding": {"size": 8}, "encoder": {"name": "gru", "hidden_size": 8}},
-              "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False,
-                          "enable_model_summary": False}}
-    (base / "lengths.yaml").write_text(yaml.safe_dump(recipe))
-    assert main(["train", str(base / "lengths.yaml"), "--run-dir", str(base / "run")]) == 0
-    return base / "run"
 
 
 def make_device(path: Path, minor: int) -> Path:
@@ -247,15 +228,15 @@ def test_nbest_gives_every_line_exactly_n_entries(workdir, capsys):
     assert all(line.split(" ||| ")[1] == "" for line in out.splitlines()[3:6])
 
 
-def test_a_pipe_gets_each_translation_as_soon_as_its_line_is_read(workdir):
-    """Interactive use: the first answer arrives while standard input is still open."""
-    proc = subprocess.Popen([*NMT, "translate", "--run", "run", "--beam", "1", "--device", "cpu"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def answers_while_stdin_is_open(argv: list[str], lines: list[str]) -> list[str]:
+    """Interactive use: ``nmt ARGV`` answers each line while its standard input is still open."""
+    proc = subprocess.Popen([*NMT, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     answers: list[str] = []
     reader = threading.Thread(target=lambda: answers.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     try:
-        for n, line in enumerate(["ab cd ef\n", "ef gh\n"], start=1):
+        for n, line in enumerate(lines, start=1):
             proc.stdin.write(line)
             proc.stdin.flush()
             deadline = time.monotonic() + 120
@@ -265,8 +246,20 @@ def test_a_pipe_gets_each_translation_as_soon_as_its_line_is_read(workdir):
                 time.sleep(0.05)
     finally:
         proc.stdin.close()
-        if proc.poll() is None and len(answers) < 2:
+        if proc.poll() is None and len(answers) < len(lines):
             proc.kill()
     assert proc.wait(timeout=60) == 0
     reader.join(timeout=10)
+    return answers
+
+
+def test_a_pipe_gets_each_translation_as_soon_as_its_line_is_read(workdir):
+    answers = answers_while_stdin_is_open(["translate", "--run", "run", "--beam", "1", "--device", "cpu"],
+                                          ["ab cd ef\n", "ef gh\n"])
     assert len(answers) == 2
+
+
+def test_a_pipe_gets_each_prediction_as_soon_as_its_line_is_read(classify_run):
+    answers = answers_while_stdin_is_open(["predict", "--run", str(classify_run), "--device", "cpu"],
+                                          ["a ab a\n", "ab\n"])
+    assert [a.strip() in ("long", "short") for a in answers] == [True, True]

@@ -81,6 +81,22 @@ def test_tag_beats_most_frequent_tag_and_predict_round_trip(tag_run):
     assert accuracy >= baseline + 0.3, (accuracy, baseline)
 
 
+def test_a_line_over_max_input_tokens_tags_the_words_within_them(tag_run):
+    """Cut mid-word, a line is tagged up to its last whole word within the cap: the same tags as that
+    prefix alone (a word is never tagged from part of its pieces)."""
+    from nmt.runs import load_run
+
+    run_dir, data = tag_run
+    words = read_conllu(data / "dev.conllu")[0].words * 3
+    _, starts = load_run(run_dir, device="cpu").encode_words(words)
+    assert starts[4] - starts[3] > 1  # the fourth word has several pieces (characters)
+    (run_dir / "long.txt").write_text(" ".join(words) + "\n" + " ".join(words[:3]) + "\n")
+    assert main(["predict", "--run", str(run_dir), "-i", str(run_dir / "long.txt"), "-o", str(run_dir / "long.out"),
+                 "--max-input-tokens", str(starts[3] + 1), "--device", "cpu"]) == 0
+    cut, prefix = (run_dir / "long.out").read_text().splitlines()
+    assert len(cut.split()) == 3 and cut == prefix
+
+
 def test_unknown_dev_tag_names_file_and_line(tmp_path):
     data = write_tag_task(tmp_path / "data", n_train=20, n_dev=2)
     with open(data / "dev.conllu", "a") as f:
