@@ -129,6 +129,13 @@ def test_numeric_vectors(tmp_path):
     run_dir = train_recipe(validate_recipe(recipe, tmp_path / "v.yaml"), tmp_path / "run")
     accuracy, majority = dev_accuracy(run_dir, data, "test.tsv", "sequence")
     assert accuracy >= majority + 0.3, (accuracy, majority)
+    # a numeric line over --max-input-tokens is answered from its first steps, as a text line from its tokens
+    steps = ["1.000,5.000", "-2.000,4.000", "0.500,6.000", "3.000,5.000", "-4.000,5.000", "-4.000,5.000"]
+    (run_dir / "long.txt").write_text(" ".join(steps) + "\n" + " ".join(steps[:3]) + "\n")
+    assert main(["predict", "--run", str(run_dir), "-i", str(run_dir / "long.txt"), "-o", str(run_dir / "long.out"),
+                 "--max-input-tokens", "3", "--probabilities", "--device", "cpu"]) == 0
+    cut, prefix = (run_dir / "long.out").read_text().splitlines()
+    assert cut == prefix
 
 
 def test_unknown_dev_label_names_file_and_line(tmp_path):
