@@ -249,16 +249,32 @@ def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_c
 
 
 @cli.command()
-@click.option("--hyp", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Hypotheses, one per line.")
+@click.option("--hyp", "hyps", required=True, multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Hypotheses, one per line. Repeat it to compare systems: the first is the baseline.")
 @click.option("--ref", "refs", required=True, multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="References, one per line (repeat for several references).")
 @click.option("--metrics", default="bleu,chrf,ter", show_default=True, help="Comma-separated: bleu, chrf, ter.")
+@click.option("--paired", type=click.Choice(["bs", "ar"]),
+              help="With several --hyp: sacrebleu's paired significance test against the first, bootstrap "
+                   "resampling (bs) or approximate randomization (ar) [default: bs].")
+@click.option("--samples", type=Bounded(int, 1, 1_000_000),
+              help="Resamples of --paired [default: sacrebleu's, 1000 for bs, 10000 for ar].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def evaluate(hyp: Path, refs: tuple[Path, ...], metrics: str, as_json: bool) -> None:
-    """Score detokenised hypotheses against references with sacrebleu, printing each signature."""
-    from nmt.metrics import evaluate_files
+def evaluate(hyps: tuple[Path, ...], refs: tuple[Path, ...], metrics: str, paired: str | None, samples: int | None,
+             as_json: bool) -> None:
+    """Score detokenised hypotheses against references with sacrebleu, printing each signature.
 
-    evaluate_files(hyp, list(refs), [m.strip() for m in metrics.split(",") if m.strip()], as_json=as_json)
+    With several --hyp, each system is compared with the first by a paired test (p-values, and with
+    bootstrap resampling each score's 95% confidence interval)."""
+    from nmt.metrics import compare_files, evaluate_files
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if len(hyps) > 1 or paired:
+        compare_files(list(hyps), list(refs), names, paired or "bs", samples or 0, as_json=as_json)
+    elif samples:
+        raise UserError("--samples", "counts the resamples of a paired test: give two or more --hyp")
+    else:
+        evaluate_files(hyps[0], list(refs), names, as_json=as_json)
 
 
 @cli.command()

@@ -39,22 +39,33 @@ def score(hypotheses: list[str], references: list[list[str]], metrics=("bleu", "
     return out
 
 
-def evaluate_files(hyp: Path, refs: list[Path], metrics: list[str], as_json: bool = False) -> dict[str, Score]:
+def read_systems(hyps: list[Path], refs: list[Path]) -> tuple[list[list[str]], list[list[str]]]:
+    """The lines of each hypothesis file and of each reference stream, all of one length."""
     from nmt.data.text import read_lines
 
+    systems = []
+    for hyp in hyps:
+        lines = read_lines(hyp)
+        if not lines:  # sacrebleu fails on an empty corpus with an IndexError
+            raise DataError(hyp, "file is empty")
+        if systems and len(lines) != len(systems[0]):
+            raise DataError(hyp, f"line count differs from {hyps[0]} ({len(lines)} vs {len(systems[0])})")
+        systems.append(lines)
+    references = []
+    for ref in refs:
+        lines = read_lines(ref)
+        if len(lines) != len(systems[0]):
+            raise DataError(ref, f"line count differs from {hyps[0]} ({len(lines)} vs {len(systems[0])})")
+        references.append(lines)
+    return systems, references
+
+
+def evaluate_files(hyp: Path, refs: list[Path], metrics: list[str], as_json: bool = False) -> dict[str, Score]:
     from nmt.io import open_output
 
     for name in metrics:
         _metric(name)  # reject an unknown metric before reading anything
-    hypotheses = read_lines(hyp)
-    if not hypotheses:  # sacrebleu fails on an empty corpus with an IndexError
-        raise DataError(hyp, "file is empty")
-    references = []
-    for ref in refs:
-        lines = read_lines(ref)
-        if len(lines) != len(hypotheses):
-            raise DataError(ref, f"line count differs from {hyp} ({len(lines)} vs {len(hypotheses)})")
-        references.append(lines)
+    [hypotheses], references = read_systems([hyp], refs)
     scores = score(hypotheses, references, metrics)
     with open_output(None) as out:  # a closed stdout is an error, not scores silently dropped
         if as_json:
@@ -64,3 +75,64 @@ def evaluate_files(hyp: Path, refs: list[Path], metrics: list[str], as_json: boo
             for s in scores.values():
                 click.echo(f"{s.text}\n  signature: {s.signature}", file=out)
     return scores
+
+
+PAIRED_TESTS = {"bs": "paired bootstrap resampling", "ar": "paired approximate randomization"}
+
+
+@dataclass
+class Comparison:
+    """One system's corpus score in a paired test: with bootstrap resampling its mean and 95%
+    confidence interval over the resamples; for every system but the baseline, its p-value."""
+
+    hyp: str
+    score: float
+    mean: float | None
+    ci: float | None
+    p_value: float | None
+
+    def json(self) -> dict:
+        return {"hyp": self.hyp, "score": round(self.score, 2), "p_value": self.p_value,
+                "mean": None if self.mean is None else round(float(self.mean), 2),
+                "ci": None if self.ci is None else round(float(self.ci), 2)}
+
+
+def compare_files(hyps: list[Path], refs: list[Path], metrics: list[str], test: str = "bs", samples: int = 0,
+                  as_json: bool = False) -> dict[str, tuple[str, list[Comparison]]]:
+    """Compare each of ``hyps`` with the first (the baseline) by sacrebleu's paired test (``bs``:
+    bootstrap resampling, ``ar``: approximate randomization; ``samples`` 0 takes sacrebleu's default,
+    1,000 and 10,000) and print, per metric, every system's score and p-value and the signature.
+    The p-value is how often a difference this large arises by chance (Koehn 2004; Riezler and
+    Maxwell 2005), so a dev or test gain can be told from noise. Seeded (``SACREBLEU_SEED``, default
+    12345), so a run repeats. Returns {metric: (signature, comparisons in ``hyps`` order)}."""
+    from sacrebleu.significance import PairedTest
+
+    from nmt.io import open_output
+
+    if len(hyps) < 2:
+        raise UserError("--paired", "compares systems: give two or more --hyp (the first is the baseline)")
+    if len({Path(h).resolve() for h in hyps}) < len(hyps):
+        raise UserError("--hyp", "the same file is given twice")
+    named = {name: _metric(name) for name in metrics}  # an unknown metric fails before anything is read
+    systems, references = read_systems(hyps, refs)
+    signatures, results = PairedTest([(str(h), lines) for h, lines in zip(hyps, systems)], named, references,
+                                     test_type=test, n_samples=samples)()
+    columns = [key for key in results if key != "System"]  # sacrebleu's own names (BLEU, chrF2, TER), in order
+    compared = {name: (str(signatures[column]),
+                       [Comparison(str(h), r.score, r.mean, r.ci, r.p_value) for h, r in zip(hyps, results[column])])
+                for name, column in zip(metrics, columns)}
+    with open_output(None) as out:
+        if as_json:
+            click.echo(json.dumps({"test": test, "baseline": str(hyps[0]),
+                                   **{name: {"signature": sig, "systems": [c.json() for c in rows]}
+                                      for name, (sig, rows) in compared.items()}}), file=out)
+            return compared
+        click.echo(f"{PAIRED_TESTS[test]}; the baseline is {hyps[0]}", file=out)
+        width = max(len(str(h)) for h in hyps)
+        for name, (signature, rows) in compared.items():
+            for c in rows:
+                spread = "" if c.mean is None else f"  (mean {c.mean:.2f}, 95% CI ± {c.ci:.2f})"
+                verdict = "baseline" if c.p_value is None else f"p = {c.p_value:.4f}"
+                click.echo(f"{name:<5} {c.hyp:<{width}}  {c.score:6.2f}{spread}  {verdict}", file=out)
+            click.echo(f"  signature: {signature}", file=out)
+    return compared
