@@ -162,21 +162,28 @@ def plot_chunk(task, directory: Path, line_no: int, encoded: list[list[int]],
 
 
 class CutLines:
-    """The warnings for input lines cut to ``--max-input-tokens``: the first such line by name and
-    number when it is met, and at the end how many there were in all (when more than one)."""
+    """The input lines cut to ``--max-input-tokens`` and their warnings: the first such line by name
+    and number when its chunk is done, and at the end how many there were in all (when more than one).
+
+    ``lines`` collects the numbers (1-based): :func:`read_source` adds those cut by bytes while reading,
+    the caller those cut by tokens."""
 
     def __init__(self, name: str, max_tokens: int, doing: str):
         self.name, self.max_tokens, self.doing = name, max_tokens, doing  # doing: e.g. "translating"
+        self.lines: set[int] = set()
         self.first: int | None = None
         self.count = 0
 
-    def add(self, numbers: set[int]) -> None:
-        """Line numbers (1-based) cut in the chunk just read."""
+    def flush(self, last_line: int) -> set[int]:
+        """The numbers of the lines cut up to ``last_line`` (the end of the chunk just done), warned of."""
+        numbers = {n for n in self.lines if n <= last_line}
+        self.lines -= numbers
         if numbers and self.first is None:
             self.first = min(numbers)
             click.echo(f"nmt: warning: {self.name}:{self.first}: line longer than --max-input-tokens "
                        f"({self.max_tokens} tokens); {self.doing} its first {self.max_tokens} tokens", err=True)
         self.count += len(numbers)
+        return numbers
 
     def finish(self) -> None:
         if self.count > 1:
@@ -254,9 +261,8 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
     longest = task.max_length
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
-    cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens (below)
-    source, pending = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, cut)
     report, warned = CutLines(name, max_input_tokens, "translating"), False
+    source, pending = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, report.lines)
     with open_output(output_path) as out:
         line_no = 0
         for chunk in chunks(source, CHUNK_LINES, pending):
@@ -264,10 +270,8 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
             for k, ids in enumerate(encoded):
                 if len(ids) > max_input_tokens:
                     encoded[k] = ids[:max_input_tokens]
-                    cut.add(line_no + k + 1)
-            chunk_cut = {n for n in cut if n <= line_no + len(chunk)}
-            cut -= chunk_cut
-            report.add(chunk_cut)
+                    report.lines.add(line_no + k + 1)
+            chunk_cut = report.flush(line_no + len(chunk))
             too_long = next((k for k, ids in enumerate(encoded) if len(ids) > longest
                              and line_no + k + 1 not in chunk_cut), None)
             if too_long is not None and not warned:

@@ -202,9 +202,8 @@ class LabelTask(Task):
         max_tokens = max_input_tokens or 4 * self.recipe.data.max_length
         name = str(input_path) if input_path else "<stdin>"
         step_bytes = BYTES_PER_TOKEN * (1 if self.tokenizer is not None else self.scaler.dim)  # a vector: its features
-        cut: set[int] = set()  # numbers of the lines cut, by bytes (while reading) or by tokens
-        source, pending = read_source(input_path, encoding_errors, max_tokens * step_bytes, cut)
         report = CutLines(name, max_tokens, "predicting from")
+        source, pending = read_source(input_path, encoding_errors, max_tokens * step_bytes, report.lines)
         with open_output(output_path) as out, torch.inference_mode():
             line_no = 0
             for chunk in chunks(source, CHUNK_LINES, pending):
@@ -212,9 +211,8 @@ class LabelTask(Task):
                 cut_here: set[int] = set()  # indices in the chunk
                 for answer in self.predict_lines(chunk, wheres, probabilities, batch_tokens, max_tokens, cut_here):
                     out.write(answer + "\n")
-                chunk_cut = {n for n in cut if n <= line_no + len(chunk)} | {line_no + k + 1 for k in cut_here}
-                cut -= chunk_cut
-                report.add(chunk_cut)
+                report.lines.update(line_no + k + 1 for k in cut_here)
+                report.flush(line_no + len(chunk))
                 line_no += len(chunk)
                 out.flush()
         report.finish()
