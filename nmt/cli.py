@@ -301,8 +301,8 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, max_inp
         standard_input()  # closed (nmt predict <&-): one line now, not an AttributeError after loading
     refuse_same_file(output_path, input_path, stdin=input_path is None)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
-    options = {} if max_input_tokens is None else {"max_input_tokens": max_input_tokens}  # series: no such cap
-    task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors, **options)
+    task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors,
+                      max_input_tokens=max_input_tokens)  # a series task takes any options and has no such cap
 
 
 @cli.command()
