@@ -65,10 +65,12 @@ def score_lines(task, sources: list[str], targets: list[str], batch_tokens: int,
                 max_tokens: int | None = None, locations: Sequence[tuple[str, str]] = ()) -> list[LineScore]:
     """The score of each pair, in input order; batches hold at most ``batch_tokens`` padded tokens.
     With ``max_tokens``, a side longer than that is a :class:`DataError` at its entry of ``locations``
-    (``(source's "file:line", target's)`` per pair)."""
+    (``(source's "file:line", target's)`` per pair; by default "source line N" and "target line N",
+    numbered from ``first_line``)."""
     pairs = task.tokenize_pairs(sources, targets)  # every pair, none skipped: Pair(index, src ids, tgt ids)
     if max_tokens is not None:
-        check_lengths(pairs, max_tokens, locations)
+        numbers = range(first_line, first_line + len(pairs))
+        check_lengths(pairs, max_tokens, locations or [(f"source line {n}", f"target line {n}") for n in numbers])
     collate = PairCollator(task.pad_id, task.bos_id, task.eos_id)
     device = next(task.parameters()).device
     log_probs: list[list[float]] = [[] for _ in pairs]

@@ -104,3 +104,13 @@ def test_line_count_mismatch_is_one_line_naming_both_files(tmp_path, capsys):
     # even its recipe is read)
     assert err.strip() == f"nmt: {tmp_path / 't.txt'}: line count differs from {tmp_path / 's.txt'} (2 vs 3)"
 
+
+
+def test_score_lines_names_an_over_long_side_without_locations(trained_run):
+    """Called from Python with a cap and no file names, the error still says which side and line."""
+    from nmt.errors import DataError
+    from nmt.score import score_lines
+
+    task = load_run(trained_run, device="cpu")
+    with pytest.raises(DataError, match=r"target line 8: line has 4 tokens, more than --max-input-tokens \(3\)"):
+        score_lines(task, ["a0 b1", "c2"], ["b1 a0", "c2 c2 c2 c2"], 4000, first_line=7, max_tokens=3)
