@@ -54,3 +54,12 @@ def test_ten_megabyte_line_is_cut_at_the_default_cap(workdir, capsys):
                                 "predicting from its first 800 tokens"]
     (workdir / "in.txt").write_text("ab " * 800 + "\n")
     assert predict(capsys)[1].strip() == out.splitlines()[1]
+
+
+def test_a_line_over_the_token_cap_within_the_byte_cap_is_warned_of(workdir, capsys):
+    """7 tokens in 14 bytes: cut by tokens after reading, not by the reader's byte cap (5 x 64)."""
+    (workdir / "in.txt").write_text("a ab\na ab a ab a ab a\n")
+    code, out, err = predict(capsys, "--max-input-tokens", "5")
+    assert code == 0 and len(out.splitlines()) == 2, err
+    assert error_lines(err) == [
+        "nmt: warning: in.txt:2: line longer than --max-input-tokens (5 tokens); predicting from its first 5 tokens"]
