@@ -37,13 +37,14 @@ from nmt.data.text import BYTES_PER_TOKEN, iter_bounded_lines
 from nmt.ensemble import Ensemble, mean_probability
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
+from nmt.score import DEFAULT_MAX_LENGTH
 from nmt.search_rules import length_penalty
 
 SEPARATOR = "|||"
 #: Bytes of an n-best line by default: twice those of a line of the default --max-input-tokens (4 x
-#: the default data.max_length, 100), as the line also holds a score and, with --alignments, one pair
-#: per target piece.
-NBEST_LINE_BYTES = 2 * 4 * 100 * BYTES_PER_TOKEN
+#: the default data.max_length), as the line also holds a score and, with --alignments, one pair per
+#: target piece.
+NBEST_LINE_BYTES = 2 * 4 * DEFAULT_MAX_LENGTH * BYTES_PER_TOKEN
 
 
 class Entry(NamedTuple):

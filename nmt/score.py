@@ -36,8 +36,10 @@ from nmt.data.text import BYTES_PER_TOKEN, iter_bounded_lines
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
 from nmt.runs import load_run, load_run_recipe
+from nmt.tasks.seq2seq import Seq2SeqData
 
 CHUNK_LINES = 2000
+DEFAULT_MAX_LENGTH = Seq2SeqData.model_fields["max_length"].default  # a recipe's data.max_length when not given
 
 
 @dataclass
@@ -99,7 +101,7 @@ def input_token_limit(run_dir: Path, max_input_tokens: int | None) -> int:
     """``max_input_tokens``, or by default 4 x the run's ``data.max_length`` (as ``nmt translate``), read
     from its recipe before the model is loaded. (A task whose data has no ``max_length`` gets 4 x the
     seq2seq default; it is refused when loaded, since it does not translate.)"""
-    return max_input_tokens or 4 * getattr(load_run_recipe(run_dir).data, "max_length", 100)
+    return max_input_tokens or 4 * getattr(load_run_recipe(run_dir).data, "max_length", DEFAULT_MAX_LENGTH)
 
 
 def count_lines(path: Path, max_bytes: int, encoding_errors: str) -> int:
