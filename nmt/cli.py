@@ -14,6 +14,7 @@ import click
 import nmt
 from nmt.errors import UserError
 from nmt.io import Terminated
+from nmt.metrics import MAX_LINE_BYTES
 
 ENCODING_ERRORS = click.Choice(["strict", "replace"])
 
@@ -260,8 +261,10 @@ def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_c
 @click.option("--samples", type=Bounded(int, 1, 1_000_000),
               help="Resamples of --paired [default: sacrebleu's, 1000 for bs, 10000 for ar].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--max-line-bytes", type=Bounded(int, 1, 1 << 30), default=MAX_LINE_BYTES, show_default=True,
+              help="A longer line in a --hyp or --ref file is an error naming its file and line.")
 def evaluate(hyps: tuple[Path, ...], refs: tuple[Path, ...], metrics: str, paired: str | None, samples: int | None,
-             as_json: bool) -> None:
+             as_json: bool, max_line_bytes: int) -> None:
     """Score detokenised hypotheses against references with sacrebleu, printing each signature.
 
     With several --hyp, each system is compared with the first by a paired test (p-values, and with
@@ -270,11 +273,12 @@ def evaluate(hyps: tuple[Path, ...], refs: tuple[Path, ...], metrics: str, paire
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if len(hyps) > 1 or paired:
-        compare_files(list(hyps), list(refs), names, paired or "bs", samples or 0, as_json=as_json)
+        compare_files(list(hyps), list(refs), names, paired or "bs", samples or 0, as_json=as_json,
+                      max_line_bytes=max_line_bytes)
     elif samples:
         raise UserError("--samples", "counts the resamples of a paired test: give two or more --hyp")
     else:
-        evaluate_files(hyps[0], list(refs), names, as_json=as_json)
+        evaluate_files(hyps[0], list(refs), names, as_json=as_json, max_line_bytes=max_line_bytes)
 
 
 @cli.command()

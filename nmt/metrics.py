@@ -39,9 +39,17 @@ def score(hypotheses: list[str], references: list[list[str]], metrics=("bleu", "
     return out
 
 
-def read_systems(hyps: list[Path], refs: list[Path]) -> tuple[list[list[str]], list[list[str]]]:
-    """The lines of each hypothesis file and of each reference stream, all of one length."""
-    from nmt.data.text import read_lines
+MAX_LINE_BYTES = 1 << 20  # a longer "line" is a file that is not line text (no newlines, binary), not a sentence
+
+
+def read_systems(hyps: list[Path], refs: list[Path], max_line_bytes: int = MAX_LINE_BYTES
+                 ) -> tuple[list[list[str]], list[list[str]]]:
+    """The lines of each hypothesis file and of each reference stream, all of one length; a line over
+    ``max_line_bytes`` is a :class:`DataError` naming its file and line (it is never held whole)."""
+    from nmt.data.text import iter_bounded_lines
+
+    def read_lines(path: Path) -> list[str]:
+        return list(iter_bounded_lines(path, max_line_bytes, "--max-line-bytes"))
 
     systems = []
     for hyp in hyps:
@@ -60,12 +68,13 @@ def read_systems(hyps: list[Path], refs: list[Path]) -> tuple[list[list[str]], l
     return systems, references
 
 
-def evaluate_files(hyp: Path, refs: list[Path], metrics: list[str], as_json: bool = False) -> dict[str, Score]:
+def evaluate_files(hyp: Path, refs: list[Path], metrics: list[str], as_json: bool = False,
+                   max_line_bytes: int = MAX_LINE_BYTES) -> dict[str, Score]:
     from nmt.io import open_output
 
     for name in metrics:
         _metric(name)  # reject an unknown metric before reading anything
-    [hypotheses], references = read_systems([hyp], refs)
+    [hypotheses], references = read_systems([hyp], refs, max_line_bytes)
     scores = score(hypotheses, references, metrics)
     with open_output(None) as out:  # a closed stdout is an error, not scores silently dropped
         if as_json:
@@ -98,7 +107,7 @@ class Comparison:
 
 
 def compare_files(hyps: list[Path], refs: list[Path], metrics: list[str], test: str = "bs", samples: int = 0,
-                  as_json: bool = False) -> dict[str, tuple[str, list[Comparison]]]:
+                  as_json: bool = False, max_line_bytes: int = MAX_LINE_BYTES) -> dict[str, tuple[str, list[Comparison]]]:
     """Compare each of ``hyps`` with the first (the baseline) by sacrebleu's paired test (``bs``:
     bootstrap resampling, ``ar``: approximate randomization; ``samples`` 0 takes sacrebleu's default,
     1,000 and 10,000) and print, per metric, every system's score and p-value and the signature.
@@ -114,7 +123,7 @@ def compare_files(hyps: list[Path], refs: list[Path], metrics: list[str], test: 
     if len({Path(h).resolve() for h in hyps}) < len(hyps):
         raise UserError("--hyp", "the same file is given twice")
     named = {name: _metric(name) for name in metrics}  # an unknown metric fails before anything is read
-    systems, references = read_systems(hyps, refs)
+    systems, references = read_systems(hyps, refs, max_line_bytes)
     signatures, results = PairedTest([(str(h), lines) for h, lines in zip(hyps, systems)], named, references,
                                      test_type=test, n_samples=samples)()
     columns = [key for key in results if key != "System"]  # sacrebleu's own names (BLEU, chrF2, TER), in order

@@ -110,6 +110,24 @@ def test_evaluate_line_counts_differ(tmp_path, capsys, monkeypatch):
     assert message == "nmt: ref.txt: line count differs from hyp.txt (1 vs 2)"
 
 
+@pytest.mark.parametrize("side", ["--hyp", "--ref"])
+def test_evaluate_refuses_a_line_over_max_line_bytes_by_file_and_line(tmp_path, capsys, monkeypatch, side):
+    """A file without newlines (binary, or a whole corpus on one line) is not held whole: the first
+    line over --max-line-bytes (1 MiB by default) names its file and line; at the cap it is scored."""
+    monkeypatch.chdir(tmp_path)
+    Path("short.txt").write_text("a b\nc d\n")
+    Path("long.txt").write_bytes(b"a b\n" + b"x" * 2_000_000 + b"\n")
+    files = {"--hyp": "long.txt", "--ref": "short.txt"} if side == "--hyp" else {"--hyp": "short.txt", "--ref": "long.txt"}
+    argv = ["evaluate", "--hyp", files["--hyp"], "--ref", files["--ref"], "--metrics", "chrf"]
+    message = check(capsys, f"nmt evaluate, a 2 MB line in the {side[2:]} file", *argv)
+    assert message == "nmt: long.txt:2: line is longer than 1048576 bytes; raise --max-line-bytes to read it"
+    Path("long.txt").write_text("a b\n" + "x" * 10 + "\n")  # 10 bytes, its newline not counted
+    code, out, err = run_cli(capsys, *argv, "--max-line-bytes", "10")
+    assert code == 0 and out.startswith("chrF2 = "), err
+    code, _, err = run_cli(capsys, *argv, "--max-line-bytes", "9")
+    assert code == 2 and "long.txt:2: line is longer than 9 bytes" in err
+
+
 def _close(fd: int):
     return lambda: os.close(fd)
 
