@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from conftest import write_reverse_corpus
@@ -63,6 +64,15 @@ def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
         assert len((tmp_path / f"ens.{test}.hyp").read_text().splitlines()) == 20
     # the dev outputs of every candidate are kept beside the members; the test sets were translated once each
     assert sorted(p.name for p in tmp_path.glob("ens.dev.*.hyp")) == sorted(f"ens.dev.{c}.hyp" for c in CANDIDATES)
+
+    # KEEP above what a member kept (2 validations each): it averages those, and says so
+    again = subprocess.run(["bash", str(SCRIPT), "en-de"], env={**env, "TRAIN": "0", "KEEP": "3", "ALPHAS": "0.6"},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for member in "ab":
+        assert f"ens-{member} kept 2 validations, fewer than KEEP=3: averaging those" in again.stderr
+        averaged = torch.load(tmp_path / f"ens-{member}" / "checkpoints" / "averaged.ckpt", weights_only=True)
+        assert len(averaged["averaged_from"]) == 2
 
     # choose.sh alone over runs that exist (what ensemble.sh calls): the same translations score the same
     picked = subprocess.run(["bash", str(CHOOSE), "en-de", f"one=--run {tmp_path}/ens-a --checkpoint best",

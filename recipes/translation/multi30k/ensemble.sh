@@ -37,7 +37,16 @@ if [ "${TRAIN:-1}" != 0 ]; then
   for pid in "${pids[@]}"; do wait "$pid" || { echo "a member failed: see $prefix-*.log" >&2; exit 1; }; done
 fi
 trained=$(date +%s)
-for m in a b; do nmt average "$prefix-$m" --last "$keep"; done
+for m in a b; do  # a member stopped before KEEP validations (its budget, a crash) averages what it kept
+  kept=$(find "$prefix-$m/checkpoints" -maxdepth 1 -name 'step-*.ckpt' 2>/dev/null | wc -l)
+  if [ "$kept" -eq 0 ]; then
+    echo "ensemble.sh: $prefix-$m kept no validation (checkpoints/step-<step>.ckpt): train it longer" >&2; exit 1
+  fi
+  if [ "$kept" -lt "$keep" ]; then
+    echo "ensemble.sh: $prefix-$m kept $kept validations, fewer than KEEP=$keep: averaging those" >&2
+  fi
+  nmt average "$prefix-$m" --last "$(( kept < keep ? kept : keep ))"
+done
 
 PREFIX="$prefix" "$here/choose.sh" "$pair" \
   "a-best=--run $prefix-a --checkpoint best" "a-averaged=--run $prefix-a --checkpoint averaged" \
