@@ -8,10 +8,15 @@ A translation recipe (target tokens):
   nmt          token-count batches bucketed by length, output layer on real tokens only (the default)
   bf16         the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
   unbucketed   the same sentences in random order with the same sentences per batch (more padding)
-  bf16-f32cell, bf16-bf16cell, bf16-writtencell   bf16 with the decoder's recurrent cell run another
-               way than this device's default (RNNDecoder.AUTOCAST_CELL: autocast on the CPU, float32 on
-               CUDA): the module in float32 with autocast off, the module under autocast (cell and state
-               bf16), the cell written out (products bf16, gates and state float32); the default's row is bf16
+  hoisted, bf16-hoisted   teacher forcing the other way than this device's default (RNNDecoder.
+               TEACHER_FORCING, stepwise: step() at every position): the written cell with the first
+               layer's input products of all positions computed at once (a device whose default is
+               hoisted prints stepwise, bf16-stepwise)
+  bf16-f32cell, bf16-bf16cell, bf16-writtencell   bf16 stepwise with the decoder's recurrent cell run
+               another way than this device's default (RNNDecoder.AUTOCAST_CELL: autocast on the CPU,
+               float32 on CUDA): the module in float32 with autocast off, the module under autocast (cell
+               and state bf16), the cell written out (products bf16, gates and state float32); the
+               default cell's row is bf16 (bf16-stepwise where hoisted is the default)
   compiled, bf16+compiled   with --compile: the decoder step through torch.compile (model.compile);
                its compilation falls in the warm-up steps, which are not timed
   static, bf16+static   with --static L [L ...]: the same batches padded to those lengths and a multiple
@@ -94,23 +99,31 @@ def compiled(task, loss_fn, static: bool = False):
 CELL_VARIANTS = {"float32": "bf16-f32cell", "autocast": "bf16-bf16cell", "written": "bf16-writtencell"}
 
 
-def other_cells(task, loss_fn, device_type: str) -> dict[str, object]:
-    """name -> ``loss_fn`` with the decoder's recurrent cell run under autocast another way than this
-    device's default (RNNDecoder.AUTOCAST_CELL set for the call); none for a decoder without the switch."""
+def other_ways(task, loss_fn, device_type: str) -> dict[str, tuple[bool, object]]:
+    """name -> (bf16, ``loss_fn`` with the decoder run another way than this device's default, the
+    class's setting changed for the call): teacher forcing the other way (RNNDecoder.TEACHER_FORCING)
+    in fp32 and bf16, and stepwise under bf16 each recurrent cell but the default one
+    (RNNDecoder.AUTOCAST_CELL; the default's row is bf16 or bf16-stepwise). None for a decoder without the switches."""
     decoder = type(task.decoder)
-    if not hasattr(decoder, "AUTOCAST_CELL"):
+    if not hasattr(decoder, "AUTOCAST_CELL") or not hasattr(decoder, "TEACHER_FORCING"):
         return {}
-    default = decoder.AUTOCAST_CELL
 
-    def with_cell(mode):
+    def with_settings(**settings):
         def loss(batch):
-            decoder.AUTOCAST_CELL = {**default, device_type: mode}
+            saved = {name: getattr(decoder, name) for name in settings}
+            for name, mode in settings.items():
+                setattr(decoder, name, {**saved[name], device_type: mode})
             try:
                 return loss_fn(batch)
             finally:
-                decoder.AUTOCAST_CELL = default
+                for name, value in saved.items():
+                    setattr(decoder, name, value)
         return loss
-    return {name: with_cell(mode) for mode, name in CELL_VARIANTS.items() if mode != default.get(device_type, "autocast")}
+    other = "hoisted" if decoder.TEACHER_FORCING.get(device_type, "stepwise") == "stepwise" else "stepwise"
+    ways = {other: (False, with_settings(TEACHER_FORCING=other)), f"bf16-{other}": (True, with_settings(TEACHER_FORCING=other))}
+    default_cell = decoder.AUTOCAST_CELL.get(device_type, "autocast")
+    return ways | {name: (True, with_settings(TEACHER_FORCING="stepwise", AUTOCAST_CELL=mode))
+                   for mode, name in CELL_VARIANTS.items() if mode != default_cell}
 
 
 def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: str = "cpu",
@@ -135,7 +148,7 @@ def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: st
         return total / ntokens, ntokens
 
     measured = {"nmt": (bucketed, False, seq2seq), "bf16": (bucketed, True, seq2seq), "unbucketed": (unbucketed, False, seq2seq)}
-    measured |= {name: (bucketed, True, loss) for name, loss in other_cells(task, seq2seq, device_type).items()}
+    measured |= {name: (bucketed, bf16, loss) for name, (bf16, loss) in other_ways(task, seq2seq, device_type).items()}
     if compile_:
         measured |= {"compiled": (bucketed, False, compiled(task, seq2seq)), "bf16+compiled": (bucketed, True, compiled(task, seq2seq))}
     if padded is not None:

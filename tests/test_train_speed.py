@@ -54,10 +54,37 @@ def test_each_size_measured_in_fp32_and_bf16(train_speed, reverse_data, tmp_path
     rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu",
                               "--batch-tokens", "200", "800"])
     assert {"nmt@200", "bf16@200", "nmt@800", "bf16@800"} <= set(rates)
-    # the decoder cell's other ways under bf16 beside the CPU's default (autocast's: the bf16 row)
-    assert {"bf16-f32cell", "bf16-writtencell"} <= set(rates) and "bf16-bf16cell" not in rates
+    # teacher forcing the other way than the CPU's (stepwise), and stepwise the decoder cell's other ways
+    # under bf16 beside the CPU's default (autocast's: the bf16 row)
+    assert {"hoisted", "bf16-hoisted", "bf16-f32cell", "bf16-writtencell"} <= set(rates)
+    assert not {"stepwise", "bf16-stepwise", "bf16-bf16cell"} & set(rates)
     assert all(rate > 0 for rate in rates.values())
     assert "bf16@800" in capsys.readouterr().out
+
+
+def test_each_other_way_runs_with_its_setting_and_restores_the_default(train_speed, reverse_data, tmp_path):
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    _, task = train_speed.build(str(recipe_path), "cpu")
+    decoder = type(task.decoder)
+    defaults = (dict(decoder.TEACHER_FORCING), dict(decoder.AUTOCAST_CELL))
+
+    def settings(batch):
+        return decoder.TEACHER_FORCING["cpu"], decoder.AUTOCAST_CELL["cpu"], decoder.TEACHER_FORCING["cuda"]
+    ways = train_speed.other_ways(task, settings, "cpu")
+    assert {name: (bf16, loss(None)) for name, (bf16, loss) in ways.items()} == {
+        "hoisted": (False, ("hoisted", "autocast", "stepwise")),
+        "bf16-hoisted": (True, ("hoisted", "autocast", "stepwise")),
+        "bf16-f32cell": (True, ("stepwise", "float32", "stepwise")),
+        "bf16-writtencell": (True, ("stepwise", "written", "stepwise"))}
+    assert (decoder.TEACHER_FORCING, decoder.AUTOCAST_CELL) == defaults
+    cuda = train_speed.other_ways(task, settings, "cuda")  # the rows gpu_check.sh prints
+    assert set(cuda) == {"hoisted", "bf16-hoisted", "bf16-bf16cell", "bf16-writtencell"}
+    decoder.TEACHER_FORCING = {**defaults[0], "cpu": "hoisted"}  # a device whose default is hoisted
+    try:
+        assert set(train_speed.other_ways(task, settings, "cpu")) == {"stepwise", "bf16-stepwise", "bf16-f32cell",
+                                                                     "bf16-writtencell"}
+    finally:
+        decoder.TEACHER_FORCING = defaults[0]
 
 
 def test_a_size_that_is_not_positive_is_refused(train_speed, reverse_data, tmp_path, capsys):
@@ -105,7 +132,7 @@ def test_a_timeout_s_signal_reports_the_steps_timed_so_far(train_speed, reverse_
         return real_step(*args)
 
     monkeypatch.setattr(train_speed, "step", step)
-    monkeypatch.setattr(train_speed, "other_cells", lambda *_: {})  # nmt, bf16, unbucketed
+    monkeypatch.setattr(train_speed, "other_ways", lambda *_: {})  # nmt, bf16, unbucketed
     before = signal.getsignal(signal.SIGTERM)
     rates = train_speed.main([str(recipe_path), "--steps", "50", "--warmup", "1", "--device", "cpu"])
     assert signal.getsignal(signal.SIGTERM) is before

@@ -13,7 +13,9 @@ weights at every position). ``AUTOCAST_CELL`` chooses per device how the cell ru
 the module in float32 with autocast off; or written out from the module's weights, its two products
 in autocast's precision and its gates and state in float32. :meth:`compile_step` (``model.compile``)
 runs the step through ``torch.compile`` with the written-out cell (the module's RNN kernels are
-opaque to the compiler).
+opaque to the compiler). ``TEACHER_FORCING`` chooses per device whether teacher forcing steps
+through :meth:`step` or runs the written cell with the first layer's input products of every
+position computed up front (:meth:`_hoisted_forward`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,13 @@ class RNNDecoder(nn.Module):
     # train-speed: bf16 against bf16-f32cell and bf16-writtencell; README, Training speed). CUDA runs
     # the float32 module until benchmarks/gpu_check.sh has measured the three there.
     AUTOCAST_CELL: dict[str, Literal["autocast", "float32", "written"]] = {"cpu": "autocast", "cuda": "float32"}
+    # How teacher forcing (training, validation, scoring) runs, per device type (others: "stepwise"):
+    # "stepwise" calls step() at every position (its cell as above), "hoisted" runs the written cell
+    # with the first layer's input product of the embeddings computed for all positions at once (one
+    # large product, not T small ones; under autocast its products bf16, gates and state float32).
+    # On the CPU hoisted gives x1.02 in float32 and x1.00 in bf16 (nmt bench train-speed: nmt against
+    # hoisted; README, Training speed), so it stays stepwise; on CUDA gpu_check.sh measures the rows.
+    TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted"]] = {"cpu": "stepwise", "cuda": "stepwise"}
 
     class Config(BaseModel):
         """Recipe options of the recurrent decoder (``model.decoder``)."""
@@ -122,15 +131,19 @@ class RNNDecoder(nn.Module):
 
     def _step(self, input_emb: torch.Tensor, state: State, memory: Memory, cell) -> tuple[torch.Tensor, State, torch.Tensor]:
         hidden, prev_output = state
-        prepared_keys, values, mask = memory
         x = self.emb_dropout(input_emb)  # [B, E]
         if self.config.input_feeding:
             x = torch.cat([x, prev_output], dim=-1)  # [B, E + H]
         query, hidden = cell(x, hidden)  # [B, H] the top layer's new hidden state, [L, B, H] (or (h, c))
+        output, weights = self._attend(query, memory)  # [B, H], [B, S]
+        return output, (hidden, output), weights
+
+    def _attend(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attentional output [B, H] for the top layer's new hidden state ``query`` [B, H], and the weights [B, S]."""
+        prepared_keys, values, mask = memory
         context, weights = self.attention(query, prepared_keys, values, mask)  # [B, V], [B, S]
         output = torch.tanh(self.output_layer(torch.cat([query, context], dim=-1)))  # [B, H + V] -> [B, H]
-        output = self.hidden_dropout(output)  # [B, H]
-        return output, (hidden, output), weights
+        return self.hidden_dropout(output), weights  # [B, H], [B, S]
 
     def _cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
         """The recurrent cell for one position: the module, or under autocast as ``AUTOCAST_CELL`` says."""
@@ -149,9 +162,11 @@ class RNNDecoder(nn.Module):
         rnn_output, hidden = self.rnn(x.unsqueeze(1), hidden)  # [B, 1, H], [L, B, H] (or (h, c))
         return rnn_output.squeeze(1), hidden
 
-    def _written_cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
+    def _written_cell(self, x: torch.Tensor | None, hidden: Hidden,
+                      first_gates: torch.Tensor | None = None) -> tuple[torch.Tensor, Hidden]:
         """What :meth:`_module_cell` computes, written out from its weights: products in autocast's
-        precision, gates and state in float32."""
+        precision, gates and state in float32. ``first_gates``: the first layer's input product
+        [B, G*H] with its bias, computed already (then ``x`` is not read)."""
         lstm = self.config.cell == "lstm"
         h_layers, c_layers = hidden if lstm else (hidden, None)  # [L, B, H] each
         new_h, new_c = [], []
@@ -159,7 +174,8 @@ class RNNDecoder(nn.Module):
             if layer > 0:  # nn.GRU/nn.LSTM's dropout between layers
                 x = F.dropout(x, self.rnn.dropout, self.training)
             weights = [getattr(self.rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            gates, recurrent = F.linear(x, weights[0], weights[2]), F.linear(h_layers[layer], weights[1], weights[3])
+            gates = first_gates if layer == 0 and first_gates is not None else F.linear(x, weights[0], weights[2])
+            recurrent = F.linear(h_layers[layer], weights[1], weights[3])
             if lstm:
                 x, c = _lstm_cell(gates, recurrent, c_layers[layer])
                 new_c.append(c)
@@ -170,12 +186,35 @@ class RNNDecoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Teacher forcing over ``inputs`` [B, T, E]; returns (outputs [B, T, H], final state, attention [B, T, S])."""
+        if not self._compiled and self.TEACHER_FORCING.get(inputs.device.type, "stepwise") == "hoisted":
+            return self._hoisted_forward(inputs, state, memory)
         outputs, attention = [], []
         for step_input in inputs.unbind(1):  # unbind, not inputs[:, t]: its backward is one stack, not T copies
             output, state, weights = self.step(step_input, state, memory)  # [B, H], state, [B, S]
             outputs.append(output)
             attention.append(weights)
         return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)  # [B, T, H], [B, T, S]
+
+    def _hoisted_forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """:meth:`forward` through the written cell, the first layer's input product of the embeddings
+        of all T positions computed at once (one [B*T, E] x [E, G*H] product, not T small ones); each
+        position adds only the fed-back output's share."""
+        hidden, prev_output = state
+        emb_size = inputs.size(-1)
+        w_ih = self.rnn.weight_ih_l0  # [G*H, E (+ H)]
+        ahead = F.linear(self.emb_dropout(inputs), w_ih[:, :emb_size], self.rnn.bias_ih_l0)  # [B, T, G*H]
+        w_feed = w_ih[:, emb_size:] if self.config.input_feeding else None  # [G*H, H]
+        device = inputs.device.type
+        if w_feed is not None and torch.is_autocast_enabled(device):  # cast once, not at every position
+            w_feed = w_feed.to(torch.get_autocast_dtype(device))
+        outputs, attention = [], []
+        for first in ahead.unbind(1):  # [B, G*H]
+            gates = first if w_feed is None else first + F.linear(prev_output, w_feed)
+            query, hidden = self._written_cell(None, hidden, first_gates=gates)
+            prev_output, weights = self._attend(query, memory)
+            outputs.append(prev_output)
+            attention.append(weights)
+        return torch.stack(outputs, dim=1), (hidden, prev_output), torch.stack(attention, dim=1)
 
     @staticmethod
     def select_state(state: State, index: torch.Tensor) -> State:

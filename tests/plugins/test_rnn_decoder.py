@@ -38,10 +38,20 @@ def as_list(state):
     return [*(hidden if isinstance(hidden, tuple) else (hidden,)), prev_output]
 
 
+@pytest.fixture
+def teacher_forcing(monkeypatch):
+    """Set how RNNDecoder's teacher forcing runs on the CPU for one test."""
+    return lambda mode: monkeypatch.setattr(RNNDecoder, "TEACHER_FORCING", {"cpu": mode})
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("attention", [BahdanauAttention, LuongAttention])
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_forward_equals_repeated_steps(cell, attention, input_feeding):
+@pytest.mark.parametrize("mode", ["stepwise", "hoisted"])
+def test_forward_equals_repeated_steps(cell, attention, input_feeding, mode, teacher_forcing):
+    """Teacher forcing, either way, computes what step() computes position by position (step() runs
+    the torch module's cell)."""
+    teacher_forcing(mode)
     decoder = make(cell, attention, input_feeding=input_feeding)
     encoded, targets = inputs(cell)
     mask = encoded.mask
@@ -132,7 +142,8 @@ def written_forward(decoder: RNNDecoder, targets, state, memory):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_the_written_out_cell_computes_what_the_torch_recurrent_module_computes(cell, input_feeding):
+def test_the_written_out_cell_computes_what_the_torch_recurrent_module_computes(cell, input_feeding, teacher_forcing):
+    teacher_forcing("stepwise")  # the module's cell at every position
     decoder = make(cell, input_feeding=input_feeding)  # two layers
     encoded, targets = inputs(cell)
     memory = decoder.prepare_memory(encoded)
@@ -146,12 +157,14 @@ def test_the_written_out_cell_computes_what_the_torch_recurrent_module_computes(
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_under_bf16_autocast_the_recurrent_state_stays_float32(cell, monkeypatch):
+def test_under_bf16_autocast_the_recurrent_state_stays_float32(cell, monkeypatch, teacher_forcing):
     """AUTOCAST_CELL "written" writes the cell under autocast out from the module's weights and the
     module never runs; "float32" (CUDA's default) runs the module with autocast off on float32 inputs
     and state; "autocast" (the CPU's default) lets autocast reach the module (its state bf16). Both float32 states stay
     within bf16 product error of the float32 run over 40 positions; the attentional output follows
-    autocast in every mode."""
+    autocast in every mode. Hoisted teacher forcing runs the written cell under autocast whatever
+    AUTOCAST_CELL says: its state stays float32 too."""
+    teacher_forcing("stepwise")
     decoder = make(cell)
     encoded, targets = inputs(cell)
     long_targets = targets.repeat(1, 8, 1)  # 40 positions
@@ -181,3 +194,29 @@ def test_under_bf16_autocast_the_recurrent_state_stays_float32(cell, monkeypatch
             assert a.dtype == torch.float32
             assert (a - b).abs().max() < 0.05
     assert as_list(states["autocast"])[0].dtype == torch.bfloat16
+    teacher_forcing("hoisted")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs, hoisted, _ = decoder(long_targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+    assert outputs.dtype == torch.bfloat16 and seen == []
+    for a, b in zip(as_list(hoisted)[:-1], as_list(exact)[:-1]):
+        assert a.dtype == torch.float32
+        assert (a - b).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_hoisted_teacher_forcing_gives_the_gradients_of_stepwise(cell, input_feeding, teacher_forcing):
+    """Computing the first layer's input products of all positions at once changes no gradient: of
+    every weight (the input weights' embedding and fed-back columns included), and of the inputs."""
+    decoder = make(cell, input_feeding=input_feeding).train()  # dropout 0: the same function in both
+    encoded, targets = inputs(cell)
+    grads = {}
+    for mode in ("stepwise", "hoisted"):
+        teacher_forcing(mode)
+        decoder.zero_grad()
+        x = targets.clone().requires_grad_()
+        outputs, final, _ = decoder(x, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+        (outputs.square().sum() + sum(s.sum() for s in as_list(final))).backward()
+        grads[mode] = [x.grad] + [p.grad.clone() for p in decoder.parameters()]
+    for a, b in zip(grads["stepwise"], grads["hoisted"]):
+        torch.testing.assert_close(a, b)
