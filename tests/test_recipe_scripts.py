@@ -95,3 +95,13 @@ def test_choose_script_refuses_a_candidate_without_a_name(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and said in done.stderr
         assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_ensemble_script_names_a_member_that_kept_no_validation(tmp_path):
+    """TRAIN=0 over members that never trained (no checkpoints folder): one message naming the member."""
+    env = {**os.environ, "RUN_PREFIX": str(tmp_path / "none"), "TRAIN": "0",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", str(SCRIPT), "en-de"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (f"ensemble.sh: {tmp_path}/none-a kept no validation (checkpoints/step-<step>.ckpt): "
+                                   "train it longer")

@@ -38,7 +38,7 @@ if [ "${TRAIN:-1}" != 0 ]; then
 fi
 trained=$(date +%s)
 for m in a b; do  # a member stopped before KEEP validations (its budget, a crash) averages what it kept
-  kept=$(find "$prefix-$m/checkpoints" -maxdepth 1 -name 'step-*.ckpt' 2>/dev/null | wc -l)
+  kept=$( (find "$prefix-$m/checkpoints" -maxdepth 1 -name 'step-*.ckpt' 2>/dev/null || true) | wc -l)  # none: no folder
   if [ "$kept" -eq 0 ]; then
     echo "ensemble.sh: $prefix-$m kept no validation (checkpoints/step-<step>.ckpt): train it longer" >&2; exit 1
   fi
