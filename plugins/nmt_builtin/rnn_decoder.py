@@ -52,7 +52,7 @@ class RNNDecoder(nn.Module):
     # "stepwise" calls step() at every position (its cell as above), "hoisted" runs the written cell
     # with the first layer's input product of the embeddings computed for all positions at once (one
     # large product, not T small ones; under autocast its products bf16, gates and state float32).
-    # On the CPU hoisted gives x1.02 in float32 and x1.00 in bf16 (nmt bench train-speed: nmt against
+    # On the CPU hoisted gives x1.02 in float32 and x1.00-1.03 in bf16 (nmt bench train-speed: nmt against
     # hoisted; README, Training speed), so it stays stepwise; on CUDA gpu_check.sh measures the rows.
     TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted"]] = {"cpu": "stepwise", "cuda": "stepwise"}
 
