@@ -2,7 +2,8 @@
 # One GPU check (issue 13), under one global deadline, printing one table last. Its parts (PARTS, in
 # this order; the default is all of them):
 #   speed      training speed of the en-de model, fp32 and bf16, eager and with the decoder step compiled
-#              (model.compile), side by side on the same batches; and at 4x, 16x and 64x the recipe's
+#              (model.compile), the decoder's other ways (its cell under bf16: bf16-bf16cell, bf16-writtencell;
+#              teacher forcing hoisted: hoisted, bf16-hoisted), side by side on the same batches; and at 4x, 16x and 64x the recipe's
 #              batch (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound
 #   tests      the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
 #   static     training speed with static shapes (batches padded to STATIC lengths, the step compiled
