@@ -59,12 +59,8 @@ for split in train val; do for lang in en de; do
   gzip -dc "$data_root/multi30k/$split.$lang.gz" > "$WORK/data/$split.$lang"
 done; done
 failed() { say "$1 failed; the end of $2:"; tail -5 "$2" >&2; exit 1; }
-median_rate() {  # the median of the rates after the first that the pattern $1 finds in file $2
-  python - "$1" "$2" <<'PY'
-import re, statistics, sys
-rates = [float(m) for m in re.findall(sys.argv[1], open(sys.argv[2]).read())]
-print(f"{statistics.median(rates[1:] or rates):.0f}")
-PY
+median_rate() {  # the median of the rates on standard input (one a line) after the first: the first window warms up
+  python -c 'import statistics, sys; r = [float(x) for x in sys.stdin.read().split()]; print(f"{statistics.median(r[1:] or r):.0f}")'
 }
 
 nmt_args=(model.embedding.tie_target=false "trainer.max_steps=$STEPS" trainer.log_every_n_steps=50
@@ -72,13 +68,8 @@ nmt_args=(model.embedding.tie_target=false "trainer.max_steps=$STEPS" trainer.lo
 run_nmt() {  # $1: run directory; prints "tokens/s wall-seconds"
   local start=$SECONDS
   nmt train "$recipe" --run-dir "$1" "${nmt_args[@]}" > "$1.log" 2>&1 || failed "nmt train" "$1.log"
-  local rate
-  rate=$(python - "$1/logs/metrics.csv" <<'PY'
-import csv, statistics, sys
-rates = [float(r["train/tokens_per_sec"]) for r in csv.DictReader(open(sys.argv[1])) if r.get("train/tokens_per_sec")]
-print(f"{statistics.median(rates[1:] or rates):.0f}")
-PY
-)
+  local rate  # the curve nmt plot draws
+  rate=$(python -c 'import sys; from nmt.plots import read_curve; print(*read_curve(sys.argv[1], "train/tokens_per_sec").values)' "$1" | median_rate)
   echo "$rate $((SECONDS - start))"
 }
 
@@ -154,7 +145,7 @@ run_joey() {  # $1: model directory; prints "tokens/s wall-seconds"
   local start=$SECONDS
   sed "s|MODEL_DIR|$1|" "$WORK/joey.yaml" > "$1.yaml"
   "$JOEY_PYTHON" -m joeynmt train "$1.yaml" > "$1.log" 2>&1 || failed "joeynmt train" "$1.log"
-  echo "$(median_rate 'Tokens per Sec:\s*([0-9.]+)' "$1/train.log") $((SECONDS - start))"
+  echo "$(grep -oP 'Tokens per Sec:\s*\K[0-9.]+' "$1/train.log" | median_rate) $((SECONDS - start))"
 }
 
 cat > "$WORK/onmt.yaml" <<EOF
@@ -207,7 +198,7 @@ run_onmt() {  # $1: model directory; prints "tokens/s wall-seconds"
   mkdir -p "$1" && sed "s|MODEL_DIR|$1|" "$WORK/onmt.yaml" > "$1.yaml"
   "$ONMT_PYTHON" -m onmt.bin.train -config "$1.yaml" > "$1.log" 2>&1 || failed "OpenNMT-py train" "$1.log"
   # its report lines: "...; <source>/<target> tok/s; ..."
-  echo "$(median_rate '[0-9.]+/\s*([0-9.]+) tok/s' "$1.log") $((SECONDS - start))"
+  echo "$(grep -oP '[0-9.]+/\s*\K[0-9.]+(?= tok/s)' "$1.log" | median_rate) $((SECONDS - start))"
 }
 
 : > "$WORK/rows.tsv"
