@@ -24,7 +24,7 @@
 #     rapidfuzz six tensorboard pyahocorasick sentencepiece flask waitress spacy fasttext-wheel
 #     (it asks for torch < 2.3, and imports every transform's module, spacy and fasttext among them)
 # STEPS=300 updates a run (a multiple of 50); ROUNDS=2; THREADS=1 (OMP_NUM_THREADS of all);
-# WORK=/tmp/toolkits-side-by-side (replaced at each call); NMT_DATA=<data root> (default ../shared/data
+# WORK=/tmp/toolkits-side-by-side (replaced at each call; a folder it did not make is refused); NMT_DATA=<data root> (default ../shared/data
 # beside the checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,11 @@ export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 say() { echo "toolkits_side_by_side: $*" >&2; }
 (( STEPS >= 100 && STEPS % 50 == 0 )) || { say "STEPS must be a multiple of 50 from 100 (all log every 50 updates), got $STEPS"; exit 2; }
 
+# WORK is replaced at each call: only a folder this script made (its mark inside), or an empty or new one
+if [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null || echo file)" ] && [ ! -e "$WORK/.toolkits-side-by-side" ]; then
+  say "$WORK is not empty and was not made by this script; it is replaced at each call, so name another WORK"; exit 2
+fi
+
 toolkits=()
 if [ -n "$JOEY_PYTHON" ]; then
   "$JOEY_PYTHON" -c "import joeynmt; assert joeynmt.__version__.startswith('2.3'), joeynmt.__version__" \
@@ -54,7 +59,7 @@ fi
 [ ${#toolkits[@]} -gt 0 ] || { say "set JOEY_PYTHON, ONMT_PYTHON or both (see the header)"; exit 2; }
 toolkits+=(nmt)
 
-rm -rf "$WORK" && mkdir -p "$WORK/data"
+rm -rf "$WORK" && mkdir -p "$WORK/data" && touch "$WORK/.toolkits-side-by-side"
 for split in train val; do for lang in en de; do
   gzip -dc "$data_root/multi30k/$split.$lang.gz" > "$WORK/data/$split.$lang"
 done; done
