@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU check (issue 13), under one global deadline, printing one table last. Its parts (PARTS, in
 # this order; the default is all of them):
-#   speed      training speed of the en-de model, fp32 and bf16, eager and with the decoder step compiled
-#              (model.compile), the decoder's other ways (its cell under bf16: bf16-bf16cell, bf16-writtencell;
+#   speed      training speed of the en-de model, fp32 and bf16, eager, with the decoder step compiled
+#              (model.compile) and with the teacher-forced loop compiled in chunks (model.compile: loop),
+#              each eager row with its operations per target position, the decoder's other ways (its cell under bf16: bf16-bf16cell, bf16-writtencell;
 #              teacher forcing hoisted: hoisted, bf16-hoisted), side by side on the same batches; and at 4x, 16x and 64x the recipe's
 #              batch (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound
 #   tests      the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
@@ -38,7 +39,8 @@
 #   OUT=$OUT benchmarks/gpu_check.sh
 # (timeout_s DEADLINE + 50). Fifteen minutes of device time a session, starts included, fit two calls:
 #   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with the
-#   RECIPE_ARGS the first call's rows argue for; or all parts in one call with DEADLINE=540.
+#   RECIPE_ARGS the first call's rows argue for (model.compile=loop where the loop rows beat nmt and bf16,
+#   data.batch_tokens where nmt@N grows with N); or all parts in one call with DEADLINE=540.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"            # cuda or cpu
@@ -76,7 +78,7 @@ speed_rows() {  # the rows of one train_speed log: label prefix, log, the varian
 }
 
 if want speed; then  # variants alternating step by step on the same batches
-    timeout "$(at_most 170)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
+    timeout "$(at_most 200)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
         --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
     if ! grep -q "target tokens/s" "$OUT/train_speed.log"; then  # compile failed or was too slow: eager alone
         row "train speed with --compile" "failed: $(grep -E 'Error|error|SIGTERM' "$OUT/train_speed.log" | tail -1 | cut -c1-160)"

@@ -19,12 +19,19 @@ A translation recipe (target tokens):
                default cell's row is bf16 (bf16-stepwise where hoisted is the default)
   compiled, bf16+compiled   with --compile: the decoder step through torch.compile (model.compile);
                its compilation falls in the warm-up steps, which are not timed
+  loop, bf16+loop   with --compile: the teacher-forced loop compiled a few positions at a time
+               (model.compile: loop); each chunk length is compiled before the timed steps
   static, bf16+static   with --static L [L ...]: the same batches padded to those lengths and a multiple
                of 8 rows (data.pad_lengths), the step compiled once per shape (model.compile: static;
                CUDA graphs on CUDA); every shape is compiled before the timed steps
   nmt@N, bf16@N  with --batch-tokens N [N ...]: batches of N tokens instead of the recipe's
                data.batch_tokens. A step bound by kernel launches costs about the same at any
                batch size, so its tokens/s grows with N; a step bound by arithmetic does not.
+Each eager variant of a translation recipe also prints its operations per target position: the aten
+operations that compute (views and bare allocations left out) in a training step's forward and
+backward for each position of the target, counted, not timed (ops_per_position). On a GPU each
+launches at least one kernel (a cuDNN RNN call counts once and launches several), so the count is
+what a launch-bound step costs per position; it is the same on every run and machine.
 A classification or tagging recipe (input tokens):
   nmt          one pass per step (model.embedding.adversarial=0)
   adversarial  adversarial training at distance 1.0: a second pass at the moved inputs
@@ -41,6 +48,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def build(recipe_path: str, device: str):
@@ -85,15 +93,61 @@ def make_batches(task, n: int, seed: int = 0, batch_tokens: int | None = None, p
     return bucketed, unbucketed
 
 
-def compiled(task, loss_fn, static: bool = False):
-    """``loss_fn`` with the decoder step compiled (model.compile, or its static form) for the call, eager again after."""
+def compiled(task, loss_fn, **mode):
+    """``loss_fn`` with the decoder step compiled (model.compile; ``static=True`` or ``loop=True``: its static
+    form, or the teacher-forced loop compiled in chunks) for the call, eager again after."""
     def loss(batch):
-        task.decoder.compile_step(static=static)
+        task.decoder.compile_step(**mode)
         try:
             return loss_fn(batch)
         finally:
             task.decoder.compile_step(False)
+    loss.compiled = True  # its kernels are the compiler's, not aten operations: ops_per_position does not count them
     return loss
+
+
+# aten operations that launch no kernel though they are not views: reshapes and splits that skip
+# autograd's view tracking, and allocations without a fill
+NO_KERNEL_OPS = frozenset({"_unsafe_view", "unsafe_split", "unsafe_split_with_sizes", "unsafe_chunk",
+                           "empty", "empty_like", "new_empty", "new_empty_strided", "empty_strided"})
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operations that compute, forward and backward (autograd's engine carries the mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.overloadpacket.__name__ not in NO_KERNEL_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def cut_targets(batch: dict, positions: int) -> dict:
+    """``batch`` with its targets cut to their first ``positions`` positions."""
+    return batch | {"tgt_in": batch["tgt_in"][:, :positions], "tgt_out": batch["tgt_out"][:, :positions]}
+
+
+def ops_per_position(task, batch, device: str, bf16: bool, loss_fn) -> float:
+    """The computing aten operations of one training step's forward and backward (not the optimizer's)
+    per target position: the step counted with the batch's targets cut to half their length and whole,
+    the difference over the positions between, so that work done once per batch (the encoder, the
+    output layer over the real tokens, the loss) cancels out."""
+    length = batch["tgt_in"].size(1)
+    if length < 2:
+        raise ValueError("ops_per_position needs a batch whose targets have two positions or more")
+    counts = []
+    for positions in (length // 2, length):
+        cut = {k: v.to(device) for k, v in cut_targets(batch, positions).items()}
+        task.zero_grad(set_to_none=True)  # both counts without gradients to add to
+        with OpCounter() as counter:
+            loss, _ = forward(cut, device, bf16, loss_fn)
+            loss.backward()
+        counts.append(counter.count)
+    task.zero_grad(set_to_none=True)
+    return (counts[1] - counts[0]) / (length - length // 2)
 
 
 CELL_VARIANTS = {"float32": "bf16-f32cell", "autocast": "bf16-bf16cell", "written": "bf16-writtencell"}
@@ -151,6 +205,9 @@ def variants(task, bucketed, unbucketed, compile_: bool = False, device_type: st
     measured |= {name: (bucketed, bf16, loss) for name, (bf16, loss) in other_ways(task, seq2seq, device_type).items()}
     if compile_:
         measured |= {"compiled": (bucketed, False, compiled(task, seq2seq)), "bf16+compiled": (bucketed, True, compiled(task, seq2seq))}
+        if hasattr(task.decoder, "LOOP_CHUNKS"):
+            loop = compiled(task, seq2seq, loop=True)
+            measured |= {"loop": (bucketed, False, loop), "bf16+loop": (bucketed, True, loop)}
     if padded is not None:
         static = compiled(task, seq2seq, static=True)
         measured |= {"static": (padded, False, static), "bf16+static": (padded, True, static)}
@@ -163,11 +220,16 @@ def resized_variants(resized: dict[int, list] | None, loss_fn) -> dict:
             for size, batches in (resized or {}).items() for name, bf16 in (("nmt", False), ("bf16", True))}
 
 
-def step(task, optimizer, batch, device, bf16: bool, loss_fn) -> int:
-    batch = {k: v.to(device) for k, v in batch.items()}
+def forward(batch, device: str, bf16: bool, loss_fn):
+    """``loss_fn(batch)`` under bf16 autocast or none: (the loss to minimise, tokens counted)."""
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
-        loss, ntokens = loss_fn(batch)
+        return loss_fn(batch)
+
+
+def step(task, optimizer, batch, device, bf16: bool, loss_fn) -> int:
+    batch = {k: v.to(device) for k, v in batch.items()}
+    loss, ntokens = forward(batch, device, bf16, loss_fn)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
@@ -219,6 +281,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for name in ("static", "bf16+static"):
             for batch in shapes.values():
                 step(task, optimizer, batch, args.device, measured[name][1], measured[name][2])
+    if "loop" in measured:  # compile the loop's graph of each chunk length now, not in the timed steps
+        longest = max(bucketed, key=lambda b: b["tgt_in"].size(1))
+        for name in ("loop", "bf16+loop"):
+            for length in task.decoder.LOOP_CHUNKS:
+                if length <= longest["tgt_in"].size(1):
+                    step(task, optimizer, cut_targets(longest, length), args.device, measured[name][1], measured[name][2])
     tokens = dict.fromkeys(measured, 0)
     seconds = dict.fromkeys(measured, 0.0)
     timed = 0  # timed steps of every variant so far
@@ -242,10 +310,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     finally:
         signal.signal(signal.SIGTERM, previous)
     rates = {name: tokens[name] / seconds[name] for name in measured}
+    ops = {} if "tgt_in" not in bucketed[0] else {  # per target position, each eager variant on its longest batch
+        name: ops_per_position(task, max(batches, key=lambda b: b["tgt_in"].size(1)), args.device, bf16, loss_fn)
+        for name, (batches, bf16, loss_fn) in measured.items() if not getattr(loss_fn, "compiled", False)}
     print(f"{recipe.name}: {timed} training steps per variant on {args.device} "
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
-        print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}")
+        count = f"   {ops[name]:6.1f} ops/position" if name in ops else ""
+        print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}{count}")
     return rates
 
 

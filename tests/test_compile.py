@@ -43,6 +43,72 @@ def test_the_compiled_step_computes_and_trains_what_the_eager_step_does(one_thre
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_compiled_loop_computes_and_trains_what_the_eager_forward_does(one_thread, cell):
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled = make(cell).train(), make(cell).train()
+    compiled.compile_step(loop=True)
+    encoded, targets = inputs(cell)  # 5 positions: a chunk of 4, then one of 1
+    results = []
+    for decoder in (eager, compiled):
+        outputs, state, weights = decoder(targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+        hidden = state[0][0] if cell == "lstm" else state[0]
+        (outputs.square().sum() + hidden.sum() + state[1].sum()).backward()
+        results.append((outputs, weights, hidden, {n: p.grad for n, p in decoder.named_parameters()}))
+    (out_a, w_a, h_a, grads_a), (out_b, w_b, h_b, grads_b) = results
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w_b, w_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h_b, h_a, rtol=1e-5, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 2  # one graph per chunk length met (4 and 1)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_compiled_loop_compiles_one_graph_per_chunk_length_wherever_the_chunk_falls(one_thread, bf16):
+    """A chunk first (from the start state: zeros without a gradient, and under autocast the bridge's bf16)
+    or after another, and a chunk that is the whole target (a view of it, were it not copied): one graph."""
+    torch._dynamo.reset()
+    counters.clear()
+    decoder = make("gru").train()
+    decoder.compile_step(loop=True)
+    encoded, targets = inputs("gru")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for positions in (4, 5, 1):  # 4, the whole target; chunks 4 (first) and 1 (after it); 1 (first)
+            outputs, _, _ = decoder(targets[:, :positions].clone(), decoder.init_state(encoded), decoder.prepare_memory(encoded))
+            outputs.float().sum().backward()
+            assert outputs.shape[1] == positions and torch.isfinite(outputs).all()
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_the_compiled_loop_runs_in_chunks_in_training_and_search_stays_eager(monkeypatch):
+    module = importlib.import_module("nmt_builtin.rnn_decoder")
+    chunks = []
+
+    def recording(decoder, inputs, state, memory):  # the loop as compiled, run eagerly, its chunks recorded
+        chunks.append(inputs.size(1))
+        return module._written_loop(decoder, inputs, state, memory)
+    monkeypatch.setattr(module, "_compiled_loop", lambda: recording)
+    decoder = make("gru").train()
+    encoded = inputs("gru")[0]
+    targets = torch.randn(3, 15, 4)
+    memory = decoder.prepare_memory(encoded)
+    eager_outputs, _, eager_weights = decoder(targets, decoder.init_state(encoded), memory)
+    decoder.compile_step(loop=True)
+    outputs, _, weights = decoder(targets, decoder.init_state(encoded), memory)
+    assert chunks == [8, 4, 2, 1]  # 15 positions, longest chunks first
+    torch.testing.assert_close(outputs, eager_outputs)
+    torch.testing.assert_close(weights, eager_weights)
+    decoder.eval()  # evaluation's teacher forcing and search's steps: eager, nothing more to compile
+    decoder(targets, decoder.init_state(encoded), memory)
+    decoder.step(targets[:, 0], decoder.init_state(encoded), memory)
+    assert chunks == [8, 4, 2, 1]
+
+
 def build_task(tmp_path: Path, recipe: dict):
     loaded = load_recipe(write_recipe(tmp_path / "r.yaml", recipe))
     run_dir = tmp_path / "run"
@@ -51,13 +117,13 @@ def build_task(tmp_path: Path, recipe: dict):
     return loaded.task_cls.from_run(loaded, run_dir)
 
 
-@pytest.mark.parametrize("compile_", [True, False])
-def test_model_compile_compiles_the_step_for_training_only(tmp_path, reverse_data, compile_):
+@pytest.mark.parametrize("compile_, mode", [(True, "step"), ("loop", "loop"), (False, None)])
+def test_model_compile_compiles_the_step_for_training_only(tmp_path, reverse_data, compile_, mode):
     task = build_task(tmp_path, reverse_recipe(reverse_data, model={"compile": compile_}))
     task.setup("validate")
     assert not task.decoder._compiled  # translation and validation-only starts stay eager
     task.setup("fit")
-    assert task.decoder._compiled is compile_
+    assert task.decoder._compiled == mode
 
 
 def test_a_decoder_without_compile_step_is_a_recipe_error_naming_the_key(tmp_path, reverse_data, capsys):

@@ -131,7 +131,7 @@ def test_static_shape_keys_that_cannot_work_are_recipe_errors_naming_the_key(tmp
     assert not (tmp_path / "run").exists()
 
 
-def test_a_decoder_whose_compile_step_has_no_static_form_compiles_with_true_and_refuses_static(tmp_path, reverse_data,
+def test_a_decoder_whose_compile_step_has_no_static_form_compiles_with_true_and_refuses_static_and_loop(tmp_path, reverse_data,
                                                                                              capsys):
     (tmp_path / "dynamic_only.py").write_text(
         "import importlib\n"
@@ -147,9 +147,11 @@ def test_a_decoder_whose_compile_step_has_no_static_form_compiles_with_true_and_
     (tmp_path / "ok").mkdir()
     task = build_task(tmp_path / "ok", recipe)
     task.setup("fit")
-    assert task.decoder._compiled is True
-    recipe["model"]["compile"] = "static"
-    path = write_recipe(tmp_path / "r.yaml", recipe)
-    assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) != 0
-    err = capsys.readouterr().err
-    assert "model.compile" in err and "no static compiled step" in err and "Traceback" not in err
+    assert task.decoder._compiled == "step"
+    for mode, what in (("static", "no static compiled step"), ("loop", "no compiled teacher-forced loop")):
+        recipe["model"]["compile"] = mode
+        path = write_recipe(tmp_path / "r.yaml", recipe)
+        assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) != 0
+        err = capsys.readouterr().err
+        assert "model.compile" in err and what in err and "Traceback" not in err
+        assert not (tmp_path / "run").exists()

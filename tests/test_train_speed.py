@@ -140,3 +140,27 @@ def test_a_timeout_s_signal_reports_the_steps_timed_so_far(train_speed, reverse_
     out, err = capsys.readouterr()
     assert "stopped by SIGTERM after 2 of 50 timed steps" in err
     assert ": 2 training steps per variant" in out and "bf16" in out
+
+
+def test_ops_per_position_counts_what_each_target_position_adds(train_speed, reverse_data, tmp_path, one_thread,
+                                                                 monkeypatch):
+    """The count is per target position, forward and backward: the same for batches of any length (work
+    done once per batch cancels out), and one more multiplication at each position counts 2 (it and its
+    gradient's); views count nothing."""
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    _, task = train_speed.build(str(recipe_path), "cpu")
+    bucketed, _ = train_speed.make_batches(task, 6)
+
+    def loss(batch):
+        total, ntokens = task.loss(batch, label_smoothing=0.1)
+        return total / ntokens, ntokens
+    loss(bucketed[0])[0].backward()  # gradients there already, as after the timed steps: not counted
+    counts = {train_speed.ops_per_position(task, b, "cpu", False, loss) for b in bucketed if b["tgt_in"].size(1) >= 2}
+    assert len({b["tgt_in"].size(1) for b in bucketed}) > 1 and len(counts) == 1
+    base = counts.pop()
+    assert base > 10 and base == int(base)
+    decoder, attend = type(task.decoder), type(task.decoder)._attend
+    monkeypatch.setattr(decoder, "_attend", lambda self, *a: (lambda o, w: (o * 1.0, w))(*attend(self, *a)))
+    assert train_speed.ops_per_position(task, bucketed[0], "cpu", False, loss) == base + 2
+    monkeypatch.setattr(decoder, "_attend", lambda self, *a: (lambda o, w: (o.view(o.shape).t().t(), w))(*attend(self, *a)))
+    assert train_speed.ops_per_position(task, bucketed[0], "cpu", False, loss) == base

@@ -91,8 +91,9 @@ class Seq2SeqModel(Section):
     decoder: DecoderSection = {"name": "rnn"}
     # Training runs the decoder step through torch.compile (the decoder must offer compile_step). Off by
     # default: see the README's training-speed table for what it gave on the CPU and what it costs to start.
-    # static: one graph per batch shape (CUDA graphs on a GPU), with data.pad_lengths to keep shapes few
-    compile: Union[bool, Literal["static"]] = False
+    # static: one graph per batch shape (CUDA graphs on a GPU), with data.pad_lengths to keep shapes few;
+    # loop: the teacher-forced loop compiled a few positions at a time (compile_step(loop=True))
+    compile: Union[bool, Literal["static", "loop"]] = False
 
 
 CORPUS = "corpus"  # the prepared training corpus, in the run directory
@@ -121,10 +122,12 @@ class Seq2SeqTask(Task):
             if not callable(getattr(decoder.cls, "compile_step", None)):
                 raise RecipeError(f"{recipe.path}: model.compile",
                                   f"decoder '{recipe.model.decoder['name']}' has no compile_step; set model.compile: false")
-            if recipe.model.compile == "static" and "static" not in inspect.signature(decoder.cls.compile_step).parameters:
+            mode = recipe.model.compile
+            if mode in ("static", "loop") and mode not in inspect.signature(decoder.cls.compile_step).parameters:
+                what = "static compiled step" if mode == "static" else "compiled teacher-forced loop"
                 raise RecipeError(f"{recipe.path}: model.compile",
-                                  f"decoder '{recipe.model.decoder['name']}' has no static compiled step "
-                                  "(compile_step(static=True)); use model.compile: true")
+                                  f"decoder '{recipe.model.decoder['name']}' has no {what} "
+                                  f"(compile_step({mode}=True)); use model.compile: true")
         if recipe.model.compile == "static" and not recipe.data.pad_lengths:
             raise RecipeError(f"{recipe.path}: model.compile",
                               "static compiles one graph per batch shape: set data.pad_lengths too (a few "
@@ -270,11 +273,9 @@ class Seq2SeqTask(Task):
     # --- Lightning hooks ------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.recipe.model.compile:
-            if self.recipe.model.compile == "static":
-                self.decoder.compile_step(static=True)
-            else:
-                self.decoder.compile_step()
+        mode = self.recipe.model.compile
+        if stage == "fit" and mode:
+            self.decoder.compile_step(**({mode: True} if mode in ("static", "loop") else {}))
 
     def training_step(self, batch, batch_idx):
         total, ntokens = self.loss(batch, self.recipe.spec.optim.label_smoothing)

@@ -12,8 +12,8 @@ Under autocast (bf16) ``nn.GRU`` runs the cell and its state in bf16 (cuDNN on C
 weights at every position). ``AUTOCAST_CELL`` chooses per device how the cell runs instead: on CUDA
 the module in float32 with autocast off; or written out from the module's weights, its two products
 in autocast's precision and its gates and state in float32. :meth:`compile_step` (``model.compile``)
-runs the step through ``torch.compile`` with the written-out cell (the module's RNN kernels are
-opaque to the compiler). ``TEACHER_FORCING`` chooses per device whether teacher forcing steps
+runs the step, or the teacher-forced loop in chunks of a few positions, through ``torch.compile``
+with the written-out cell (the module's RNN kernels are opaque to the compiler). ``TEACHER_FORCING`` chooses per device whether teacher forcing steps
 through :meth:`step` or runs the written cell with the first layer's input products of every
 position computed up front (:meth:`_hoisted_forward`).
 """
@@ -79,7 +79,7 @@ class RNNDecoder(nn.Module):
         super().__init__()
         self.config = config
         self.hidden_size = self.output_size = config.hidden_size
-        self._compiled = False
+        self._compiled: Literal["step", "static", "loop"] | None = None  # compile_step's mode; None: eager
         self.num_layers = config.num_layers
         rnn_input_size = input_size + (config.hidden_size if config.input_feeding else 0)
         rnn_class = nn.GRU if config.cell == "gru" else nn.LSTM
@@ -117,17 +117,20 @@ class RNNDecoder(nn.Module):
 
     def step(self, input_emb: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """One decoding step for ``input_emb`` [B, E]; returns (output [B, H], new state, weights [B, S])."""
-        if self._compiled:
+        if self._compiled in ("step", "static"):
             return _compiled_step(self._compiled == "static", input_emb.is_cuda)(self, input_emb, state, memory)
         return self._step(input_emb, state, memory, self._cell)
 
-    def compile_step(self, enabled: bool = True, static: bool = False) -> None:
+    def compile_step(self, enabled: bool = True, static: bool = False, loop: bool = False) -> None:
         """Run :meth:`step` through ``torch.compile`` (dynamic shapes: one graph for every batch and
         source length), or eagerly again. ``static``: one graph per shape of the step (rows, source
         length), replayed as CUDA graphs on CUDA (mode ``reduce-overhead``); for batches padded to a
-        few shapes (``data.pad_lengths``). The flag is a plain attribute, so copies of the module
-        (weight averaging) compile too."""
-        self._compiled = ("static" if static else True) if enabled else False
+        few shapes (``data.pad_lengths``). ``loop``: instead of the step, teacher forcing in training
+        (:meth:`forward` while ``self.training``) runs through ``torch.compile`` a few positions at a time
+        (``LOOP_CHUNKS``: one graph per chunk length, dynamic in rows and source length), so the
+        compiler fuses across positions and their backward; search and evaluation stay eager. The mode
+        is a plain attribute, so copies of the module (weight averaging) compile too."""
+        self._compiled = ("loop" if loop else "static" if static else "step") if enabled else None
 
     def _step(self, input_emb: torch.Tensor, state: State, memory: Memory, cell) -> tuple[torch.Tensor, State, torch.Tensor]:
         hidden, prev_output = state
@@ -186,6 +189,8 @@ class RNNDecoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Teacher forcing over ``inputs`` [B, T, E]; returns (outputs [B, T, H], final state, attention [B, T, S])."""
+        if self._compiled == "loop" and self.training:
+            return self._chunked_forward(inputs, state, memory)
         if not self._compiled and self.TEACHER_FORCING.get(inputs.device.type, "stepwise") == "hoisted":
             return self._hoisted_forward(inputs, state, memory)
         outputs, attention = [], []
@@ -194,6 +199,25 @@ class RNNDecoder(nn.Module):
             outputs.append(output)
             attention.append(weights)
         return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)  # [B, T, H], [B, T, S]
+
+    # The chunk lengths of the compiled loop, longest first: a target of T positions runs as chunks of
+    # these lengths (T = 8a + 4b + 2c + d), one compiled graph each. Longer chunks fuse more but compile
+    # longer (on the 2-core CPU, the en-de model: about 34 s for 8 positions, 70 s for 32, 200 s for 81).
+    LOOP_CHUNKS = (8, 4, 2, 1)
+
+    def _chunked_forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """:meth:`forward` through the compiled loop of :func:`_written_loop`, ``LOOP_CHUNKS`` positions at a time."""
+        loop = _compiled_loop()
+        state = _like_later_states(state)  # the first chunk meets the graph of the chunks after it
+        outputs, attention, start = [], [], 0
+        for length in self.LOOP_CHUNKS:
+            while inputs.size(1) - start >= length:
+                chunk = inputs[:, start:start + length].clone()  # not a view: the same graph wherever it starts
+                chunk_outputs, state, chunk_attention = loop(self, chunk, state, memory)
+                outputs.append(chunk_outputs)
+                attention.append(chunk_attention)
+                start += length
+        return torch.cat(outputs, dim=1), state, torch.cat(attention, dim=1)  # [B, T, H], state, [B, T, S]
 
     def _hoisted_forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """:meth:`forward` through the written cell, the first layer's input product of the embeddings
@@ -249,27 +273,65 @@ def _lstm_cell(gates: torch.Tensor, recurrent: torch.Tensor, c: torch.Tensor) ->
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def _like_later_states(state: State) -> State:
+    """A start state as the written cell's later states are, so that the compiled loop's first chunk meets
+    the graph of the chunks after it (Dynamo compiles anew for another dtype or requires_grad): the
+    recurrent state in float32 (the cell keeps it so; under autocast the bridge gives bf16, which the
+    cell's products cast back to exactly), and in training each tensor without a gradient (the zeros
+    of the first previous output) a leaf that asks for one."""
+    def like_later(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = t if dtype is None else t.to(dtype)
+        return t.detach().requires_grad_() if torch.is_grad_enabled() and not t.requires_grad else t
+    hidden, prev_output = state
+    hidden = tuple(like_later(h, torch.float32) for h in hidden) if isinstance(hidden, tuple) else like_later(hidden, torch.float32)
+    return hidden, like_later(prev_output)
+
+
 def _written_step(decoder: RNNDecoder, input_emb: torch.Tensor, state: State, memory: Memory):
     return decoder._step(input_emb, state, memory, decoder._written_cell)
+
+
+def _written_loop(decoder: RNNDecoder, inputs: torch.Tensor, state: State, memory: Memory):
+    """Teacher forcing over the few positions of ``inputs`` [B, t, E] with the written-out cell."""
+    outputs, attention = [], []
+    for step_input in inputs.unbind(1):
+        output, state, weights = _written_step(decoder, step_input, state, memory)
+        outputs.append(output)
+        attention.append(weights)
+    return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)
 
 
 STATIC_GRAPHS = 256  # the most shapes a static compiled step specialises to before it runs eagerly
 
 
-@functools.cache
-def _compiled_step(static: bool = False, cuda: bool = False):
-    """The decoder step with the written-out cell through torch.compile, built once per process on first use.
+def _allow_graphs(graphs: int):
+    """Let Dynamo look into the ``nn.GRU``/``nn.LSTM`` module and compile ``graphs`` graphs of one function.
 
-    The written cell reads its weights from the ``nn.GRU``/``nn.LSTM`` module without calling it; Dynamo
-    refuses to look into such a module at all unless ``allow_rnn`` is set, and without it the whole cell
-    falls back to eager (a graph break at every step). It is set for the process: setting it around each
-    call (``config.patch``) costs about 20 us a call, at every position of the step that compiling is
-    there to make cheap."""
+    The written cell reads its weights from the module without calling it; Dynamo refuses to look into
+    such a module at all unless ``allow_rnn`` is set, and without it the whole cell falls back to eager
+    (a graph break at every step). It is set for the process: setting it around each call
+    (``config.patch``) costs about 20 us a call, at every position of the step that compiling is there
+    to make cheap."""
     config = torch._dynamo.config
     config.allow_rnn = True
-    if not static:
-        return torch.compile(_written_step, dynamic=True)
-    # each shape is one more compilation: let a padded run's few shapes all compile
     limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, limit, max(getattr(config, limit), STATIC_GRAPHS))
+    setattr(config, limit, max(getattr(config, limit), graphs))
+
+
+@functools.cache
+def _compiled_step(static: bool = False, cuda: bool = False):
+    """The decoder step with the written-out cell through torch.compile, built once per process on first use."""
+    if not static:
+        _allow_graphs(0)
+        return torch.compile(_written_step, dynamic=True)
+    _allow_graphs(STATIC_GRAPHS)  # each shape is one more compilation: let a padded run's few shapes all compile
     return torch.compile(_written_step, dynamic=False, mode="reduce-overhead" if cuda else None)
+
+
+@functools.cache
+def _compiled_loop():
+    """:func:`_written_loop` through torch.compile, built once per process on first use: dynamic in rows and
+    source length, one graph per chunk length (the loop is unrolled), per precision (float32, bf16) and
+    per device (room is left for twice that)."""
+    _allow_graphs(2 * 2 * len(RNNDecoder.LOOP_CHUNKS))
+    return torch.compile(_written_loop, dynamic=True)
