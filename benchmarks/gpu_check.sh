@@ -72,7 +72,8 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is
 row "device" "$(cat "$OUT/device.txt")"
 speed_rows() {  # the rows of one train_speed log: label prefix, log, the variants' pattern
     while read -r name rate _ _ ratio; do
-        row "$1: $name" "$rate target tokens/s ($ratio)"
+        # shellcheck disable=SC2086  # $ratio unquoted: the ratio and the operations per position, spaces squeezed
+        row "$1: $name" "$rate target tokens/s ($(echo $ratio))"
     done < <(grep -E "^  $3 +[0-9]+ target tokens/s" "$2")
     grep -E "^stopped by SIGTERM" "$2" | while read -r line; do row "$1" "$line (deadline)"; done
 }

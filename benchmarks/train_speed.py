@@ -284,12 +284,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if "loop" in measured:  # compile the loop's graph of each chunk length now, not in the timed steps
         longest = max(bucketed, key=lambda b: b["tgt_in"].size(1))
         for name in ("loop", "bf16+loop"):
+            begin = time.perf_counter()
             for length in task.decoder.LOOP_CHUNKS:
                 if length <= longest["tgt_in"].size(1):
                     step(task, optimizer, cut_targets(longest, length), args.device, measured[name][1], measured[name][2])
+            print(f"{name}: chunk lengths {task.decoder.LOOP_CHUNKS} compiled and run in {time.perf_counter() - begin:.0f} s",
+                  file=sys.stderr)
     tokens = dict.fromkeys(measured, 0)
     seconds = dict.fromkeys(measured, 0.0)
     timed = 0  # timed steps of every variant so far
+    ops = {}  # operations per target position of each eager variant, counted after the timed steps
     previous = signal.signal(signal.SIGTERM, _stop)  # a timeout's signal: report the steps timed so far
     try:
         for i in range(args.steps + args.warmup):
@@ -303,16 +307,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     tokens[name] += n
                     seconds[name] += spent
                 timed += 1
+        if "tgt_in" in bucketed[0]:  # a translation recipe: each on its variant's longest batch
+            for name, (batches, bf16, loss_fn) in measured.items():
+                if not getattr(loss_fn, "compiled", False):
+                    ops[name] = ops_per_position(task, max(batches, key=lambda b: b["tgt_in"].size(1)), args.device,
+                                                 bf16, loss_fn)
     except Stopped:
-        print(f"stopped by SIGTERM after {timed} of {args.steps} timed steps", file=sys.stderr)
+        during = "while counting operations per position" if timed == args.steps else f"after {timed} of {args.steps} timed steps"
+        print(f"stopped by SIGTERM {during}", file=sys.stderr)
         if not timed:
             return {}
     finally:
         signal.signal(signal.SIGTERM, previous)
     rates = {name: tokens[name] / seconds[name] for name in measured}
-    ops = {} if "tgt_in" not in bucketed[0] else {  # per target position, each eager variant on its longest batch
-        name: ops_per_position(task, max(batches, key=lambda b: b["tgt_in"].size(1)), args.device, bf16, loss_fn)
-        for name, (batches, bf16, loss_fn) in measured.items() if not getattr(loss_fn, "compiled", False)}
     print(f"{recipe.name}: {timed} training steps per variant on {args.device} "
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():

@@ -409,8 +409,10 @@ def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -
     \b
     translate-speed   batched beam search vs one sentence at a time, and greedy (--run)
     streaming-memory  peak memory of nmt translate on 10k and 100k lines (--run)
-    train-speed       training tokens/s of a recipe: bucketed, bf16, unbucketed; classify, tag: one pass, adversarial
-                      (ARGS: recipe.yaml [--steps N] [--compile] [--batch-tokens N ...] [--static L ...])
+    train-speed       training tokens/s of a recipe: bucketed, bf16, unbucketed, the decoder's other ways and,
+                      for translation, operations per target position; classify, tag: one pass, adversarial
+                      (ARGS: recipe.yaml [--steps N] [--compile] [--batch-tokens N ...] [--static L ...];
+                      --compile: the compiled step and the compiled loop, model.compile true and loop)
     tbptt-memory      peak memory of truncated vs full BPTT as sequences grow (ARGS: [--lengths A B])
     serve-load        nmt serve on loopback under concurrent clients: throughput, p50/p99 latency (--run;
                       ARGS: [--requests 500] [--clients 32] [--beam 5])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from conftest import reverse_recipe, write_recipe
+from conftest import reverse_recipe, write_recipe, write_reverse_corpus
 from nmt.cli import main
 from nmt.recipe import load_recipe
 from nmt.runs import write_run
@@ -142,3 +142,21 @@ def test_a_decoder_without_compile_step_is_a_recipe_error_naming_the_key(tmp_pat
     err = capsys.readouterr().err
     assert "model.compile" in err and "no_compile_step" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_training_with_the_compiled_loop_learns(tmp_path, one_thread):
+    """`nmt train` with model.compile: loop learns the reverse task to the bar of the eager trainings
+    (tests/test_bf16_cpu.py: 0.7 exact match), and its run translates eagerly."""
+    torch._dynamo.reset()
+    counters.clear()
+    data = write_reverse_corpus(tmp_path / "data", n_train=2500)
+    trainer = {"max_epochs": 6, "accelerator": "cpu", "devices": 1}
+    recipe = write_recipe(tmp_path / "reverse.yaml", reverse_recipe(data, trainer=trainer, optim={"lr": 0.005},
+                                                                    model={"compile": "loop"}))
+    assert main(["train", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    assert 1 <= counters["stats"]["unique_graphs"] <= 4  # the loop compiled: a graph per chunk length met
+    out = tmp_path / "hyp.txt"
+    assert main(["translate", "--run", str(tmp_path / "run"), "--beam", "5", "-i", str(data / "test.src"), "-o", str(out)]) == 0
+    refs = (data / "test.tgt").read_text().splitlines()
+    hyps = out.read_text().splitlines()
+    assert sum(h == r for h, r in zip(hyps, refs)) / len(refs) >= 0.7

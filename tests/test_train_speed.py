@@ -142,6 +142,30 @@ def test_a_timeout_s_signal_reports_the_steps_timed_so_far(train_speed, reverse_
     assert ": 2 training steps per variant" in out and "bf16" in out
 
 
+def test_a_timeout_s_signal_while_counting_operations_keeps_the_rates(train_speed, reverse_data, tmp_path, one_thread,
+                                                                       capsys, monkeypatch):
+    """SIGTERM after the timed steps, while the operations per position are counted: every rate is
+    printed, with the counts made before it."""
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    counted, real_count = [], train_speed.ops_per_position
+
+    def ops_per_position(*args):
+        counted.append(1)
+        if len(counted) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_count(*args)
+
+    monkeypatch.setattr(train_speed, "ops_per_position", ops_per_position)
+    monkeypatch.setattr(train_speed, "other_ways", lambda *_: {})  # nmt, bf16, unbucketed
+    rates = train_speed.main([str(recipe_path), "--steps", "2", "--warmup", "0", "--device", "cpu"])
+    assert set(rates) == {"nmt", "bf16", "unbucketed"}
+    out, err = capsys.readouterr()
+    assert "stopped by SIGTERM while counting operations per position" in err
+    rows = {line.split()[0]: line for line in out.splitlines() if "target tokens/s" in line}
+    assert set(rows) == {"nmt", "bf16", "unbucketed"}
+    assert "ops/position" in rows["nmt"] and "ops/position" not in rows["bf16"] + rows["unbucketed"]
+
+
 def test_ops_per_position_counts_what_each_target_position_adds(train_speed, reverse_data, tmp_path, one_thread,
                                                                  monkeypatch):
     """The count is per target position, forward and backward: the same for batches of any length (work
