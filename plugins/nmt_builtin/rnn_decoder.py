@@ -13,9 +13,9 @@ weights at every position). ``AUTOCAST_CELL`` chooses per device how the cell ru
 the module in float32 with autocast off; or written out from the module's weights, its two products
 in autocast's precision and its gates and state in float32. :meth:`compile_step` (``model.compile``)
 runs the step, or the teacher-forced loop in chunks of a few positions, through ``torch.compile``
-with the written-out cell (the module's RNN kernels are opaque to the compiler). ``TEACHER_FORCING`` chooses per device whether teacher forcing steps
-through :meth:`step` or runs the written cell with the first layer's input products of every
-position computed up front (:meth:`_hoisted_forward`).
+with the written-out cell (the module's RNN kernels are opaque to the compiler). ``TEACHER_FORCING``
+chooses per device whether teacher forcing steps through :meth:`step` or runs the written cell with
+the first layer's input products of every position computed up front (:meth:`_hoisted_forward`).
 """
 from __future__ import annotations
 
@@ -193,12 +193,7 @@ class RNNDecoder(nn.Module):
             return self._chunked_forward(inputs, state, memory)
         if not self._compiled and self.TEACHER_FORCING.get(inputs.device.type, "stepwise") == "hoisted":
             return self._hoisted_forward(inputs, state, memory)
-        outputs, attention = [], []
-        for step_input in inputs.unbind(1):  # unbind, not inputs[:, t]: its backward is one stack, not T copies
-            output, state, weights = self.step(step_input, state, memory)  # [B, H], state, [B, S]
-            outputs.append(output)
-            attention.append(weights)
-        return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)  # [B, T, H], [B, T, S]
+        return _stepwise(self.step, inputs, state, memory)
 
     # The chunk lengths of the compiled loop, longest first: a target of T positions runs as chunks of
     # these lengths (T = 8a + 4b + 2c + d), one compiled graph each. Longer chunks fuse more but compile
@@ -287,24 +282,30 @@ def _like_later_states(state: State) -> State:
     return hidden, like_later(prev_output)
 
 
+def _stepwise(step, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+    """Teacher forcing over ``inputs`` [B, T, E], ``step(input [B, E], state, memory)`` at each position;
+    returns (outputs [B, T, H], final state, attention [B, T, S])."""
+    outputs, attention = [], []
+    for step_input in inputs.unbind(1):  # unbind, not inputs[:, t]: its backward is one stack, not T copies
+        output, state, weights = step(step_input, state, memory)  # [B, H], state, [B, S]
+        outputs.append(output)
+        attention.append(weights)
+    return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)
+
+
 def _written_step(decoder: RNNDecoder, input_emb: torch.Tensor, state: State, memory: Memory):
     return decoder._step(input_emb, state, memory, decoder._written_cell)
 
 
 def _written_loop(decoder: RNNDecoder, inputs: torch.Tensor, state: State, memory: Memory):
     """Teacher forcing over the few positions of ``inputs`` [B, t, E] with the written-out cell."""
-    outputs, attention = [], []
-    for step_input in inputs.unbind(1):
-        output, state, weights = _written_step(decoder, step_input, state, memory)
-        outputs.append(output)
-        attention.append(weights)
-    return torch.stack(outputs, dim=1), state, torch.stack(attention, dim=1)
+    return _stepwise(functools.partial(_written_step, decoder), inputs, state, memory)
 
 
 STATIC_GRAPHS = 256  # the most shapes a static compiled step specialises to before it runs eagerly
 
 
-def _allow_graphs(graphs: int):
+def _allow_graphs(graphs: int = 0):
     """Let Dynamo look into the ``nn.GRU``/``nn.LSTM`` module and compile ``graphs`` graphs of one function.
 
     The written cell reads its weights from the module without calling it; Dynamo refuses to look into
@@ -322,7 +323,7 @@ def _allow_graphs(graphs: int):
 def _compiled_step(static: bool = False, cuda: bool = False):
     """The decoder step with the written-out cell through torch.compile, built once per process on first use."""
     if not static:
-        _allow_graphs(0)
+        _allow_graphs()
         return torch.compile(_written_step, dynamic=True)
     _allow_graphs(STATIC_GRAPHS)  # each shape is one more compilation: let a padded run's few shapes all compile
     return torch.compile(_written_step, dynamic=False, mode="reduce-overhead" if cuda else None)
