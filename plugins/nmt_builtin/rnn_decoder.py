@@ -196,8 +196,10 @@ class RNNDecoder(nn.Module):
         return _stepwise(self.step, inputs, state, memory)
 
     # The chunk lengths of the compiled loop, longest first: a target of T positions runs as chunks of
-    # these lengths (T = 8a + 4b + 2c + d), one compiled graph each. Longer chunks fuse more but compile
-    # longer (on the 2-core CPU, the en-de model: about 34 s for 8 positions, 70 s for 32, 200 s for 81).
+    # these lengths (T = 8a + 4b + 2c + d), one compiled graph each. Longer chunks compile longer and
+    # gave no more here (the en-de model on the 2-core CPU, one-off runs of nmt bench train-speed
+    # --compile with LOOP_CHUNKS set: (16, 8, 4, 2, 1) x1.07 and 1.10 of bf16 after 141 to 250 s of
+    # compilation a precision; (8, 4, 2, 1) x1.07 and 1.09 after about 60 s; (8, 1) x1.08 and 1.04).
     LOOP_CHUNKS = (8, 4, 2, 1)
 
     def _chunked_forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
