@@ -13,7 +13,7 @@
 #              RECIPE_ARGS; fp32 instead where the speed part of this call measured bf16 slower than fp32
 #              at the first of SIZES, and the row says so) with its test BLEU and best dev BLEU
 #   translate  beam-5 and greedy translation of test_2016_flickr (1,000 sentences) by the recipe's run,
-#              timed after the model is loaded
+#              timed after the model is loaded, eager and with the decoder step compiled (--compile)
 #   ensemble   (issue 16; not in the default) recipes/translation/multi30k/ensemble.sh on the GPU: two
 #              members (MEMBER_A, MEMBER_B: dropout 0.3, two seeds) trained at once for ENSEMBLE_BUDGET
 #              each on the one GPU (a launch-bound step leaves it room), the system and its length
@@ -142,17 +142,20 @@ run, device = sys.argv[1], sys.argv[2]
 task = load_run(run, device=device)
 lines = gzip.open(default_data_root() / "multi30k" / "test_2016_flickr.en.gz", "rt", encoding="utf-8").read().splitlines()
 with torch.inference_mode():
-    translate_lines(task, lines[:64], 5, 1, 0.6, 4000, 2.0)  # warm-up
-    for beam in (5, 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        begin = time.perf_counter()
-        translate_lines(task, lines, beam, 1, 0.6, 4000, 2.0)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        print(f"beam {beam}: {len(lines)} sentences in {time.perf_counter() - begin:.2f} s")
+    for way in ("eager", "compiled"):  # compiled: nmt translate --compile (the decoder step through torch.compile)
+        task.decoder.compile_step(way == "compiled")
+        for beam in (5, 1):  # warm-up (and compilation) first, on a few lines
+            translate_lines(task, lines[:64], beam, 1, 0.6, 4000, 2.0)
+        for beam in (5, 1):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            begin = time.perf_counter()
+            translate_lines(task, lines, beam, 1, 0.6, 4000, 2.0)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            print(f"{way} beam {beam}: {len(lines)} sentences in {time.perf_counter() - begin:.2f} s", flush=True)
 EOF
-    row "translate test_2016_flickr" "$(grep -E "^beam" "$OUT/translate_speed.log" | paste -sd ';' || true)"
+    row "translate test_2016_flickr" "$(grep -E "^(eager|compiled) beam" "$OUT/translate_speed.log" | paste -sd ';' || true)"
 fi
 
 if want ensemble; then  # issue 16 on a GPU: two members trained at once on the one GPU, chosen on dev, tested once

@@ -172,8 +172,11 @@ def prepare(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, work
               help="onnx: search on onnxruntime and numpy with the run's ONNX export (nmt export), without torch.")
 @click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="The ONNX export for --engine onnx [default: RUN/onnx].")
+@click.option("--compile", "compile_step", is_flag=True,
+              help="Run the decoder step through torch.compile (as model.compile: true trains). It compiles at "
+                   "the first batch (seconds to a minute), then searches faster: for large inputs and GPUs.")
 def translate(run_dirs, checkpoint, beam, nbest, alpha, batch_size, max_length_ratio, max_input_tokens, input_path,
-              output_path, encoding_errors, device, plot_attention, alignments, engine, onnx_dir) -> None:
+              output_path, encoding_errors, device, plot_attention, alignments, engine, onnx_dir, compile_step) -> None:
     """Translate text line by line with batched beam search (stdin to stdout by default).
 
     Output line i answers input line i; empty input lines give empty output lines. Several --run
@@ -184,7 +187,7 @@ def translate(run_dirs, checkpoint, beam, nbest, alpha, batch_size, max_length_r
                    batch_tokens=batch_size, max_length_ratio=max_length_ratio, input_path=input_path,
                    output_path=output_path, encoding_errors=encoding_errors, device=device,
                    max_input_tokens=max_input_tokens, plot_attention=plot_attention, alignments=alignments,
-                   engine=engine, onnx_dir=onnx_dir)
+                   engine=engine, onnx_dir=onnx_dir, compile_step=compile_step)
 
 
 @cli.command()

@@ -206,14 +206,19 @@ def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None =
 
 
 def load_translator(run_dir: Path | Sequence[Path], checkpoint: str = "best", device: str = "auto",
-                    engine: str = "torch", onnx_dir: Path | None = None, attention_option: str | None = None):
+                    engine: str = "torch", onnx_dir: Path | None = None, attention_option: str | None = None,
+                    compile_step: bool = False):
     """What ``nmt translate`` searches: a run's task, its ONNX engine, or for several run directories an
     :class:`~nmt.ensemble.Ensemble` of their tasks (each with ``checkpoint``), which must share one
-    tokenizer. ``attention_option`` names the option that needs attention weights, if one does."""
+    tokenizer. ``attention_option`` names the option that needs attention weights, if one does.
+    ``compile_step``: each decoder's step through ``torch.compile`` (its ``compile_step()``, as
+    ``model.compile: true`` trains), compiled at the first batch."""
     run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(r) for r in run_dir]
     if engine == "onnx" and len(run_dirs) > 1:
         raise UserError("--engine", f"onnx translates one run; an ensemble of {len(run_dirs)} runs "
                                     "needs --engine torch")
+    if engine == "onnx" and compile_step:
+        raise UserError("--compile", "compiles the torch search's decoder step; --engine onnx searches on onnxruntime")
     models = []
     for path in run_dirs:
         if engine == "onnx":  # the export of nmt export --format onnx, searched on onnxruntime without torch
@@ -226,6 +231,10 @@ def load_translator(run_dir: Path | Sequence[Path], checkpoint: str = "best", de
                 raise UserError(path, f"task '{model.recipe.spec.task}' does not translate; use nmt predict")
         if attention_option and not hasattr(model, "decode_step_with_attention"):
             raise UserError(attention_option, f"the model of {path} does not report attention weights")
+        if compile_step:
+            if not callable(getattr(getattr(model, "decoder", None), "compile_step", None)):
+                raise UserError("--compile", f"the decoder of {path} has no compile_step; translate without --compile")
+            model.decoder.compile_step()
         if models:
             check_same_vocabulary(models[0], model, run_dirs[0], path)
         models.append(model)
@@ -236,14 +245,16 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
                    alpha: float = 0.6, batch_tokens: int = 4000, max_length_ratio: float = 2.0,
                    input_path: Path | None = None, output_path: Path | None = None, encoding_errors: str = "strict",
                    device: str = "auto", max_input_tokens: int | None = None, plot_attention: Path | None = None,
-                   alignments: bool = False, engine: str = "torch", onnx_dir: Path | None = None) -> None:
+                   alignments: bool = False, engine: str = "torch", onnx_dir: Path | None = None,
+                   compile_step: bool = False) -> None:
     """Translate ``input_path`` (default stdin) to ``output_path`` (default stdout), one line per line.
 
     Lines longer than ``max_input_tokens`` (default 4 x the recipe's ``data.max_length``) are cut to
     it, with a warning naming the first such line and a count of the others. ``alignments`` adds
     `` ||| `` and the hard alignment (``i-j``: source piece i, target piece j) to each output line;
     ``plot_attention`` names a directory for one heatmap per non-empty input line (000001.png ...).
-    Several run directories are searched as one :class:`nmt.ensemble.Ensemble` (see :func:`load_translator`)."""
+    Several run directories are searched as one :class:`nmt.ensemble.Ensemble` (see :func:`load_translator`,
+    also for ``compile_step``)."""
     if nbest > beam:
         raise UserError("--nbest", f"must not exceed --beam ({nbest} > {beam})")
     if not (math.isfinite(alpha) and alpha >= 0):  # the CLI checks bounds; this guards Python callers
@@ -257,7 +268,7 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
         make_plot_dir(plot_attention)
     want_attention = alignments or plot_attention is not None
     attention_option = ("--plot-attention" if plot_attention else "--alignments") if want_attention else None
-    task = load_translator(run_dir, checkpoint, device, engine, onnx_dir, attention_option)
+    task = load_translator(run_dir, checkpoint, device, engine, onnx_dir, attention_option, compile_step)
     longest = task.max_length
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
