@@ -308,10 +308,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     seconds[name] += spent
                 timed += 1
         if "tgt_in" in bucketed[0]:  # a translation recipe: each on its variant's longest batch
-            for name, (batches, bf16, loss_fn) in measured.items():
-                if not getattr(loss_fn, "compiled", False):
-                    ops[name] = ops_per_position(task, max(batches, key=lambda b: b["tgt_in"].size(1)), args.device,
-                                                 bf16, loss_fn)
+            try:
+                for name, (batches, bf16, loss_fn) in measured.items():
+                    if not getattr(loss_fn, "compiled", False):
+                        ops[name] = ops_per_position(task, max(batches, key=lambda b: b["tgt_in"].size(1)),
+                                                     args.device, bf16, loss_fn)
+            except Stopped:
+                raise
+            except Exception as exc:  # another torch's dispatch internals: the rates still print
+                print(f"operations per position not counted: {type(exc).__name__}: {exc}", file=sys.stderr)
     except Stopped:
         during = "while counting operations per position" if timed == args.steps else f"after {timed} of {args.steps} timed steps"
         print(f"stopped by SIGTERM {during}", file=sys.stderr)
