@@ -334,7 +334,7 @@ def _compiled_step(static: bool = False, cuda: bool = False):
 @functools.cache
 def _compiled_loop():
     """:func:`_written_loop` through torch.compile, built once per process on first use: dynamic in rows and
-    source length, one graph per chunk length (the loop is unrolled), per precision (float32, bf16) and
-    per device (room is left for twice that)."""
+    source length, one graph per chunk length (the loop is unrolled) and precision (float32, bf16); the
+    recompile limit leaves room for twice that (a second device)."""
     _allow_graphs(2 * 2 * len(RNNDecoder.LOOP_CHUNKS))
     return torch.compile(_written_loop, dynamic=True)
