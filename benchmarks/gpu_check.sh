@@ -5,7 +5,10 @@
 #              (model.compile) and with the teacher-forced loop compiled in chunks (model.compile: loop),
 #              each eager row with its operations per target position, the decoder's other ways (its cell under bf16: bf16-bf16cell, bf16-writtencell;
 #              teacher forcing hoisted: hoisted, bf16-hoisted), side by side on the same batches; and at 4x, 16x and 64x the recipe's
-#              batch (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound
+#              batch (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound;
+#              then a few steps of each PROFILE variant under torch.profiler (train_speed.py --profile: the
+#              kernels a step, the share of the step the device was busy, the kernels and operations that
+#              took it; on CUDA bf16-bf16cell is the cell the issue measured slow)
 #   tests      the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
 #   static     training speed with static shapes (batches padded to STATIC lengths, the step compiled
 #              once per shape: model.compile: static, CUDA graphs) beside the eager rows
@@ -53,6 +56,8 @@ MEMBER_A="${MEMBER_A:-seed=1 model.embedding.dropout=0.3 model.encoder.dropout=0
 MEMBER_B="${MEMBER_B:-seed=2 model.embedding.dropout=0.3 model.encoder.dropout=0.3 model.decoder.hidden_dropout=0.3}"
 STEPS="${STEPS:-30}"                # training steps per variant of the speed benchmark
 SIZES="${SIZES:-4200 16800 67200}"  # batch sizes (tokens) measured beside the recipe's 1050
+# variants profiled after the speed table: fp32, bf16, and bf16 with the cell this device does not use by default
+PROFILE="${PROFILE:-nmt bf16 $([ "$DEVICE" = cuda ] && echo bf16-bf16cell || echo bf16-f32cell)}"
 STATIC="${STATIC:-16 24 32 48 81}"  # padded lengths of the static-shape rows (data.pad_lengths)
 DEADLINE="${DEADLINE:-540}"         # seconds for the whole script (one device call: 10 minutes at most)
 OUT="${OUT:-gpu-check}"
@@ -79,14 +84,19 @@ speed_rows() {  # the rows of one train_speed log: label prefix, log, the varian
 }
 
 if want speed; then  # variants alternating step by step on the same batches
+    # shellcheck disable=SC2086  # SIZES and PROFILE are words
     timeout "$(at_most 200)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-        --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
+        --steps "$STEPS" --device "$DEVICE" --compile --warmup 3 --batch-tokens $SIZES --profile $PROFILE \
+        > "$OUT/train_speed.log" 2>&1
     if ! grep -q "target tokens/s" "$OUT/train_speed.log"; then  # compile failed or was too slow: eager alone
         row "train speed with --compile" "failed: $(grep -E 'Error|error|SIGTERM' "$OUT/train_speed.log" | tail -1 | cut -c1-160)"
+        # shellcheck disable=SC2086
         timeout "$(at_most 60)" python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml \
-            --steps "$STEPS" --device "$DEVICE" --batch-tokens $SIZES > "$OUT/train_speed.log" 2>&1
+            --steps "$STEPS" --device "$DEVICE" --batch-tokens $SIZES --profile $PROFILE > "$OUT/train_speed.log" 2>&1
     fi
     speed_rows "train speed" "$OUT/train_speed.log" "[^ ]+"
+    # each profiled variant's summary: its kernels a step and how much of the step the device was busy
+    grep -E "^profile [^ ]+: " "$OUT/train_speed.log" | while IFS= read -r line; do row "${line%%: *}" "${line#*: }"; done
 fi
 
 if want tests && [ "$DEVICE" = cuda ]; then

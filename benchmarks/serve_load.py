@@ -1,6 +1,6 @@
 """Load test of ``nmt serve`` on loopback: N requests from C concurrent clients, none may be lost.
 
-    python benchmarks/serve_load.py --run DIR [--requests 500] [--clients 32] [--beam 5] [--device auto]
+    python benchmarks/serve_load.py --run DIR [--requests 500] [--clients 32] [--beam 5] [--device auto] [--compile]
     nmt bench serve-load --run DIR [--requests 500] [--clients 32] ...
 
 Starts ``nmt serve`` as a child process on a free port of 127.0.0.1 (loopback only: nothing else is
@@ -36,20 +36,27 @@ from nmt.runs import check_run_info
 WARM_UP = 8  # requests sent before timing: the first searches pay for lazy initialisation
 
 
-def start_server(run_dir: Path, device: str, timeout: float) -> tuple[subprocess.Popen, str]:
-    """``nmt serve`` on a free loopback port, and its URL once the model is loaded."""
+def start_server(run_dir: Path, device: str, timeout: float, compile_step: bool = False) -> tuple[subprocess.Popen, str]:
+    """``nmt serve`` on a free loopback port, and its URL once the model is loaded (and compiled)."""
     command = [sys.executable, "-m", "nmt.cli", "serve", "--run", str(run_dir), "--host", "127.0.0.1",
-               "--port", "0", "--device", device]
+               "--port", "0", "--device", device, *(["--compile"] if compile_step else [])]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stderr.readline()), daemon=True)
+    lines: list[str] = []
+
+    def read_until_serving() -> None:  # "nmt: serving RUN on http://...", after "compiling ..." with --compile
+        for line in proc.stderr:
+            lines.append(line)
+            if " on http://" in line:
+                return
+
+    reader = threading.Thread(target=read_until_serving, daemon=True)
     reader.start()
     reader.join(timeout)
-    match = re.search(r"on (http://127\.0\.0\.1:\d+)/", first[0]) if first else None
+    match = re.search(r"on (http://127\.0\.0\.1:\d+)/", lines[-1]) if lines else None
     if not match:
         proc.kill()
-        raise SystemExit(f"serve_load: nmt serve did not start: {(first or ['(no output)'])[0].strip()}")
+        raise SystemExit(f"serve_load: nmt serve did not start: {(lines or ['(no output)'])[-1].strip()}")
     # keep draining stderr so a chatty server never blocks on a full pipe
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     return proc, match.group(1)
@@ -112,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--timeout", type=float, default=300.0, help="Seconds for the whole load, at most.")
+    parser.add_argument("--compile", action="store_true", help="Serve with nmt serve --compile (compiled before the load).")
     args = parser.parse_args(argv)
     if not (1 <= args.requests <= 100_000 and 1 <= args.clients <= 1000):
         parser.error("--requests must be 1..100000 and --clients 1..1000")
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [{"sentences": rng.sample(pool[:50], rng.randint(1, 3)), "beam": args.beam}
               for _ in range(args.requests)]
 
-    proc, url = start_server(args.run, args.device, timeout=120)
+    proc, url = start_server(args.run, args.device, timeout=600 if args.compile else 120, compile_step=args.compile)
     try:
         results, seconds, stats = asyncio.run(load(url, bodies, args.clients, args.timeout))
     finally:

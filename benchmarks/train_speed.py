@@ -1,6 +1,7 @@
 """Training speed of a recipe, variants measured side by side on the same batches.
 
     python benchmarks/train_speed.py recipes/translation/multi30k/en-de.yaml [--steps 20] [--device cpu]
+        [--compile] [--batch-tokens N ...] [--static L ...] [--profile VARIANT ...]
 
 Prints tokens per second of full training steps (forward, backward, clipping, Adam) and each
 variant's ratio to the first. The variants alternate step by step, so machine load hits all alike.
@@ -32,6 +33,11 @@ operations that compute (views and bare allocations left out) in a training step
 backward for each position of the target, counted, not timed (ops_per_position). On a GPU each
 launches at least one kernel (a cuDNN RNN call counts once and launches several), so the count is
 what a launch-bound step costs per position; it is the same on every run and machine.
+--profile VARIANT ...: after the table, a few more steps of each named variant under torch.profiler:
+the wall time a step; on CUDA the kernels launched a step and the time the device was busy (a step
+whose device is busy for a small part of its wall is bound by launches and the Python loop, not by
+arithmetic) and the kernels that took it (a bf16 step's casts show here); the aten operations by
+self CPU time.
 A classification or tagging recipe (input tokens):
   nmt          one pass per step (model.embedding.adversarial=0)
   adversarial  adversarial training at distance 1.0: a second pass at the moved inputs
@@ -239,6 +245,54 @@ def step(task, optimizer, batch, device, bf16: bool, loss_fn) -> int:
     return ntokens
 
 
+PROFILED_STEPS = 3  # steps of each variant under --profile, after its timed ones
+PROFILE_TOP = 8  # rows of each table of --profile
+
+
+def profile_variant(task, optimizer, batches, device: str, bf16: bool, loss_fn, steps: int = PROFILED_STEPS) -> dict:
+    """Where ``steps`` training steps of one variant spend their time, under ``torch.profiler``: the wall
+    time a step, each aten operation's calls and self CPU time a step and, on CUDA, each kernel's
+    launches and time a step, and the time a step the device was busy (launch-bound: far below the wall)."""
+    from collections import Counter
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = min(steps, len(batches))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for batch in batches[:steps]:
+            step(task, optimizer, batch, device, bf16, loss_fn)
+        wall = time.perf_counter() - start
+    calls, cpu_us, launches, device_us = Counter(), Counter(), Counter(), Counter()
+    for event in prof.events():
+        if event.device_type == DeviceType.CPU and event.name.startswith("aten::"):
+            calls[event.name] += 1
+            cpu_us[event.name] += event.self_cpu_time_total
+        elif event.device_type != DeviceType.CPU:  # a kernel, copy or fill on the device
+            launches[event.name] += 1
+            device_us[event.name] += event.time_range.elapsed_us()
+    per_step = {"calls": calls, "cpu_ms": cpu_us, "launches": launches, "device_ms": device_us}
+    return {"steps": steps, "ms": 1000 * wall / steps, "kernels": sum(launches.values()) / steps,
+            "busy_ms": sum(device_us.values()) / 1000 / steps,
+            **{key: {name: value / steps / (1000 if key.endswith("ms") else 1) for name, value in counts.items()}
+               for key, counts in per_step.items()}}
+
+
+def print_profile(name: str, device: str, profiled: dict) -> None:
+    """One summary line (``profile NAME: ...``, what benchmarks/gpu_check.sh tabulates), then the top
+    kernels by device time (CUDA) and the top aten operations by self CPU time."""
+    busy = (f", {profiled['kernels']:.0f} kernels a step, the device busy {profiled['busy_ms']:.1f} ms a step "
+            f"({100 * profiled['busy_ms'] / profiled['ms']:.0f}%)") if profiled["launches"] else ""
+    print(f"profile {name}: {profiled['steps']} steps on {device}, {profiled['ms']:.1f} ms a step{busy}")
+    for title, count, spent in (("kernel", "launches", "device_ms"), ("aten operation, self CPU time", "calls", "cpu_ms")):
+        if profiled[count]:
+            print(f"    {title:<70} {'a step':>8} {'ms a step':>10}")
+            for key in sorted(profiled[spent], key=profiled[spent].get, reverse=True)[:PROFILE_TOP]:
+                print(f"    {key[:70]:<70} {profiled[count][key]:8.1f} {profiled[spent][key]:10.2f}")
+
+
 class Stopped(Exception):
     """SIGTERM during the steps (``timeout`` sends it): the rates of the steps timed so far are printed."""
 
@@ -258,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="also batches of N tokens instead of data.batch_tokens, fp32 and bf16: nmt@N, bf16@N")
     parser.add_argument("--static", type=int, nargs="+", default=None, metavar="L",
                         help="also the batches padded to these lengths (data.pad_lengths), the step compiled per shape")
+    parser.add_argument("--profile", nargs="+", default=[], metavar="VARIANT",
+                        help=f"after the timed steps, {PROFILED_STEPS} steps of each named variant under torch.profiler: "
+                             "the wall, the aten operations and (CUDA) the kernels and device time of a step")
     args = parser.parse_args(argv)
     if any(n <= 0 for n in args.batch_tokens):
         parser.error(f"--batch-tokens: each size must be a positive number of tokens, got {args.batch_tokens}")
@@ -273,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     resized = {n: make_batches(task, args.steps + args.warmup, batch_tokens=n)[0] for n in args.batch_tokens}
     padded = None if args.static is None else make_batches(task, args.steps + args.warmup, pad_lengths=args.static)[0]
     measured, unit = variants(task, bucketed, unbucketed, args.compile, torch.device(args.device).type, resized, padded)
+    if unknown := [name for name in args.profile if name not in measured]:
+        parser.error(f"--profile: no variant {', '.join(unknown)} in this run (measured: {', '.join(measured)})")
     if padded is not None:  # compile every shape now, not in the timed steps
         shapes = {(b["src"].shape, b["tgt_in"].shape): b for b in padded}
         cells = sum(b["src"].numel() + b["tgt_in"].numel() for b in padded) / sum(b["src"].numel() + b["tgt_in"].numel() for b in bucketed)
@@ -329,7 +388,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
         count = f"   {ops[name]:6.1f} ops/position" if name in ops else ""
-        print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}{count}")
+        print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}{count}", flush=True)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for name in args.profile:
+            batches, bf16, loss_fn = measured[name]
+            print_profile(name, args.device, profile_variant(task, optimizer, batches, args.device, bf16, loss_fn))
+    except Stopped:
+        print("stopped by SIGTERM while profiling", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return rates
 
 

@@ -324,19 +324,22 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, max_inp
               help="Source tokens per model batch: concurrent requests are joined up to this many.")
 @click.option("--batch-wait-ms", default=5.0, show_default=True, type=Bounded(float, 0.0, 1000.0),
               help="How long a request waits for others to join its batch.")
-def serve(run_dir, host, port, checkpoint, device, batch_size, batch_wait_ms) -> None:
+@click.option("--compile", "compile_step", is_flag=True,
+              help="Run the decoder step through torch.compile, compiled before the server answers (seconds to "
+                   "a minute); then each search is faster.")
+def serve(run_dir, host, port, checkpoint, device, batch_size, batch_wait_ms, compile_step) -> None:
     """Serve a translation run over HTTP until Ctrl-C.
 
     \b
     POST /translate  {"sentences": [...], "beam": 5, "nbest": 1, "alpha": 0.6, ...}: the same
                      options and bounds as nmt translate; "attention": true adds each hypothesis's
                      attention weights and the source and target pieces they cover
-    GET  /health     run name, device and batch counters
+    GET  /health     run name, device, whether the step is compiled, batch counters
     GET  /           a page to try sentences in a browser"""
     from nmt.serve import serve_run
 
     serve_run(run_dir, host=host, port=port, checkpoint=checkpoint, device=device, batch_tokens=batch_size,
-              wait_s=batch_wait_ms / 1000)
+              wait_s=batch_wait_ms / 1000, compile_step=compile_step)
 
 
 @cli.command()

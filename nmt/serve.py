@@ -42,7 +42,7 @@ from nmt import search
 from nmt.alignment import EOS_PIECE
 from nmt.errors import RequestError, UserError, shorten
 from nmt.serve_page import PAGE
-from nmt.translate import encode_lines, translate_lines
+from nmt.translate import compile_decoder, encode_lines, translate_lines
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: thousands of sentences; a bigger body is refused before it is held
 MAX_SENTENCES = 1000  # per request: one request must not hold the model for everyone else for minutes
@@ -50,6 +50,10 @@ MAX_PENDING_SENTENCES = 50_000  # queued across requests; beyond it new requests
 BATCH_WAIT_S = 0.005  # how long the first request of a batch waits for others to join it
 DEFAULTS = {"beam": 5, "nbest": 1, "alpha": 0.6, "max_length_ratio": 2.0}
 OPTIONS = (*DEFAULTS, "max_input_tokens")  # named as the nmt translate options, with _ for -
+# Searched once at start under --compile, so that no request waits for the compiler: one sentence
+# greedily (a batch of one row, which Dynamo compiles apart: it specialises sizes of 1), two at beam 2
+# (several rows, the one graph dynamic in them).
+WARM_UP = ("warm up", "the compiled step is ready")
 FLAGS = ("attention",)  # JSON true/false: "attention" returns each hypothesis's weights and the pieces they cover
 
 
@@ -273,7 +277,8 @@ class Batcher:
 
 def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BATCH_WAIT_S,
                max_body_bytes: int = MAX_BODY_BYTES, max_sentences: int = MAX_SENTENCES) -> Starlette:
-    """The Starlette app serving ``task`` (a loaded translation run); ``app.state.batcher`` holds the counters."""
+    """The Starlette app serving ``task`` (a loaded translation run); ``app.state.batcher`` holds the counters,
+    ``app.state.compiled`` says whether the decoder step was compiled (``/health`` reports both)."""
     if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
         raise UserError(run_name, f"task '{task.recipe.spec.task}' does not translate; nmt serve needs a seq2seq run")
     default_max_tokens = 4 * task.recipe.data.max_length  # as nmt translate's --max-input-tokens
@@ -315,6 +320,7 @@ def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BA
     async def health(request: Request) -> JSONResponse:
         batcher: Batcher = request.app.state.batcher
         return JSONResponse({"ok": True, "run": run_name, "model_loaded": True, "device": device,
+                             "compiled": request.app.state.compiled,
                              "pending_sentences": batcher.pending, "stats": dict(batcher.stats),
                              "limits": {"max_body_bytes": max_body_bytes, "max_sentences": max_sentences,
                                         "max_input_tokens": default_max_tokens, "batch_tokens": batch_tokens}})
@@ -342,8 +348,10 @@ def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BA
 
     routes = [Route("/translate", translate_endpoint, methods=["POST"]), Route("/health", health, methods=["GET"]),
               Route("/", page, methods=["GET"])]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={HTTPException: http_error, Exception: server_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.compiled = False  # the decoder step through torch.compile (serve_run's compile_step)
+    return app
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -359,9 +367,23 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError("--port", f"cannot listen on {host}:{port} ({reason})") from None
 
 
+def compile_search(task, run_dir: Path, batch_tokens: int) -> None:
+    """``--compile``: the decoder step through ``torch.compile``, compiled now by searching :data:`WARM_UP`."""
+    compile_decoder(task, run_dir)
+    print("nmt: compiling the decoder step (seconds to a minute)", file=sys.stderr, flush=True)
+    encoded = encode_lines(task, list(WARM_UP))
+    with torch.inference_mode():  # as the model thread searches: grad mode is part of what a graph assumes
+        translate_lines(task, list(WARM_UP[:1]), 1, 1, DEFAULTS["alpha"], batch_tokens, DEFAULTS["max_length_ratio"],
+                        encoded[:1])
+        translate_lines(task, list(WARM_UP), 2, 1, DEFAULTS["alpha"], batch_tokens, DEFAULTS["max_length_ratio"],
+                        encoded)
+
+
 def serve_run(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, checkpoint: str = "best",
-              device: str = "auto", batch_tokens: int = 4000, wait_s: float = BATCH_WAIT_S) -> None:
-    """Serve ``run_dir`` until interrupted (Ctrl-C or SIGTERM end it cleanly)."""
+              device: str = "auto", batch_tokens: int = 4000, wait_s: float = BATCH_WAIT_S,
+              compile_step: bool = False) -> None:
+    """Serve ``run_dir`` until interrupted (Ctrl-C or SIGTERM end it cleanly); ``compile_step``: see
+    :func:`compile_search`."""
     import uvicorn
 
     from nmt.runs import load_run
@@ -370,6 +392,9 @@ def serve_run(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, checkpoi
     try:
         task = load_run(run_dir, checkpoint=checkpoint, device=device)
         app = create_app(task, Path(run_dir).resolve().name, batch_tokens=batch_tokens, wait_s=wait_s)
+        if compile_step:
+            compile_search(task, run_dir, batch_tokens)
+            app.state.compiled = True
         shown = f"[{host}]" if ":" in host else host
         print(f"nmt: serving {run_dir} on http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C to stop)",
               file=sys.stderr, flush=True)

@@ -205,14 +205,22 @@ def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None =
         yield chunk
 
 
+def compile_decoder(model, run_dir: Path) -> None:
+    """``--compile``: ``model``'s decoder step through ``torch.compile`` (its ``compile_step()``, dynamic
+    shapes, as ``model.compile: true`` trains), or a one-line error naming the option."""
+    if not callable(getattr(getattr(model, "decoder", None), "compile_step", None)):
+        raise UserError("--compile", f"the decoder of {run_dir} has no compile_step; leave out --compile")
+    model.decoder.compile_step()
+
+
 def load_translator(run_dir: Path | Sequence[Path], checkpoint: str = "best", device: str = "auto",
                     engine: str = "torch", onnx_dir: Path | None = None, attention_option: str | None = None,
                     compile_step: bool = False):
     """What ``nmt translate`` searches: a run's task, its ONNX engine, or for several run directories an
     :class:`~nmt.ensemble.Ensemble` of their tasks (each with ``checkpoint``), which must share one
     tokenizer. ``attention_option`` names the option that needs attention weights, if one does.
-    ``compile_step``: each decoder's step through ``torch.compile`` (its ``compile_step()``, as
-    ``model.compile: true`` trains), compiled at the first batch."""
+    ``compile_step``: each decoder's step through ``torch.compile`` (:func:`compile_decoder`), compiled at
+    the first batch."""
     run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(r) for r in run_dir]
     if engine == "onnx" and len(run_dirs) > 1:
         raise UserError("--engine", f"onnx translates one run; an ensemble of {len(run_dirs)} runs "
@@ -232,9 +240,7 @@ def load_translator(run_dir: Path | Sequence[Path], checkpoint: str = "best", de
         if attention_option and not hasattr(model, "decode_step_with_attention"):
             raise UserError(attention_option, f"the model of {path} does not report attention weights")
         if compile_step:
-            if not callable(getattr(getattr(model, "decoder", None), "compile_step", None)):
-                raise UserError("--compile", f"the decoder of {path} has no compile_step; translate without --compile")
-            model.decoder.compile_step()
+            compile_decoder(model, path)
         if models:
             check_same_vocabulary(models[0], model, run_dirs[0], path)
         models.append(model)

@@ -7,6 +7,7 @@ Chromium (skipped where Debian's chromium and chromium-driver are not installed)
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch._dynamo.utils import counters
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # where the shar
 from reliability_support import NMT, reliability_data, run_cli, trained_run  # noqa: E402,F401
 
 from nmt.runs import load_run  # noqa: E402
-from nmt.serve import create_app, listen  # noqa: E402
+from nmt.serve import compile_search, create_app, listen  # noqa: E402
 
 LINES = ["a0 b1 c2 d3", "f3 e2", "", "c1 c1 d2 a3 b0 e1 f2", "b2"]
 MAX_SENTENCES = 20
@@ -90,6 +93,26 @@ def test_translations_equal_nmt_translate(client, trained_run, capsys, tmp_path,
     got = response.json()["translations"]
     assert [t["translation"] for t in got] == expected
     assert got[2] == {"translation": "", "score": None, "log_prob": None, "cut": False, "hypotheses": []}
+
+
+def test_a_compiled_server_answers_as_the_eager_one_and_no_request_waits_for_the_compiler(client, trained_run,
+                                                                                           one_thread):
+    torch._dynamo.reset()
+    counters.clear()
+    task = load_run(trained_run, device="cpu")
+    app = create_app(task, "run", wait_s=0.02)
+    compile_search(task, trained_run, 4000)
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled >= 1  # the warm-up compiled the step
+    bodies = [{"sentences": LINES[:1], "beam": 1}, {"sentences": LINES, "beam": 1}, {"sentences": LINES[:1], "beam": 5},
+              {"sentences": LINES, "beam": 4, "nbest": 3}, {"sentences": LINES[3:], "beam": 2, "attention": True}]
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=60) as compiled_client:
+        for body in bodies:
+            answers = [c.post("/translate", json=body) for c in (client, compiled_client)]
+            assert [a.status_code for a in answers] == [200, 200], answers[1].text
+            eager, ours = ([[h["translation"] for h in t["hypotheses"]] for t in a.json()["translations"]] for a in answers)
+            assert ours == eager and any(eager), body
+    assert counters["stats"]["unique_graphs"] == compiled  # no request compiled anything more
 
 
 def test_nbest_equals_nmt_translate_nbest(client, trained_run, capsys, tmp_path):
@@ -231,9 +254,10 @@ def test_model_error_is_a_500_with_one_line_and_the_next_request_works(server, c
 
 # --- the command -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_nmt_serve_answers_until_stopped(trained_run, stop):
-    proc = subprocess.Popen([*NMT, "serve", "--run", str(trained_run), "--port", "0", "--device", "cpu"],
+@pytest.mark.parametrize("stop, extra", [(signal.SIGINT, []), (signal.SIGTERM, []), (signal.SIGTERM, ["--compile"])],
+                         ids=["SIGINT", "SIGTERM", "compiled"])
+def test_nmt_serve_answers_until_stopped(trained_run, stop, extra):
+    proc = subprocess.Popen([*NMT, "serve", "--run", str(trained_run), "--port", "0", "--device", "cpu", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -244,7 +268,8 @@ def test_nmt_serve_answers_until_stopped(trained_run, stop):
                 break
         assert match, "".join(seen)[-2000:]
         url = match.group(1)
-        assert httpx.get(url + "/health", timeout=30).json()["ok"] is True
+        health = httpx.get(url + "/health", timeout=30).json()
+        assert health["ok"] is True and health["compiled"] is bool(extra)
         answer = httpx.post(url + "/translate", json={"sentences": ["a0 b1"], "beam": 2}, timeout=60)
         assert answer.status_code == 200 and answer.json()["translations"][0]["translation"]
         proc.send_signal(stop)
@@ -254,6 +279,14 @@ def test_nmt_serve_answers_until_stopped(trained_run, stop):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_compile_where_it_cannot_apply_is_one_line_before_serving(trained_run, capsys, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("nmt_builtin.rnn_decoder").RNNDecoder, "compile_step", None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *args, **kwargs: None)  # were it to serve, it stops at once
+    code, out, err = run_cli(capsys, "serve", "--run", trained_run, "--port", "0", "--device", "cpu", "--compile")
+    assert code == 2, err
+    assert err.strip().startswith("nmt: --compile: the decoder of ") and err.strip().endswith("has no compile_step; leave out --compile")
 
 
 def test_port_in_use_is_one_line(trained_run, capsys):

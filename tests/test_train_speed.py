@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -204,3 +205,38 @@ def test_a_count_that_fails_leaves_the_rates(train_speed, reverse_data, tmp_path
     out, err = capsys.readouterr()
     assert "operations per position not counted: AttributeError" in err
     assert "target tokens/s" in out and "ops/position" not in out
+
+
+def test_profile_shows_where_a_step_of_each_named_variant_spends(train_speed, reverse_data, tmp_path, one_thread, capsys):
+    """--profile: after the table, a summary line and the aten operations of each named variant a step;
+    bf16's step shows autocast's casts, which a float32 step has fewer of."""
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    train_speed.main([str(recipe_path), "--steps", "2", "--warmup", "0", "--device", "cpu", "--profile", "nmt", "bf16"])
+    out = capsys.readouterr().out
+    table, profiles = out.split("\nprofile nmt:")
+    assert "  bf16 " in table and "profile" not in table  # the rates first, unchanged
+    summaries = [line for line in ("profile nmt:" + profiles).splitlines() if line.startswith("profile ")]
+    assert [line.split(":")[0] for line in summaries] == ["profile nmt", "profile bf16"]
+    assert all(re.search(r": 2 steps on cpu, [0-9.]+ ms a step$", line) for line in summaries), summaries
+    assert "aten::mm" in profiles or "aten::addmm" in profiles
+
+    _, task = train_speed.build(str(recipe_path), "cpu")
+    batches, _ = train_speed.make_batches(task, 2)
+    optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
+
+    def loss(batch):
+        total, ntokens = task.loss(batch, label_smoothing=0.1)
+        return total / ntokens, ntokens
+    nmt, bf16 = (train_speed.profile_variant(task, optimizer, batches, "cpu", bf16, loss) for bf16 in (False, True))
+    assert nmt["steps"] == 2 and nmt["ms"] > 0 and not nmt["launches"]  # no device kernels on the CPU
+    positions = min(b["tgt_in"].size(1) for b in batches)
+    assert nmt["calls"]["aten::mm"] + nmt["calls"].get("aten::addmm", 0) >= positions  # a product at each position at least
+    assert bf16["calls"].get("aten::_to_copy", 0) > nmt["calls"].get("aten::_to_copy", 0)
+
+
+def test_profile_of_a_variant_not_measured_is_refused(train_speed, reverse_data, tmp_path, capsys):
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    with pytest.raises(SystemExit) as exit_:
+        train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--profile", "loop"])
+    assert exit_.value.code == 2
+    assert "--profile: no variant loop in this run" in capsys.readouterr().err
