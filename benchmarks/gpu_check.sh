@@ -4,7 +4,8 @@
 #   speed      training speed of the en-de model, fp32 and bf16, eager, with the decoder step compiled
 #              (model.compile) and with the teacher-forced loop compiled in chunks (model.compile: loop),
 #              each eager row with its operations per target position, the decoder's other ways (its cell under bf16: bf16-bf16cell, bf16-writtencell;
-#              teacher forcing hoisted: hoisted, bf16-hoisted), side by side on the same batches; and at 4x, 16x and 64x the recipe's
+#              teacher forcing hoisted: hoisted, bf16-hoisted; and with the shared weights' gradients once for all positions:
+#              shared, bf16-shared), side by side on the same batches; and at 4x, 16x and 64x the recipe's
 #              batch (nmt@N, bf16@N): tokens/s that grows with the batch means the step is launch-bound;
 #              then a few steps of each PROFILE variant under torch.profiler (train_speed.py --profile: the
 #              kernels a step, the share of the step the device was busy, the kernels and operations that

@@ -9,10 +9,11 @@ A translation recipe (target tokens):
   nmt          token-count batches bucketed by length, output layer on real tokens only (the default)
   bf16         the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
   unbucketed   the same sentences in random order with the same sentences per batch (more padding)
-  hoisted, bf16-hoisted   teacher forcing the other way than this device's default (RNNDecoder.
-               TEACHER_FORCING, stepwise: step() at every position): the written cell with the first
-               layer's input products of all positions computed at once (a device whose default is
-               hoisted prints stepwise, bf16-stepwise)
+  hoisted, bf16-hoisted, shared, bf16-shared   teacher forcing the other ways than this device's default
+               (RNNDecoder.TEACHER_FORCING, stepwise: step() at every position): hoisted, the written
+               cell with the first layer's input products of all positions computed at once; shared,
+               hoisted and every other weight's gradient computed once for all positions (SharedLinear);
+               a device whose default is another prints stepwise, bf16-stepwise
   bf16-f32cell, bf16-bf16cell, bf16-writtencell   bf16 stepwise with the decoder's recurrent cell run
                another way than this device's default (RNNDecoder.AUTOCAST_CELL: autocast on the CPU,
                float32 on CUDA): the module in float32 with autocast off, the module under autocast (cell
@@ -157,12 +158,13 @@ def ops_per_position(task, batch, device: str, bf16: bool, loss_fn) -> float:
 
 
 CELL_VARIANTS = {"float32": "bf16-f32cell", "autocast": "bf16-bf16cell", "written": "bf16-writtencell"}
+TEACHER_FORCING_WAYS = ("stepwise", "hoisted", "shared")  # RNNDecoder.TEACHER_FORCING's
 
 
 def other_ways(task, loss_fn, device_type: str) -> dict[str, tuple[bool, object]]:
     """name -> (bf16, ``loss_fn`` with the decoder run another way than this device's default, the
     class's setting changed for the call): teacher forcing the other way (RNNDecoder.TEACHER_FORCING)
-    in fp32 and bf16, and stepwise under bf16 each recurrent cell but the default one
+    in fp32 and bf16 (each of TEACHER_FORCING_WAYS but the default), and stepwise under bf16 each recurrent cell but the default one
     (RNNDecoder.AUTOCAST_CELL; the default's row is bf16 or bf16-stepwise). None for a decoder without the switches."""
     decoder = type(task.decoder)
     if not hasattr(decoder, "AUTOCAST_CELL") or not hasattr(decoder, "TEACHER_FORCING"):
@@ -179,8 +181,9 @@ def other_ways(task, loss_fn, device_type: str) -> dict[str, tuple[bool, object]
                 for name, value in saved.items():
                     setattr(decoder, name, value)
         return loss
-    other = "hoisted" if decoder.TEACHER_FORCING.get(device_type, "stepwise") == "stepwise" else "stepwise"
-    ways = {other: (False, with_settings(TEACHER_FORCING=other)), f"bf16-{other}": (True, with_settings(TEACHER_FORCING=other))}
+    default_way = decoder.TEACHER_FORCING.get(device_type, "stepwise")
+    ways = {f"{prefix}{way}": (bf16, with_settings(TEACHER_FORCING=way))
+            for way in TEACHER_FORCING_WAYS if way != default_way for prefix, bf16 in (("", False), ("bf16-", True))}
     default_cell = decoder.AUTOCAST_CELL.get(device_type, "autocast")
     return ways | {name: (True, with_settings(TEACHER_FORCING="stepwise", AUTOCAST_CELL=mode))
                    for mode, name in CELL_VARIANTS.items() if mode != default_cell}

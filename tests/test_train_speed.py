@@ -57,7 +57,7 @@ def test_each_size_measured_in_fp32_and_bf16(train_speed, reverse_data, tmp_path
     assert {"nmt@200", "bf16@200", "nmt@800", "bf16@800"} <= set(rates)
     # teacher forcing the other way than the CPU's (stepwise), and stepwise the decoder cell's other ways
     # under bf16 beside the CPU's default (autocast's: the bf16 row)
-    assert {"hoisted", "bf16-hoisted", "bf16-f32cell", "bf16-writtencell"} <= set(rates)
+    assert {"hoisted", "bf16-hoisted", "shared", "bf16-shared", "bf16-f32cell", "bf16-writtencell"} <= set(rates)
     assert not {"stepwise", "bf16-stepwise", "bf16-bf16cell"} & set(rates)
     assert all(rate > 0 for rate in rates.values())
     assert "bf16@800" in capsys.readouterr().out
@@ -75,15 +75,17 @@ def test_each_other_way_runs_with_its_setting_and_restores_the_default(train_spe
     assert {name: (bf16, loss(None)) for name, (bf16, loss) in ways.items()} == {
         "hoisted": (False, ("hoisted", "autocast", "stepwise")),
         "bf16-hoisted": (True, ("hoisted", "autocast", "stepwise")),
+        "shared": (False, ("shared", "autocast", "stepwise")),
+        "bf16-shared": (True, ("shared", "autocast", "stepwise")),
         "bf16-f32cell": (True, ("stepwise", "float32", "stepwise")),
         "bf16-writtencell": (True, ("stepwise", "written", "stepwise"))}
     assert (decoder.TEACHER_FORCING, decoder.AUTOCAST_CELL) == defaults
     cuda = train_speed.other_ways(task, settings, "cuda")  # the rows gpu_check.sh prints
-    assert set(cuda) == {"hoisted", "bf16-hoisted", "bf16-bf16cell", "bf16-writtencell"}
+    assert set(cuda) == {"hoisted", "bf16-hoisted", "shared", "bf16-shared", "bf16-bf16cell", "bf16-writtencell"}
     decoder.TEACHER_FORCING = {**defaults[0], "cpu": "hoisted"}  # a device whose default is hoisted
     try:
-        assert set(train_speed.other_ways(task, settings, "cpu")) == {"stepwise", "bf16-stepwise", "bf16-f32cell",
-                                                                     "bf16-writtencell"}
+        assert set(train_speed.other_ways(task, settings, "cpu")) == {"stepwise", "bf16-stepwise", "shared", "bf16-shared",
+                                                                     "bf16-f32cell", "bf16-writtencell"}
     finally:
         decoder.TEACHER_FORCING = defaults[0]
 

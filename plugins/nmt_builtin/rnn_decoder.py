@@ -15,7 +15,9 @@ in autocast's precision and its gates and state in float32. :meth:`compile_step`
 runs the step, or the teacher-forced loop in chunks of a few positions, through ``torch.compile``
 with the written-out cell (the module's RNN kernels are opaque to the compiler). ``TEACHER_FORCING``
 chooses per device whether teacher forcing steps through :meth:`step` or runs the written cell with
-the first layer's input products of every position computed up front (:meth:`_hoisted_forward`).
+the first layer's input products of every position computed up front (:meth:`_hoisted_forward`), and
+then whether the gradients of the weights every position uses are computed once for all positions
+(:class:`~nmt_builtin.shared_weights.SharedLinear`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from torch import nn
 
 from nmt.contracts import AttentionFactory, EncoderOutput, top_layer
 from nmt.registry import register
+
+from .shared_weights import SharedLinear
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 State = tuple[Hidden, torch.Tensor]
@@ -51,10 +55,12 @@ class RNNDecoder(nn.Module):
     # How teacher forcing (training, validation, scoring) runs, per device type (others: "stepwise"):
     # "stepwise" calls step() at every position (its cell as above), "hoisted" runs the written cell
     # with the first layer's input product of the embeddings computed for all positions at once (one
-    # large product, not T small ones; under autocast its products bf16, gates and state float32).
+    # large product, not T small ones; under autocast its products bf16, gates and state float32);
+    # "shared" is hoisted with the gradients of the other weights the positions use (the fed-back
+    # columns, the recurrent weights, the output layer) computed once for all positions, not at each.
     # On the CPU hoisted gives x1.02 in float32 and x1.00-1.03 in bf16 (nmt bench train-speed: nmt against
     # hoisted; README, Training speed), so it stays stepwise; on CUDA gpu_check.sh measures the rows.
-    TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted"]] = {"cpu": "stepwise", "cuda": "stepwise"}
+    TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted", "shared"]] = {"cpu": "stepwise", "cuda": "stepwise"}
 
     class Config(BaseModel):
         """Recipe options of the recurrent decoder (``model.decoder``)."""
@@ -141,11 +147,12 @@ class RNNDecoder(nn.Module):
         output, weights = self._attend(query, memory)  # [B, H], [B, S]
         return output, (hidden, output), weights
 
-    def _attend(self, query: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attentional output [B, H] for the top layer's new hidden state ``query`` [B, H], and the weights [B, S]."""
+    def _attend(self, query: torch.Tensor, memory: Memory, output_layer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attentional output [B, H] for the top layer's new hidden state ``query`` [B, H], and the
+        weights [B, S]; ``output_layer`` in place of the module's (a :class:`SharedLinear` of its weights)."""
         prepared_keys, values, mask = memory
         context, weights = self.attention(query, prepared_keys, values, mask)  # [B, V], [B, S]
-        output = torch.tanh(self.output_layer(torch.cat([query, context], dim=-1)))  # [B, H + V] -> [B, H]
+        output = torch.tanh((output_layer or self.output_layer)(torch.cat([query, context], dim=-1)))  # [B, H + V] -> [B, H]
         return self.hidden_dropout(output), weights  # [B, H], [B, S]
 
     def _cell(self, x: torch.Tensor, hidden: Hidden) -> tuple[torch.Tensor, Hidden]:
@@ -165,20 +172,21 @@ class RNNDecoder(nn.Module):
         rnn_output, hidden = self.rnn(x.unsqueeze(1), hidden)  # [B, 1, H], [L, B, H] (or (h, c))
         return rnn_output.squeeze(1), hidden
 
-    def _written_cell(self, x: torch.Tensor | None, hidden: Hidden,
-                      first_gates: torch.Tensor | None = None) -> tuple[torch.Tensor, Hidden]:
+    def _written_cell(self, x: torch.Tensor | None, hidden: Hidden, first_gates: torch.Tensor | None = None,
+                      products: dict | None = None) -> tuple[torch.Tensor, Hidden]:
         """What :meth:`_module_cell` computes, written out from its weights: products in autocast's
         precision, gates and state in float32. ``first_gates``: the first layer's input product
-        [B, G*H] with its bias, computed already (then ``x`` is not read)."""
+        [B, G*H] with its bias, computed already (then ``x`` is not read). ``products``: layer ->
+        (input product, recurrent product) in place of ``F.linear`` with the module's weights."""
         lstm = self.config.cell == "lstm"
         h_layers, c_layers = hidden if lstm else (hidden, None)  # [L, B, H] each
         new_h, new_c = [], []
         for layer in range(self.num_layers):
             if layer > 0:  # nn.GRU/nn.LSTM's dropout between layers
                 x = F.dropout(x, self.rnn.dropout, self.training)
-            weights = [getattr(self.rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            gates = first_gates if layer == 0 and first_gates is not None else F.linear(x, weights[0], weights[2])
-            recurrent = F.linear(h_layers[layer], weights[1], weights[3])
+            input_product, recurrent_product = (products or {}).get(layer) or self._layer_products(layer)
+            gates = first_gates if layer == 0 and first_gates is not None else input_product(x)
+            recurrent = recurrent_product(h_layers[layer])
             if lstm:
                 x, c = _lstm_cell(gates, recurrent, c_layers[layer])
                 new_c.append(c)
@@ -187,12 +195,22 @@ class RNNDecoder(nn.Module):
             new_h.append(x)
         return x, ((torch.stack(new_h), torch.stack(new_c)) if lstm else torch.stack(new_h))
 
+    def _layer_products(self, layer: int, shared: bool = False):
+        """(input product, recurrent product) of one layer with the module's weights: ``F.linear``, or
+        ``shared``: :class:`SharedLinear` (their gradients once for all positions)."""
+        weight_ih, weight_hh, bias_ih, bias_hh = (getattr(self.rnn, f"{kind}_l{layer}")
+                                                  for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        if shared:
+            return SharedLinear(weight_ih, bias_ih), SharedLinear(weight_hh, bias_hh)
+        return functools.partial(F.linear, weight=weight_ih, bias=bias_ih), functools.partial(F.linear, weight=weight_hh, bias=bias_hh)
+
     def forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Teacher forcing over ``inputs`` [B, T, E]; returns (outputs [B, T, H], final state, attention [B, T, S])."""
         if self._compiled == "loop" and self.training:
             return self._chunked_forward(inputs, state, memory)
-        if not self._compiled and self.TEACHER_FORCING.get(inputs.device.type, "stepwise") == "hoisted":
-            return self._hoisted_forward(inputs, state, memory)
+        mode = "stepwise" if self._compiled else self.TEACHER_FORCING.get(inputs.device.type, "stepwise")
+        if mode != "stepwise":
+            return self._hoisted_forward(inputs, state, memory, shared=mode == "shared" and torch.is_grad_enabled())
         return _stepwise(self.step, inputs, state, memory)
 
     # The chunk lengths of the compiled loop, longest first: a target of T positions runs as chunks of
@@ -216,23 +234,32 @@ class RNNDecoder(nn.Module):
                 start += length
         return torch.cat(outputs, dim=1), state, torch.cat(attention, dim=1)  # [B, T, H], state, [B, T, S]
 
-    def _hoisted_forward(self, inputs: torch.Tensor, state: State, memory: Memory) -> tuple[torch.Tensor, State, torch.Tensor]:
+    def _hoisted_forward(self, inputs: torch.Tensor, state: State, memory: Memory,
+                         shared: bool = False) -> tuple[torch.Tensor, State, torch.Tensor]:
         """:meth:`forward` through the written cell, the first layer's input product of the embeddings
         of all T positions computed at once (one [B*T, E] x [E, G*H] product, not T small ones); each
-        position adds only the fed-back output's share."""
+        position adds only the fed-back output's share. ``shared``: every other weight the positions
+        use (the fed-back columns, the recurrent and deeper layers' weights, the output layer) through
+        :class:`SharedLinear`, their gradients once for all positions."""
         hidden, prev_output = state
         emb_size = inputs.size(-1)
         w_ih = self.rnn.weight_ih_l0  # [G*H, E (+ H)]
         ahead = F.linear(self.emb_dropout(inputs), w_ih[:, :emb_size], self.rnn.bias_ih_l0)  # [B, T, G*H]
         w_feed = w_ih[:, emb_size:] if self.config.input_feeding else None  # [G*H, H]
         device = inputs.device.type
-        if w_feed is not None and torch.is_autocast_enabled(device):  # cast once, not at every position
-            w_feed = w_feed.to(torch.get_autocast_dtype(device))
+        if w_feed is not None and shared:
+            feed = SharedLinear(w_feed)
+        elif w_feed is not None:
+            if torch.is_autocast_enabled(device):  # cast once, not at every position
+                w_feed = w_feed.to(torch.get_autocast_dtype(device))
+            feed = functools.partial(F.linear, weight=w_feed)
+        products = {layer: self._layer_products(layer, shared) for layer in range(self.num_layers)} if shared else None
+        output_layer = SharedLinear(self.output_layer.weight, self.output_layer.bias) if shared else None
         outputs, attention = [], []
         for first in ahead.unbind(1):  # [B, G*H]
-            gates = first if w_feed is None else first + F.linear(prev_output, w_feed)
-            query, hidden = self._written_cell(None, hidden, first_gates=gates)
-            prev_output, weights = self._attend(query, memory)
+            gates = first if w_feed is None else first + feed(prev_output)
+            query, hidden = self._written_cell(None, hidden, first_gates=gates, products=products)
+            prev_output, weights = self._attend(query, memory, output_layer)
             outputs.append(prev_output)
             attention.append(weights)
         return torch.stack(outputs, dim=1), (hidden, prev_output), torch.stack(attention, dim=1)

@@ -47,7 +47,7 @@ def teacher_forcing(monkeypatch):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("attention", [BahdanauAttention, LuongAttention])
 @pytest.mark.parametrize("input_feeding", [True, False])
-@pytest.mark.parametrize("mode", ["stepwise", "hoisted"])
+@pytest.mark.parametrize("mode", ["stepwise", "hoisted", "shared"])
 def test_forward_equals_repeated_steps(cell, attention, input_feeding, mode, teacher_forcing):
     """Teacher forcing, either way, computes what step() computes position by position (step() runs
     the torch module's cell)."""
@@ -205,18 +205,20 @@ def test_under_bf16_autocast_the_recurrent_state_stays_float32(cell, monkeypatch
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_hoisted_teacher_forcing_gives_the_gradients_of_stepwise(cell, input_feeding, teacher_forcing):
+@pytest.mark.parametrize("mode", ["hoisted", "shared"])
+def test_hoisted_teacher_forcing_gives_the_gradients_of_stepwise(cell, input_feeding, mode, teacher_forcing):
     """Computing the first layer's input products of all positions at once changes no gradient: of
-    every weight (the input weights' embedding and fed-back columns included), and of the inputs."""
+    every weight (the input weights' embedding and fed-back columns included), and of the inputs; nor
+    does (shared) computing every other weight's gradient once for all positions (SharedLinear)."""
     decoder = make(cell, input_feeding=input_feeding).train()  # dropout 0: the same function in both
     encoded, targets = inputs(cell)
     grads = {}
-    for mode in ("stepwise", "hoisted"):
-        teacher_forcing(mode)
+    for way in ("stepwise", mode):
+        teacher_forcing(way)
         decoder.zero_grad()
         x = targets.clone().requires_grad_()
         outputs, final, _ = decoder(x, decoder.init_state(encoded), decoder.prepare_memory(encoded))
         (outputs.square().sum() + sum(s.sum() for s in as_list(final))).backward()
-        grads[mode] = [x.grad] + [p.grad.clone() for p in decoder.parameters()]
-    for a, b in zip(grads["stepwise"], grads["hoisted"]):
+        grads[way] = [x.grad] + [p.grad.clone() for p in decoder.parameters()]
+    for a, b in zip(grads["stepwise"], grads[mode]):
         torch.testing.assert_close(a, b)
