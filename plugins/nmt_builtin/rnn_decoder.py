@@ -58,8 +58,10 @@ class RNNDecoder(nn.Module):
     # large product, not T small ones; under autocast its products bf16, gates and state float32);
     # "shared" is hoisted with the gradients of the other weights the positions use (the fed-back
     # columns, the recurrent weights, the output layer) computed once for all positions, not at each.
-    # On the CPU hoisted gives x1.02 in float32 and x1.00-1.03 in bf16 (nmt bench train-speed: nmt against
-    # hoisted; README, Training speed), so it stays stepwise; on CUDA gpu_check.sh measures the rows.
+    # On the CPU hoisted gives x1.05 in float32 and 1.03 of bf16, shared x1.04 and 1.05 (nmt bench
+    # train-speed: nmt against hoisted and shared; README, Training speed): a step bound by arithmetic,
+    # so it stays stepwise; on CUDA, where shared's fewer operations are what a launch-bound step pays
+    # for (61 a position against 80), gpu_check.sh measures the rows.
     TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted", "shared"]] = {"cpu": "stepwise", "cuda": "stepwise"}
 
     class Config(BaseModel):
@@ -177,7 +179,8 @@ class RNNDecoder(nn.Module):
         """What :meth:`_module_cell` computes, written out from its weights: products in autocast's
         precision, gates and state in float32. ``first_gates``: the first layer's input product
         [B, G*H] with its bias, computed already (then ``x`` is not read). ``products``: layer ->
-        (input product, recurrent product) in place of ``F.linear`` with the module's weights."""
+        (input product, recurrent product) in place of ``F.linear`` with the module's weights. ``hidden``'s
+        layers as a list (of [B, H]; or two, LSTM) give the new state so too, not stacked."""
         lstm = self.config.cell == "lstm"
         h_layers, c_layers = hidden if lstm else (hidden, None)  # [L, B, H] each
         new_h, new_c = [], []
@@ -193,6 +196,8 @@ class RNNDecoder(nn.Module):
             else:
                 x = _gru_cell(gates, recurrent, h_layers[layer])
             new_h.append(x)
+        if isinstance(h_layers, list):  # the layers as a list: kept so (see _hoisted_forward)
+            return x, ((new_h, new_c) if lstm else new_h)
         return x, ((torch.stack(new_h), torch.stack(new_c)) if lstm else torch.stack(new_h))
 
     def _layer_products(self, layer: int, shared: bool = False):
@@ -242,6 +247,9 @@ class RNNDecoder(nn.Module):
         use (the fed-back columns, the recurrent and deeper layers' weights, the output layer) through
         :class:`SharedLinear`, their gradients once for all positions."""
         hidden, prev_output = state
+        # The state's layers as a list through the loop, stacked once at the end: stacking them at each
+        # position and taking a layer from the stack costs two operations a position, forward and backward.
+        hidden = tuple(list(h.unbind(0)) for h in hidden) if isinstance(hidden, tuple) else list(hidden.unbind(0))
         emb_size = inputs.size(-1)
         w_ih = self.rnn.weight_ih_l0  # [G*H, E (+ H)]
         ahead = F.linear(self.emb_dropout(inputs), w_ih[:, :emb_size], self.rnn.bias_ih_l0)  # [B, T, G*H]
@@ -255,13 +263,19 @@ class RNNDecoder(nn.Module):
             feed = functools.partial(F.linear, weight=w_feed)
         products = {layer: self._layer_products(layer, shared) for layer in range(self.num_layers)} if shared else None
         output_layer = SharedLinear(self.output_layer.weight, self.output_layer.bias) if shared else None
+        # The attention's products and the output layer cast the float32 state to autocast's precision
+        # anyway: cast it once for both (the state's concatenation with the context then stays in it).
+        # The same forward pass in 4 operations a position less; the state's gradients from the two add
+        # in bf16 before the cast back (as in autocast's module cell), not in float32: about 0.3% apart.
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         outputs, attention = [], []
         for first in ahead.unbind(1):  # [B, G*H]
             gates = first if w_feed is None else first + feed(prev_output)
             query, hidden = self._written_cell(None, hidden, first_gates=gates, products=products)
-            prev_output, weights = self._attend(query, memory, output_layer)
+            prev_output, weights = self._attend(query if low is None else query.to(low), memory, output_layer)
             outputs.append(prev_output)
             attention.append(weights)
+        hidden = tuple(torch.stack(h) for h in hidden) if isinstance(hidden, tuple) else torch.stack(hidden)  # [L, B, H]
         return torch.stack(outputs, dim=1), (hidden, prev_output), torch.stack(attention, dim=1)
 
     @staticmethod
