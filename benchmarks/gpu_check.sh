@@ -44,7 +44,8 @@
 # (timeout_s DEADLINE + 50). Fifteen minutes of device time a session, starts included, fit two calls:
 #   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with the
 #   RECIPE_ARGS the first call's rows argue for (model.compile=loop where the loop rows beat nmt and bf16,
-#   data.batch_tokens where nmt@N grows with N); or all parts in one call with DEADLINE=540.
+#   model.decoder.teacher_forcing=shared or hoisted where those rows do, data.batch_tokens where nmt@N
+#   grows with N); or all parts in one call with DEADLINE=540.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"            # cuda or cpu

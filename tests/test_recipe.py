@@ -133,6 +133,7 @@ def test_override_errors_name_the_override(recipe_path, override, where, what):
     ({"model": {"embedding": {"size": 0}}}, "model.embedding.size", "greater than 0"),
     ({"model": {"encoder": {"name": "gru", "num_layers": "two"}}}, "model.encoder.num_layers", "integer"),
     ({"model": {"decoder": {"name": "rnn", "cell": "rnnn"}}}, "model.decoder.cell", "'gru' or 'lstm'"),
+    ({"model": {"decoder": {"name": "rnn", "teacher_forcing": "fast"}}}, "model.decoder.teacher_forcing", "'shared'"),
     ({"model": {"attention": {"name": "bahdanau", "score": "dot"}}}, "model.attention.score", "unknown key"),
     ({"model": {"attention": {"name": None, "score": "dot"}}}, "model.attention.name", "required"),
     ({"model": {"attention": {"score": "dot"}}}, "model.attention.score", "unknown key"),  # the default: bahdanau

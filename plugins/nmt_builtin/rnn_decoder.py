@@ -22,7 +22,7 @@ then whether the gradients of the weights every position uses are computed once 
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,10 @@ class RNNDecoder(nn.Module):
         hidden_dropout: float = Field(0.0, ge=0, lt=1)  # on the attentional output
         input_feeding: bool = True  # feed the previous attentional output back as input
         bridge: bool = True  # initial hidden = tanh(W encoder summary); False: zeros
+        # How teacher forcing runs (TEACHER_FORCING's ways); null: the device's default there. The same
+        # function either way: a speed setting (README, Training speed), e.g. shared on a GPU where
+        # benchmarks/gpu_check.sh shows it pays.
+        teacher_forcing: Optional[Literal["stepwise", "hoisted", "shared"]] = None
 
     def __init__(
         self,
@@ -213,7 +217,8 @@ class RNNDecoder(nn.Module):
         """Teacher forcing over ``inputs`` [B, T, E]; returns (outputs [B, T, H], final state, attention [B, T, S])."""
         if self._compiled == "loop" and self.training:
             return self._chunked_forward(inputs, state, memory)
-        mode = "stepwise" if self._compiled else self.TEACHER_FORCING.get(inputs.device.type, "stepwise")
+        mode = "stepwise" if self._compiled else (self.config.teacher_forcing
+                                                  or self.TEACHER_FORCING.get(inputs.device.type, "stepwise"))
         if mode != "stepwise":
             return self._hoisted_forward(inputs, state, memory, shared=mode == "shared" and torch.is_grad_enabled())
         return _stepwise(self.step, inputs, state, memory)

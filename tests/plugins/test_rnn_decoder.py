@@ -222,3 +222,23 @@ def test_hoisted_teacher_forcing_gives_the_gradients_of_stepwise(cell, input_fee
         grads[way] = [x.grad] + [p.grad.clone() for p in decoder.parameters()]
     for a, b in zip(grads["stepwise"], grads[mode]):
         torch.testing.assert_close(a, b)
+
+
+def test_the_recipe_key_chooses_the_way_over_the_devices_default(monkeypatch, teacher_forcing):
+    """model.decoder.teacher_forcing: null runs the device's default (TEACHER_FORCING); a way named there
+    runs that way on any device, in training; evaluation never shares gradients it does not compute."""
+    module = importlib.import_module("nmt_builtin.rnn_decoder")
+    made, shared_linear = [], importlib.import_module("nmt_builtin.shared_weights").SharedLinear
+    monkeypatch.setattr(module, "SharedLinear", lambda *args: made.append(1) or shared_linear(*args))
+    encoded, targets = inputs("gru")
+
+    def run(key, default, train=True):
+        teacher_forcing(default)
+        made.clear()
+        decoder = make("gru", teacher_forcing=key).train(train)
+        with torch.set_grad_enabled(train):
+            decoder(targets, decoder.init_state(encoded), decoder.prepare_memory(encoded))
+        return len(made)
+    assert run(None, "stepwise") == 0 and run(None, "shared") > 0
+    assert run("shared", "stepwise") > 0 and run("hoisted", "shared") == 0 and run("stepwise", "shared") == 0
+    assert run("shared", "stepwise", train=False) == 0

@@ -8,7 +8,7 @@
 #   GPU=1: the one-GPU variant of the recipe (the overrides below, before yours, so yours win): bf16,
 #   4x the token batch with the learning rate x2 (square-root rule). model.compile stays off until
 #   the train-speed rows of benchmarks/gpu_check.sh show it pays there (add model.compile=loop or
-#   model.compile=true to try).
+#   model.compile=true to try; model.decoder.teacher_forcing=shared or hoisted likewise).
 #   Not yet measured on a GPU (issue 13): benchmarks/gpu_check.sh runs it when a GPU is lent.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
