@@ -34,7 +34,8 @@ operations that compute (views and bare allocations left out) in a training step
 backward for each position of the target, counted, not timed (ops_per_position). On a GPU each
 launches at least one kernel (a cuDNN RNN call counts once and launches several), so the count is
 what a launch-bound step costs per position; it is the same on every run and machine.
---profile VARIANT ...: after the table, a few more steps of each named variant under torch.profiler:
+--profile VARIANT ...: after the timed steps (before the operations are counted, so a deadline that
+cuts the run cuts the counts first), a few more steps of each named variant under torch.profiler:
 the wall time a step; on CUDA the kernels launched a step and the time the device was busy (a step
 whose device is busy for a small part of its wall is bound by launches and the Python loop, not by
 arithmetic) and the kernels that took it (a bf16 step's casts show here); the aten operations by
@@ -283,17 +284,18 @@ def profile_variant(task, optimizer, batches, device: str, bf16: bool, loss_fn, 
                for key, counts in per_step.items()}}
 
 
-def print_profile(name: str, device: str, profiled: dict) -> None:
+def profile_lines(name: str, device: str, profiled: dict) -> list[str]:
     """One summary line (``profile NAME: ...``, what benchmarks/gpu_check.sh tabulates), then the top
     kernels by device time (CUDA) and the top aten operations by self CPU time."""
     busy = (f", {profiled['kernels']:.0f} kernels a step, the device busy {profiled['busy_ms']:.1f} ms a step "
             f"({100 * profiled['busy_ms'] / profiled['ms']:.0f}%)") if profiled["launches"] else ""
-    print(f"profile {name}: {profiled['steps']} steps on {device}, {profiled['ms']:.1f} ms a step{busy}")
+    lines = [f"profile {name}: {profiled['steps']} steps on {device}, {profiled['ms']:.1f} ms a step{busy}"]
     for title, count, spent in (("kernel", "launches", "device_ms"), ("aten operation, self CPU time", "calls", "cpu_ms")):
         if profiled[count]:
-            print(f"    {title:<70} {'a step':>8} {'ms a step':>10}")
-            for key in sorted(profiled[spent], key=profiled[spent].get, reverse=True)[:PROFILE_TOP]:
-                print(f"    {key[:70]:<70} {profiled[count][key]:8.1f} {profiled[spent][key]:10.2f}")
+            lines.append(f"    {title:<70} {'a step':>8} {'ms a step':>10}")
+            lines += [f"    {key[:70]:<70} {profiled[count][key]:8.1f} {profiled[spent][key]:10.2f}"
+                      for key in sorted(profiled[spent], key=profiled[spent].get, reverse=True)[:PROFILE_TOP]]
+    return lines
 
 
 class Stopped(Exception):
@@ -316,8 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--static", type=int, nargs="+", default=None, metavar="L",
                         help="also the batches padded to these lengths (data.pad_lengths), the step compiled per shape")
     parser.add_argument("--profile", nargs="+", default=[], metavar="VARIANT",
-                        help=f"after the timed steps, {PROFILED_STEPS} steps of each named variant under torch.profiler: "
-                             "the wall, the aten operations and (CUDA) the kernels and device time of a step")
+                        help=f"after the timed steps, {PROFILED_STEPS} steps of each named variant under torch.profiler "
+                             "(printed after the table): the wall, the aten operations and (CUDA) the kernels and "
+                             "device time of a step")
     args = parser.parse_args(argv)
     if any(n <= 0 for n in args.batch_tokens):
         parser.error(f"--batch-tokens: each size must be a positive number of tokens, got {args.batch_tokens}")
@@ -356,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     seconds = dict.fromkeys(measured, 0.0)
     timed = 0  # timed steps of every variant so far
     ops = {}  # operations per target position of each eager variant, counted after the timed steps
+    profiles: list[list[str]] = []  # each --profile variant's lines, profiled after the timed steps
+    phase = ""  # what the steps were doing once they were all timed
     previous = signal.signal(signal.SIGTERM, _stop)  # a timeout's signal: report the steps timed so far
     try:
         for i in range(args.steps + args.warmup):
@@ -369,6 +374,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     tokens[name] += n
                     seconds[name] += spent
                 timed += 1
+        phase = "while profiling"  # first, as a deadline may not leave time for both: the profiles, then the counts
+        for name in args.profile:
+            batches, bf16, loss_fn = measured[name]
+            profiles.append(profile_lines(name, args.device, profile_variant(task, optimizer, batches, args.device, bf16, loss_fn)))
+        phase = "while counting operations per position"
         if "tgt_in" in bucketed[0]:  # a translation recipe: each on its variant's longest batch
             try:
                 for name, (batches, bf16, loss_fn) in measured.items():
@@ -380,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             except Exception as exc:  # another torch's dispatch internals: the rates still print
                 print(f"operations per position not counted: {type(exc).__name__}: {exc}", file=sys.stderr)
     except Stopped:
-        during = "while counting operations per position" if timed == args.steps else f"after {timed} of {args.steps} timed steps"
+        during = phase if timed == args.steps else f"after {timed} of {args.steps} timed steps"
         print(f"stopped by SIGTERM {during}", file=sys.stderr)
         if not timed:
             return {}
@@ -391,16 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"({torch.get_num_threads()} threads), ~{sum(b['src'].size(0) for b in bucketed) / len(bucketed):.0f} sentences per batch")
     for name, rate in rates.items():
         count = f"   {ops[name]:6.1f} ops/position" if name in ops else ""
-        print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}{count}", flush=True)
-    previous = signal.signal(signal.SIGTERM, _stop)
-    try:
-        for name in args.profile:
-            batches, bf16, loss_fn = measured[name]
-            print_profile(name, args.device, profile_variant(task, optimizer, batches, args.device, bf16, loss_fn))
-    except Stopped:
-        print("stopped by SIGTERM while profiling", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}{count}")
+    print("\n".join(line for lines in profiles for line in lines))
     return rates
 
 

@@ -242,3 +242,23 @@ def test_profile_of_a_variant_not_measured_is_refused(train_speed, reverse_data,
         train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--profile", "loop"])
     assert exit_.value.code == 2
     assert "--profile: no variant loop in this run" in capsys.readouterr().err
+
+
+def test_a_timeout_s_signal_while_profiling_keeps_the_rates_and_the_profiles_made(train_speed, reverse_data, tmp_path,
+                                                                                   one_thread, capsys, monkeypatch):
+    recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
+    profiled, real_profile = [], train_speed.profile_variant
+
+    def profile_variant(*args):
+        profiled.append(1)
+        if len(profiled) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_profile(*args)
+
+    monkeypatch.setattr(train_speed, "profile_variant", profile_variant)
+    monkeypatch.setattr(train_speed, "other_ways", lambda *_: {})
+    rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--profile", "nmt", "bf16"])
+    assert set(rates) == {"nmt", "bf16", "unbucketed"}
+    out, err = capsys.readouterr()
+    assert "stopped by SIGTERM while profiling" in err
+    assert "profile nmt: " in out and "profile bf16: " not in out and "ops/position" not in out
