@@ -58,8 +58,8 @@ MEMBER_A="${MEMBER_A:-seed=1 model.embedding.dropout=0.3 model.encoder.dropout=0
 MEMBER_B="${MEMBER_B:-seed=2 model.embedding.dropout=0.3 model.encoder.dropout=0.3 model.decoder.hidden_dropout=0.3}"
 STEPS="${STEPS:-30}"                # training steps per variant of the speed benchmark
 SIZES="${SIZES:-4200 16800 67200}"  # batch sizes (tokens) measured beside the recipe's 1050
-# variants profiled after the speed table: fp32, bf16, and bf16 with the cell this device does not use by default
-PROFILE="${PROFILE:-nmt bf16 $([ "$DEVICE" = cuda ] && echo bf16-bf16cell || echo bf16-f32cell)}"
+# variants profiled after the timed steps: fp32, bf16, bf16 shared, and bf16 with the cell this device does not use by default
+PROFILE="${PROFILE:-nmt bf16 bf16-shared $([ "$DEVICE" = cuda ] && echo bf16-bf16cell || echo bf16-f32cell)}"
 STATIC="${STATIC:-16 24 32 48 81}"  # padded lengths of the static-shape rows (data.pad_lengths)
 DEADLINE="${DEADLINE:-540}"         # seconds for the whole script (one device call: 10 minutes at most)
 OUT="${OUT:-gpu-check}"

@@ -145,20 +145,24 @@ def test_a_timeout_s_signal_reports_the_steps_timed_so_far(train_speed, reverse_
     assert ": 2 training steps per variant" in out and "bf16" in out
 
 
+def sigterm_at_the_second_call(function):
+    """``function``, sending this process SIGTERM (what ``timeout`` sends) as it is called the second time."""
+    calls = []
+
+    def wrapped(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return function(*args)
+    return wrapped
+
+
 def test_a_timeout_s_signal_while_counting_operations_keeps_the_rates(train_speed, reverse_data, tmp_path, one_thread,
                                                                        capsys, monkeypatch):
     """SIGTERM after the timed steps, while the operations per position are counted: every rate is
     printed, with the counts made before it."""
     recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
-    counted, real_count = [], train_speed.ops_per_position
-
-    def ops_per_position(*args):
-        counted.append(1)
-        if len(counted) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_count(*args)
-
-    monkeypatch.setattr(train_speed, "ops_per_position", ops_per_position)
+    monkeypatch.setattr(train_speed, "ops_per_position", sigterm_at_the_second_call(train_speed.ops_per_position))
     monkeypatch.setattr(train_speed, "other_ways", lambda *_: {})  # nmt, bf16, unbucketed
     rates = train_speed.main([str(recipe_path), "--steps", "2", "--warmup", "0", "--device", "cpu"])
     assert set(rates) == {"nmt", "bf16", "unbucketed"}
@@ -247,15 +251,7 @@ def test_profile_of_a_variant_not_measured_is_refused(train_speed, reverse_data,
 def test_a_timeout_s_signal_while_profiling_keeps_the_rates_and_the_profiles_made(train_speed, reverse_data, tmp_path,
                                                                                    one_thread, capsys, monkeypatch):
     recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
-    profiled, real_profile = [], train_speed.profile_variant
-
-    def profile_variant(*args):
-        profiled.append(1)
-        if len(profiled) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_profile(*args)
-
-    monkeypatch.setattr(train_speed, "profile_variant", profile_variant)
+    monkeypatch.setattr(train_speed, "profile_variant", sigterm_at_the_second_call(train_speed.profile_variant))
     monkeypatch.setattr(train_speed, "other_ways", lambda *_: {})
     rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--profile", "nmt", "bf16"])
     assert set(rates) == {"nmt", "bf16", "unbucketed"}
