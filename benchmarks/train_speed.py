@@ -9,11 +9,11 @@ A translation recipe (target tokens):
   nmt          token-count batches bucketed by length, output layer on real tokens only (the default)
   bf16         the same under bfloat16 autocast (what trainer.precision=bf16-mixed does)
   unbucketed   the same sentences in random order with the same sentences per batch (more padding)
-  hoisted, bf16-hoisted, shared, bf16-shared   teacher forcing the other ways than this device's default
-               (RNNDecoder.TEACHER_FORCING, stepwise: step() at every position): hoisted, the written
-               cell with the first layer's input products of all positions computed at once; shared,
-               hoisted and every other weight's gradient computed once for all positions (SharedLinear);
-               a device whose default is another prints stepwise, bf16-stepwise
+  stepwise, hoisted, shared (and bf16-)   teacher forcing the other ways than this device's default
+               (RNNDecoder.TEACHER_FORCING: shared on the CPU, stepwise on CUDA; the default's rows are
+               nmt and bf16): stepwise, step() at every position; hoisted, the written cell with the
+               first layer's input products of all positions computed at once; shared, hoisted and
+               every other weight's gradient computed once for all positions (SharedLinear)
   bf16-f32cell, bf16-bf16cell, bf16-writtencell   bf16 stepwise with the decoder's recurrent cell run
                another way than this device's default (RNNDecoder.AUTOCAST_CELL: autocast on the CPU,
                float32 on CUDA): the module in float32 with autocast off, the module under autocast (cell

@@ -58,11 +58,12 @@ class RNNDecoder(nn.Module):
     # large product, not T small ones; under autocast its products bf16, gates and state float32);
     # "shared" is hoisted with the gradients of the other weights the positions use (the fed-back
     # columns, the recurrent weights, the output layer) computed once for all positions, not at each.
-    # On the CPU hoisted gives x1.05 in float32 and 1.03 of bf16, shared x1.04 and 1.05 (nmt bench
-    # train-speed: nmt against hoisted and shared; README, Training speed): a step bound by arithmetic,
-    # so it stays stepwise; on CUDA, where shared's fewer operations are what a launch-bound step pays
-    # for (61 a position against 80), gpu_check.sh measures the rows.
-    TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted", "shared"]] = {"cpu": "stepwise", "cuda": "stepwise"}
+    # On the CPU shared gives x1.04 in float32 and 1.05 to 1.07 of bf16 (nmt bench train-speed, one and
+    # two threads), and a 10-minute bf16 training side by side with stepwise made 9% more steps (README,
+    # Training speed), so the CPU trains shared. CUDA stays stepwise (its cuDNN cell) until gpu_check.sh
+    # has measured the rows there, where shared's fewer operations (61 a position against 80) are what
+    # a launch-bound step pays for.
+    TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted", "shared"]] = {"cpu": "shared", "cuda": "stepwise"}
 
     class Config(BaseModel):
         """Recipe options of the recurrent decoder (``model.decoder``)."""
