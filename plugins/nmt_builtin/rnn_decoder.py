@@ -267,7 +267,7 @@ class RNNDecoder(nn.Module):
             if torch.is_autocast_enabled(device):  # cast once, not at every position
                 w_feed = w_feed.to(torch.get_autocast_dtype(device))
             feed = functools.partial(F.linear, weight=w_feed)
-        products = {layer: self._layer_products(layer, shared) for layer in range(self.num_layers)} if shared else None
+        products = {layer: self._layer_products(layer, shared) for layer in range(self.num_layers)}  # once, not at each position
         output_layer = SharedLinear(self.output_layer.weight, self.output_layer.bias) if shared else None
         # The attention's products and the output layer cast the float32 state to autocast's precision
         # anyway: cast it once for both (the state's concatenation with the context then stays in it).
