@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,15 @@ def test_a_timeout_s_signal_while_profiling_keeps_the_rates_and_the_profiles_mad
     out, err = capsys.readouterr()
     assert "stopped by SIGTERM while profiling" in err
     assert "profile nmt: " in out and "profile bf16: " not in out and "ops/position" not in out
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_variants_gpu_check_profiles_are_measured_on_its_device(train_speed, reverse_data, tmp_path, device):
+    """benchmarks/gpu_check.sh's default PROFILE names variants that train_speed measures there (a name
+    that is not stops the whole speed run): the rows differ by device, as its defaults do."""
+    line = next(line for line in (ROOT / "benchmarks" / "gpu_check.sh").read_text().splitlines() if line.startswith("PROFILE="))
+    names = subprocess.run(["bash", "-c", f'DEVICE={device}; {line}; echo "$PROFILE"'], capture_output=True, text=True,
+                           check=True).stdout.split()
+    _, task = train_speed.build(str(write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))), "cpu")
+    measured, _ = train_speed.variants(task, [], [], True, device)
+    assert len(names) >= 3 and set(names) <= set(measured), (names, sorted(measured))
