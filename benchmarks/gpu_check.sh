@@ -13,9 +13,10 @@
 #   tests      the GPU tests (bf16 training learns; a GPU run translates alike on the CPU)
 #   static     training speed with static shapes (batches padded to STATIC lengths, the step compiled
 #              once per shape: model.compile: static, CUDA graphs) beside the eager rows
-#   recipe     a short run of the recipe's GPU variant (run.sh with GPU=1: bf16, 4x batch, then
-#              RECIPE_ARGS; fp32 instead where the speed part of this call measured bf16 slower than fp32
-#              at the first of SIZES, and the row says so) with its test BLEU and best dev BLEU
+#   recipe     a short run of the recipe's GPU variant (run.sh with GPU=1: bf16, 4x batch), with the
+#              overrides that this call's speed rows argue for (benchmarks/gpu_args.py, AUTO_ARGS=1: fp32
+#              where bf16 is slower, the fastest teacher forcing way, the compiled loop, a larger batch;
+#              a row says which and why), then RECIPE_ARGS; its test BLEU and best dev BLEU
 #   translate  beam-5 and greedy translation of test_2016_flickr (1,000 sentences) by the recipe's run,
 #              timed after the model is loaded, eager and with the decoder step compiled (--compile)
 #   ensemble   (issue 16; not in the default) recipes/translation/multi30k/ensemble.sh on the GPU: two
@@ -41,17 +42,19 @@
 #   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . &&
 #   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH NMT_DATA=$PWD/.gpu/data && rm -rf runs &&
 #   OUT=$OUT benchmarks/gpu_check.sh
-# (timeout_s DEADLINE + 50). Fifteen minutes of device time a session, starts included, fit two calls:
-#   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with the
-#   RECIPE_ARGS the first call's rows argue for (model.compile=loop where the loop rows beat nmt and bf16,
-#   model.decoder.teacher_forcing=shared or hoisted where those rows do, data.batch_tokens where nmt@N
-#   grows with N); or all parts in one call with DEADLINE=540.
+# (timeout_s DEADLINE + 50). The machine goes back 30 s after a call, and a new one takes minutes of the
+# session's fifteen to start, so one call does it all, the recipe run taking the overrides its own speed
+# rows argue for: PARTS="speed tests static recipe translate" (the default) DEADLINE=540, timeout_s 590
+# (static is skipped where the time left is short). Two calls, where a first has already measured:
+#   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with RECIPE_ARGS
+#   set by hand to what `python benchmarks/gpu_args.py <first call>/train_speed.log` prints.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"            # cuda or cpu
 PARTS="${PARTS:-speed tests static recipe translate}"
 BUDGET="${BUDGET:-00:00:03:00}"     # training time of the recipe run (DD:HH:MM:SS)
-RECIPE_ARGS="${RECIPE_ARGS:-}"      # overrides of the recipe run after GPU=1's (e.g. data.batch_tokens=16800 optim.lr=0.002)
+RECIPE_ARGS="${RECIPE_ARGS:-}"      # overrides of the recipe run after GPU=1's and the chosen ones (e.g. data.batch_tokens=16800 optim.lr=0.002)
+AUTO_ARGS="${AUTO_ARGS:-1}"         # 1: the recipe run also takes the overrides this call's speed rows argue for (gpu_args.py)
 ENSEMBLE_BUDGET="${ENSEMBLE_BUDGET:-00:00:04:00}"  # training time of each ensemble member (they train at once)
 ENSEMBLE_ARGS="${ENSEMBLE_ARGS:-data.batch_tokens=4200 optim.lr=0.001}"  # both members' overrides (run.sh's GPU=1 batch)
 MEMBER_A="${MEMBER_A:-seed=1 model.embedding.dropout=0.3 model.encoder.dropout=0.3 model.decoder.hidden_dropout=0.3}"
@@ -123,16 +126,18 @@ elif want static; then  # the same batches padded to a few shapes, the decoder s
 fi
 
 if want recipe; then  # the recipe's GPU variant, a short budget; BLEU of both test sets
-    precision=()
-    rate() { grep -sE "^  $1 +[0-9]+ target tokens/s" "$OUT/train_speed.log" | awk '{print $2}'; }
-    first="${SIZES%% *}"; fp32=$(rate "nmt@$first"); bf16=$(rate "bf16@$first")
-    [ -n "$fp32" ] && [ -n "$bf16" ] && [ "$bf16" -lt "$fp32" ] && precision=(trainer.precision=32-true)  # bf16 slower there
+    chosen=""  # the overrides this call's speed rows argue for (benchmarks/gpu_args.py), before RECIPE_ARGS
+    if [ "$AUTO_ARGS" = 1 ] && grep -qs "target tokens/s" "$OUT/train_speed.log"; then
+        # shellcheck disable=SC2086
+        chosen=$(python benchmarks/gpu_args.py "$OUT/train_speed.log" --sizes $SIZES 2> "$RUN_ROOT/gpu_args.txt")
+        row "recipe overrides chosen from the speed rows" "${chosen:-none} ($(paste -sd ';' "$RUN_ROOT/gpu_args.txt"))"
+    fi
     rm -rf "$run_dir"
     SECONDS=0
     # shellcheck disable=SC2086
     GPU=1 RUN_DIR="$run_dir" BUDGET="$BUDGET" timeout "$(but 30)" recipes/translation/multi30k/run.sh en-de \
-        "trainer.accelerator=$accelerator" trainer.devices=1 "${precision[@]}" $RECIPE_ARGS > "$OUT/recipe.log" 2>&1
-    row "en-de recipe, GPU=1 ${precision[*]} $RECIPE_ARGS, budget $BUDGET (wall ${SECONDS}s)" \
+        "trainer.accelerator=$accelerator" trainer.devices=1 $chosen $RECIPE_ARGS > "$OUT/recipe.log" 2>&1
+    row "en-de recipe, GPU=1 $chosen $RECIPE_ARGS, budget $BUDGET (wall ${SECONDS}s)" \
         "$(grep -E '^test_201[67]_flickr +bleu' "$OUT/recipe.log" | awk '{printf "%s BLEU %s; ", $1, $3}')"
     # the best dev BLEU and when it came (the rows of `nmt plot` that run.sh prints: minutes, step, val/bleu)
     row "en-de recipe, best dev BLEU" "$(grep -E '^dev curve: +[0-9.]+ +[0-9]+ +[0-9.]+$' "$OUT/recipe.log" |
