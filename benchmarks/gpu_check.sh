@@ -42,12 +42,13 @@
 #   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . &&
 #   export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH NMT_DATA=$PWD/.gpu/data && rm -rf runs &&
 #   OUT=$OUT benchmarks/gpu_check.sh
-# (timeout_s DEADLINE + 50). The machine goes back 30 s after a call, and a new one takes minutes of the
-# session's fifteen to start, so one call does it all, the recipe run taking the overrides its own speed
-# rows argue for: PARTS="speed tests static recipe translate" (the default) DEADLINE=540, timeout_s 590
-# (static is skipped where the time left is short). Two calls, where a first has already measured:
-#   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with RECIPE_ARGS
-#   set by hand to what `python benchmarks/gpu_args.py <first call>/train_speed.log` prints.
+# (timeout_s DEADLINE + 50). Fifteen minutes of device time a session, starts included (a minute or more
+# each), and the machine goes back 30 s after a call: two calls, the second sent at once after the first,
+#   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with
+#   RECIPE_ARGS="$(python benchmarks/gpu_args.py <first call's files>/train_speed.log)" (computed here, in
+#   a second: the overrides its rows argue for);
+# or one call with every part (the default PARTS) and DEADLINE=540, timeout_s 590: the recipe run takes
+# the overrides of the same call's rows (AUTO_ARGS=1), and static is skipped where the time left is short.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"            # cuda or cpu
