@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic tasks written to a temporary directory, and recipe builders."""
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
 
@@ -47,6 +48,14 @@ def reverse_recipe(data_dir: Path, **sections) -> dict:
         else:
             recipe[key] = value
     return recipe
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (benchmarks/ is no package: its scripts run as files)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_recipe(path: Path, recipe: dict) -> Path:

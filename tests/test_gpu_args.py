@@ -3,12 +3,9 @@ same device call: float32 where bf16 is slower, the fastest teacher forcing way,
 larger batch, each only where its rows say so."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 LOG = """multi30k-en-de: 30 training steps per variant on cuda (16 threads), ~65 sentences per batch
   nmt                 24602 target tokens/s   x1.00     80.0 ops/position
   bf16                16579 target tokens/s   x0.67     86.0 ops/position
@@ -23,10 +20,7 @@ profile nmt: 3 steps on cuda, 41.0 ms a step, 1890 kernels a step, the device bu
 
 @pytest.fixture(scope="module")
 def gpu_args():
-    spec = importlib.util.spec_from_file_location("gpu_args", ROOT / "benchmarks" / "gpu_args.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_args")
 
 
 def test_the_table_of_a_log_is_read(gpu_args):

@@ -3,7 +3,6 @@ whether a step is bound by kernel launches (tokens/s grows with the batch) or by
 decoder cell's ways under bf16 (RNNDecoder.AUTOCAST_CELL)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -13,17 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import reverse_recipe, write_recipe
+from conftest import load_benchmark, reverse_recipe, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def train_speed():
-    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "benchmarks" / "train_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_speed")
 
 
 def test_batches_of_another_size_and_the_recipe_left_alone(train_speed, reverse_data, tmp_path, one_thread):
