@@ -3,8 +3,8 @@ recipe run with, chosen in the same device call as the speed rows (a second call
 
     python benchmarks/gpu_args.py gpu-check/train_speed.log [--sizes 4200 16800 67200]
 
-Prints one line of overrides (after run.sh's GPU=1 ones: bf16, 4200-token batches, lr 0.001), then
-on standard error one line of reasons per choice. The rules, each on the rows of one log, so that
+Prints one line of overrides (after run.sh's GPU=1 ones: bf16, 4200-token batches, lr 0.001; empty
+where nothing is chosen), then one line of reasons per choice. The rules, each on the rows of one log, so that
 every rate compared was measured side by side:
   precision        float32 (trainer.precision=32-true) where bf16 is slower than float32 at the
                    first of --sizes, the GPU variant's batch
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4200, 16800, 67200])
     args = parser.parse_args(argv)
     overrides, reasons = choose(rates(args.log.read_text(errors="replace")), args.sizes)
-    print(" ".join(overrides))
-    for reason in reasons:
-        print(reason, file=sys.stderr)
+    print("\n".join([" ".join(overrides), *reasons]))
     return 0
 
 

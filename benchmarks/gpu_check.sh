@@ -45,7 +45,7 @@
 # (timeout_s DEADLINE + 50). Fifteen minutes of device time a session, starts included (a minute or more
 # each), and the machine goes back 30 s after a call: two calls, the second sent at once after the first,
 #   PARTS="speed tests static" DEADLINE=300, then PARTS="recipe translate" DEADLINE=330 with
-#   RECIPE_ARGS="$(python benchmarks/gpu_args.py <first call's files>/train_speed.log)" (computed here, in
+#   RECIPE_ARGS="$(python benchmarks/gpu_args.py <first call's files>/train_speed.log | head -1)" (computed here, in
 #   a second: the overrides its rows argue for);
 # or one call with every part (the default PARTS) and DEADLINE=540, timeout_s 590: the recipe run takes
 # the overrides of the same call's rows (AUTO_ARGS=1), and static is skipped where the time left is short.
@@ -130,8 +130,9 @@ if want recipe; then  # the recipe's GPU variant, a short budget; BLEU of both t
     chosen=""  # the overrides this call's speed rows argue for (benchmarks/gpu_args.py), before RECIPE_ARGS
     if [ "$AUTO_ARGS" = 1 ] && grep -qs "target tokens/s" "$OUT/train_speed.log"; then
         # shellcheck disable=SC2086
-        chosen=$(python benchmarks/gpu_args.py "$OUT/train_speed.log" --sizes $SIZES 2> "$RUN_ROOT/gpu_args.txt")
-        row "recipe overrides chosen from the speed rows" "${chosen:-none} ($(paste -sd ';' "$RUN_ROOT/gpu_args.txt"))"
+        choice=$(python benchmarks/gpu_args.py "$OUT/train_speed.log" --sizes $SIZES)  # the overrides, then why
+        chosen=$(head -1 <<< "$choice")
+        row "recipe overrides chosen from the speed rows" "${chosen:-none} ($(tail -n +2 <<< "$choice" | paste -sd ';'))"
     fi
     rm -rf "$run_dir"
     SECONDS=0

@@ -269,26 +269,24 @@ def profile_variant(task, optimizer, batches, device: str, bf16: bool, loss_fn, 
         for batch in batches[:steps]:
             step(task, optimizer, batch, device, bf16, loss_fn)
         wall = time.perf_counter() - start
-    calls, cpu_us, launches, device_us = Counter(), Counter(), Counter(), Counter()
+    calls, cpu_ms, launches, device_ms = Counter(), Counter(), Counter(), Counter()  # each a step
     for event in prof.events():
         if event.device_type == DeviceType.CPU and event.name.startswith("aten::"):
-            calls[event.name] += 1
-            cpu_us[event.name] += event.self_cpu_time_total
+            calls[event.name] += 1 / steps
+            cpu_ms[event.name] += event.self_cpu_time_total / 1000 / steps
         elif event.device_type != DeviceType.CPU:  # a kernel, copy or fill on the device
-            launches[event.name] += 1
-            device_us[event.name] += event.time_range.elapsed_us()
-    per_step = {"calls": calls, "cpu_ms": cpu_us, "launches": launches, "device_ms": device_us}
-    return {"steps": steps, "ms": 1000 * wall / steps, "kernels": sum(launches.values()) / steps,
-            "busy_ms": sum(device_us.values()) / 1000 / steps,
-            **{key: {name: value / steps / (1000 if key.endswith("ms") else 1) for name, value in counts.items()}
-               for key, counts in per_step.items()}}
+            launches[event.name] += 1 / steps
+            device_ms[event.name] += event.time_range.elapsed_us() / 1000 / steps
+    return {"steps": steps, "ms": 1000 * wall / steps, "calls": calls, "cpu_ms": cpu_ms, "launches": launches,
+            "device_ms": device_ms}
 
 
 def profile_lines(name: str, device: str, profiled: dict) -> list[str]:
     """One summary line (``profile NAME: ...``, what benchmarks/gpu_check.sh tabulates), then the top
     kernels by device time (CUDA) and the top aten operations by self CPU time."""
-    busy = (f", {profiled['kernels']:.0f} kernels a step, the device busy {profiled['busy_ms']:.1f} ms a step "
-            f"({100 * profiled['busy_ms'] / profiled['ms']:.0f}%)") if profiled["launches"] else ""
+    busy_ms = sum(profiled["device_ms"].values())
+    busy = (f", {sum(profiled['launches'].values()):.0f} kernels a step, the device busy {busy_ms:.1f} ms a step "
+            f"({100 * busy_ms / profiled['ms']:.0f}%)") if profiled["launches"] else ""
     lines = [f"profile {name}: {profiled['steps']} steps on {device}, {profiled['ms']:.1f} ms a step{busy}"]
     for title, count, spent in (("kernel", "launches", "device_ms"), ("aten operation, self CPU time", "calls", "cpu_ms")):
         if profiled[count]:
@@ -402,7 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, rate in rates.items():
         count = f"   {ops[name]:6.1f} ops/position" if name in ops else ""
         print(f"  {name:<15} {rate:9.0f} {unit}   x{rate / rates['nmt']:.2f}{count}")
-    print("\n".join(line for lines in profiles for line in lines))
+    for lines in profiles:
+        print("\n".join(lines))
     return rates
 
 

@@ -254,7 +254,7 @@ class RNNDecoder(nn.Module):
         :class:`SharedLinear`, their gradients once for all positions."""
         hidden, prev_output = state
         # The state's layers as a list through the loop, stacked once at the end: stacking them at each
-        # position and taking a layer from the stack costs two operations a position, forward and backward.
+        # position and taking a layer from the stack costs three operations a position, forward and backward.
         hidden = tuple(list(h.unbind(0)) for h in hidden) if isinstance(hidden, tuple) else list(hidden.unbind(0))
         emb_size = inputs.size(-1)
         w_ih = self.rnn.weight_ih_l0  # [G*H, E (+ H)]
@@ -272,7 +272,7 @@ class RNNDecoder(nn.Module):
         # The attention's products and the output layer cast the float32 state to autocast's precision
         # anyway: cast it once for both (the state's concatenation with the context then stays in it).
         # The same forward pass in 4 operations a position less; the state's gradients from the two add
-        # in bf16 before the cast back (as in autocast's module cell), not in float32: about 0.3% apart.
+        # in bf16 before the cast back (as in autocast's module cell), not in float32: apart by bf16's rounding.
         low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         outputs, attention = [], []
         for first in ahead.unbind(1):  # [B, G*H]
