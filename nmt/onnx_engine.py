@@ -26,7 +26,7 @@ import numpy as np
 
 from nmt.data.buckets import bucket_by_length
 from nmt.errors import RunError, UserError
-from nmt.search_rules import Hypothesis, beam_step
+from nmt.search_rules import Hypothesis, beam_step, greedy_step
 
 ENGINE_FORMAT = 1
 BUDGET_BEAM = 5  # as nmt.translate: --batch-size counts source tokens at beam sizes up to this
@@ -208,29 +208,26 @@ def max_lengths(src_len: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def greedy_search(model, src: np.ndarray, src_len: np.ndarray, max_length_ratio: float = 2.0) -> list[Hypothesis]:
-    """The most probable token at each step until EOS or the length limit."""
+    """The most probable token at each step until EOS or the length limit; step for step
+    :func:`nmt.search.greedy_search`: a sentence leaves the batch at the step it ends."""
     batch = src.shape[0]
     limits = max_lengths(src_len, max_length_ratio)  # [B]
     memory, state = model.encode(src, src_len)
-    prev = np.full(batch, model.bos_id, dtype=np.int64)  # [B]
-    finished = np.zeros(batch, dtype=bool)
+    prev = np.full(batch, model.bos_id, dtype=np.int64)  # the live rows' last tokens
+    live = np.arange(batch)  # the sentence of each live row
+    tokens: list[list[int]] = [[] for _ in range(batch)]
     log_prob = np.zeros(batch, dtype=np.float32)
-    steps = []
     for t in range(int(limits.max())):
-        log_probs, state = model.decode_step(prev, state, memory)  # [B, V]
-        prev = log_probs.argmax(axis=-1)  # [B]
-        best_lp = np.take_along_axis(log_probs, prev[:, None], axis=1)[:, 0]  # [B]
-        log_prob += np.where(finished, np.float32(0), best_lp)
-        steps.append(np.where(finished, model.eos_id, prev))
-        # out of length after this token: it ends here without EOS, as a live beam of beam_search does
-        finished |= (prev == model.eos_id) | (t + 1 >= limits)
-        if finished.all():
+        log_probs, state = model.decode_step(prev, state, memory)  # [n, V]
+        prev = log_probs.argmax(axis=-1)  # [n]
+        best_lp = np.take_along_axis(log_probs, prev[:, None], axis=1)[:, 0]  # [n]
+        keep = greedy_step(live, prev, best_lp, tokens, log_prob, limits, t, model.eos_id)
+        if len(keep) == 0:
             break
-    out = []
-    for row, lp in zip(np.stack(steps, axis=1).tolist(), log_prob.tolist()):  # [B, T]
-        row = row[: row.index(model.eos_id)] if model.eos_id in row else row
-        out.append(Hypothesis(row, lp, lp))
-    return out
+        if len(keep) < len(live):  # drop the sentences that ended from the batch
+            prev, live = prev[keep], live[keep]
+            state, memory = model.select_state(state, keep), model.select_memory(memory, keep)
+    return [Hypothesis(row, lp, lp) for row, lp in zip(tokens, log_prob.tolist())]
 
 
 def top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

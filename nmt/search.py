@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nmt.search_rules import Hypothesis, beam_step, length_penalty
+from nmt.search_rules import Hypothesis, beam_step, greedy_step, length_penalty
 
 __all__ = ["Hypothesis", "length_penalty", "max_lengths", "greedy_search", "beam_search"]
 
@@ -35,34 +35,38 @@ def _step(model, prev: torch.Tensor, state, memory, attention: bool):
 def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ratio: float = 2.0,
                   attention: bool = False) -> list[Hypothesis]:
     """The most probable token at each step until EOS or the length limit; with ``attention``, each
-    hypothesis also carries the attention weights of its steps."""
-    batch = src.size(0)
-    limits = max_lengths(src_len, max_length_ratio).to(src.device)  # [B]
+    hypothesis also carries the attention weights of its steps. A sentence leaves the batch at the
+    step it ends, so the steps after it cost only the rows still searching."""
+    batch, device = src.size(0), src.device
+    limits = max_lengths(src_len, max_length_ratio).cpu().numpy()  # [B]
     memory, state = model.encode(src, src_len)
-    prev = torch.full((batch,), model.bos_id, dtype=torch.long, device=src.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src.device)
-    log_prob = torch.zeros(batch, device=src.device)
-    steps, weights = [], []
+    prev = torch.full((batch,), model.bos_id, dtype=torch.long, device=device)  # the live rows' last tokens
+    live = np.arange(batch)  # the sentence of each live row
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    log_prob = np.zeros(batch, dtype=np.float32)
+    # with attention: each sentence's weights [B, steps, S], a step's written at its live rows
+    weights = torch.zeros(batch, int(limits.max()), src.size(1), device=device) if attention else None
     for t in range(int(limits.max())):
-        log_probs, state, step_weights = _step(model, prev, state, memory, attention)  # [B,V], state, [B,S]
+        log_probs, state, step_weights = _step(model, prev, state, memory, attention)  # [n,V], state, [n,S]
         if attention:
-            weights.append(step_weights.float())
-        best_lp, prev = log_probs.max(dim=-1)  # [B]
-        log_prob += torch.where(finished, torch.zeros_like(best_lp), best_lp)
-        steps.append(torch.where(finished, torch.full_like(prev, model.eos_id), prev))
-        # out of length after this token: it ends here without EOS, as a live beam of beam_search does
-        finished |= (prev == model.eos_id) | (t + 1 >= limits)
-        if finished.all():
+            weights[torch.from_numpy(live).to(device), t] = step_weights.float()
+        best_lp, prev = log_probs.max(dim=-1)  # [n]
+        # one device-to-host copy a step (float64 holds the log-probabilities and token ids exactly)
+        host = torch.stack((best_lp.double(), prev.double())).cpu().numpy()  # [2, n]
+        keep = greedy_step(live, host[1].astype(np.int64), host[0].astype(np.float32), tokens, log_prob,
+                           limits, t, model.eos_id)
+        if len(keep) == 0:
             break
-    tokens = torch.stack(steps, dim=1).tolist()  # [B,T]
-    all_weights = torch.stack(weights, dim=1) if attention else None  # [B,T,S]
+        if len(keep) < len(live):  # drop the sentences that ended from the batch
+            index = torch.from_numpy(keep).to(device)
+            prev, live = prev.index_select(0, index), live[keep]
+            state, memory = model.select_state(state, index), model.select_memory(memory, index)
     out = []
     for b, (row, lp) in enumerate(zip(tokens, log_prob.tolist())):
-        row = row[: row.index(model.eos_id)] if model.eos_id in row else row
         hyp_attention = None
         if attention:  # a row per token, and one for EOS unless the cap cut it (then it had no EOS step)
             n_rows = min(len(row) + 1, int(limits[b]))
-            hyp_attention = all_weights[b, :n_rows, : int(src_len[b])].tolist()
+            hyp_attention = weights[b, :n_rows, : int(src_len[b])].tolist()
         out.append(Hypothesis(row, lp, lp, hyp_attention))
     return out
 

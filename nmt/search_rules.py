@@ -1,6 +1,6 @@
 """The host side of the search, shared by :mod:`nmt.search` (torch) and the ONNX engine
 (:mod:`nmt.onnx_engine`, numpy, no torch): a hypothesis, the length penalty, when a sentence's beam
-search may stop, and a beam-search step's bookkeeping in numpy once the step's candidates are known."""
+search may stop, and a greedy or beam-search step's bookkeeping in numpy once the step's candidates are known."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,6 +35,20 @@ def sentence_done(finished: list[Hypothesis], best_live: float, length: int, lim
     # log-probabilities only fall as hypotheses grow; the largest penalty they can reach bounds them
     bound = best_live / length_penalty(limit if alpha > 0 else length, alpha)
     return bound <= worst_kept
+
+
+def greedy_step(live: np.ndarray, best: np.ndarray, best_lp: np.ndarray, tokens: list[list[int]],
+                log_prob: np.ndarray, limits: np.ndarray, t: int, eos_id: int) -> np.ndarray:
+    """One greedy step's bookkeeping once its tokens are known: live row i (sentence ``live[i]``) took
+    token ``best[i]`` with log-probability ``best_lp[i]`` (float32, added into ``log_prob[sentence]``,
+    EOS included). A token other than EOS joins ``tokens[sentence]``; a sentence ends at EOS or, after
+    its token, at its length limit ``limits[sentence]`` (without EOS, as a live beam of beam search
+    does). Returns the live rows still searching, so the caller drops the others from the batch."""
+    log_prob[live] += best_lp
+    for sentence, token in zip(live.tolist(), best.tolist()):
+        if token != eos_id:
+            tokens[sentence].append(token)
+    return np.flatnonzero((best != eos_id) & (t + 1 < limits[live]))
 
 
 def beam_step(tokens: np.ndarray, top_scores: np.ndarray, top_index: np.ndarray, vocab: int, eos_id: int,

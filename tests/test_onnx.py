@@ -319,3 +319,19 @@ def test_search_is_nmt_search_step_for_step(beam, nbest, alpha):
             got = onnx_engine.beam_search(toy, src, src_len, beam, alpha, nbest, 0.5)
         assert [[(h.tokens, h.log_prob, h.score) for h in hyps] for hyps in got] == \
             [[(h.tokens, h.log_prob, h.score) for h in hyps] for hyps in want]
+
+
+def test_greedy_search_drops_each_sentence_at_the_step_it_ends():
+    """The numpy greedy search decodes only the rows still searching, as nmt.search's does: every row
+    it decodes belongs to a sentence that has not ended (its output is as long as its steps so far)."""
+    rng, toy = np.random.default_rng(7), ToyModel(7)
+    src_len = rng.integers(1, 12, size=16)
+    src = rng.integers(4, toy.vocab, size=(16, int(src_len.max())))
+    rows, decode_step = [], toy.decode_step
+    toy.decode_step = lambda prev, state, memory: rows.append(len(prev)) or decode_step(prev, state, memory)
+    hyps = onnx_engine.greedy_search(toy, src, src_len, 0.5)
+    lengths = [len(h.tokens) for h in hyps]
+    assert len(set(lengths)) > 2
+    limits = onnx_engine.max_lengths(src_len, 0.5)
+    steps = [n if n == cap else n + 1 for n, cap in zip(lengths, limits.tolist())]  # EOS: one step more
+    assert sum(rows) == sum(steps) and rows == sorted(rows, reverse=True)

@@ -188,21 +188,25 @@ def test_batch_of_mixed_lengths_matches_each_sentence_alone(beam_size, nbest):
 
     sources = [(A, B), (B, A, A, B, B, A, B), (B,), (A, A, B, A), (B, B, A)]
     src, src_len = batch(*sources)
-    task = ToyTask(scorer)
+    task, greedy_task = ToyTask(scorer), ToyTask(scorer)
     together = search.beam_search(task, src, src_len, beam_size, 0.6, nbest, max_length_ratio=1.0)
-    greedy_together = search.greedy_search(ToyTask(scorer), src, src_len, max_length_ratio=1.0)
+    greedy_together = search.greedy_search(greedy_task, src, src_len, max_length_ratio=1.0)
     assert len({len(h[0].tokens) for h in together}) > 2  # the sentences really end at different steps
-    rows_alone = 0
+    assert len({len(g.tokens) for g in greedy_together}) > 2
+    rows_alone = greedy_rows_alone = 0
     for source, hyps, greedy in zip(sources, together, greedy_together):
-        task_alone = ToyTask(scorer)
+        task_alone, greedy_task_alone = ToyTask(scorer), ToyTask(scorer)
         (alone,) = search.beam_search(task_alone, *batch(source), beam_size, 0.6, nbest, max_length_ratio=1.0)
         rows_alone += len(task_alone.decoded)
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
-        (greedy_alone,) = search.greedy_search(ToyTask(scorer), *batch(source), max_length_ratio=1.0)
+        (greedy_alone,) = search.greedy_search(greedy_task_alone, *batch(source), max_length_ratio=1.0)
+        greedy_rows_alone += len(greedy_task_alone.decoded)
         assert greedy.tokens == greedy_alone.tokens
         assert greedy.log_prob == pytest.approx(greedy_alone.log_prob, abs=1e-5)
-    assert len(task.decoded) == rows_alone  # a finished sentence leaves the batch: no decoding beyond its end
+    # a finished sentence leaves the batch: no decoding beyond its end, in either search
+    assert len(task.decoded) == rows_alone
+    assert len(greedy_task.decoded) == greedy_rows_alone
 
 
 def test_greedy_equals_beam_of_one():
@@ -261,3 +265,23 @@ def test_beam_search_copies_from_the_device_once_a_step(monkeypatch):
     assert found == expected and sum(map(len, found)) == 12
     assert len(steps) >= 4 and copies.count("cpu") == len(steps)  # one .cpu() a step ...
     assert len(copies) - copies.count("cpu") - copies.count("numpy") == 2  # ... and the lengths' two .tolist()
+
+
+def test_greedy_search_copies_from_the_device_once_a_step(monkeypatch):
+    """Greedy search reads each step's tokens and log-probabilities in one copy (on a GPU each copy waits
+    for the device), dropping the sentences that ended, and finds what it found before."""
+    src, src_len = batch((A, B, A), (B,), (A, A, B, B), (B, B))
+    expected = search.greedy_search(ToyTask(random_scorer), src, src_len)
+    copies = []
+    for name in ("item", "tolist", "cpu", "numpy"):
+        def counting(self, *args, _real=getattr(torch.Tensor, name), _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename == search.__file__:
+                copies.append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    task, steps = ToyTask(random_scorer), []
+    real_step = task.decode_step
+    monkeypatch.setattr(task, "decode_step", lambda *args: steps.append(1) or real_step(*args))
+    found = search.greedy_search(task, src, src_len)
+    assert found == expected and len({len(h.tokens) for h in found}) > 1
+    assert len(steps) >= 3 and copies.count("cpu") == len(steps) + 1  # one a step, and the length limits
