@@ -89,6 +89,18 @@ class Attention(Protocol):
         """Query [B, Q], prepared keys [B, S, A], values [B, S, V], mask [B, S] to (context [B, V], weights [B, S])."""
 
 
+@runtime_checkable
+class SharedAttention(Attention, Protocol):
+    """An attention that also offers ``shared``, which the RNN decoder's teacher forcing ``shared`` uses
+    where a plugin has it (optional: without it the decoder calls ``forward`` at each position)."""
+
+    def shared(self, keys: torch.Tensor, values: torch.Tensor,
+               mask: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """For the positions of one teacher-forced pass over this memory: a function of the query [B, Q]
+        that returns what ``forward`` does, and may compute the gradients of what every position uses
+        (its weights, the keys, the values) once for all positions (``nmt_builtin.shared_weights``)."""
+
+
 AttentionFactory = Callable[[int, int], Attention]  # (query_size, key_size) -> attention
 
 

@@ -7,6 +7,8 @@ from torch import nn
 
 from nmt.registry import register
 
+from .shared_weights import SharedBatchMatrix, SharedLinear
+
 
 @register("attention", "bahdanau")
 class BahdanauAttention(nn.Module):
@@ -41,3 +43,16 @@ class BahdanauAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1)  # [B, S]
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # [B, 1, S] x [B, S, V] -> [B, V]
         return context, weights
+
+    def shared(self, prepared_keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor):
+        """:meth:`forward` with this memory for every position of one teacher-forced pass (a function of
+        the query [B, Q]), the gradients of what every position uses (the query and energy layers'
+        weights, the values) computed once for all positions."""
+        query_layer, energy_layer = SharedLinear(self.query_layer.weight), SharedLinear(self.energy_layer.weight)
+        context, padding = SharedBatchMatrix(values.transpose(1, 2)), ~mask  # [B, V, S]; [B, S], once
+
+        def attend(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            scores = energy_layer(torch.tanh(query_layer(query).unsqueeze(1) + prepared_keys)).squeeze(2)  # [B, S]
+            weights = torch.softmax(scores.masked_fill(padding, float("-inf")), dim=-1)  # [B, S]
+            return context(weights), weights  # [B, V], [B, S]
+        return attend

@@ -10,6 +10,8 @@ from torch import nn
 from nmt.errors import RecipeError
 from nmt.registry import register
 
+from .shared_weights import SharedBatchMatrix
+
 
 @register("attention", "luong")
 class LuongAttention(nn.Module):
@@ -45,3 +47,13 @@ class LuongAttention(nn.Module):
         weights = torch.softmax(scores, dim=-1)  # [B, S]
         context = torch.bmm(weights.unsqueeze(1), values).squeeze(1)  # [B, 1, S] x [B, S, V] -> [B, V]
         return context, weights
+
+    def shared(self, prepared_keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor):
+        """:meth:`forward` with this memory for every position of one teacher-forced pass (a function of
+        the query [B, Q]), the gradients of the keys and the values computed once for all positions."""
+        keys, context, padding = SharedBatchMatrix(prepared_keys), SharedBatchMatrix(values.transpose(1, 2)), ~mask
+
+        def attend(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            weights = torch.softmax(keys(query).masked_fill(padding, float("-inf")), dim=-1)  # [B, S]
+            return context(weights), weights  # [B, V], [B, S]
+        return attend

@@ -57,7 +57,8 @@ class RNNDecoder(nn.Module):
     # with the first layer's input product of the embeddings computed for all positions at once (one
     # large product, not T small ones; under autocast its products bf16, gates and state float32);
     # "shared" is hoisted with the gradients of the other weights the positions use (the fed-back
-    # columns, the recurrent weights, the output layer) computed once for all positions, not at each.
+    # columns, the recurrent weights, the output layer; the attention's weights, keys and values where
+    # it offers shared()) computed once for all positions, not at each.
     # On the CPU shared gives x1.04 in float32 and 1.05 to 1.07 of bf16 (nmt bench train-speed, one and
     # two threads), and a 10-minute bf16 training side by side with stepwise made 9% more steps (README,
     # Training speed), so the CPU trains shared. CUDA stays stepwise (its cuDNN cell) until gpu_check.sh
@@ -154,11 +155,11 @@ class RNNDecoder(nn.Module):
         output, weights = self._attend(query, memory)  # [B, H], [B, S]
         return output, (hidden, output), weights
 
-    def _attend(self, query: torch.Tensor, memory: Memory, output_layer=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend(self, query: torch.Tensor, memory: Memory, output_layer=None, attend=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The attentional output [B, H] for the top layer's new hidden state ``query`` [B, H], and the
-        weights [B, S]; ``output_layer`` in place of the module's (a :class:`SharedLinear` of its weights)."""
-        prepared_keys, values, mask = memory
-        context, weights = self.attention(query, prepared_keys, values, mask)  # [B, V], [B, S]
+        weights [B, S]; ``output_layer`` in place of the module's (a :class:`SharedLinear` of its weights),
+        ``attend`` (a function of the query) in place of the attention over ``memory``."""
+        context, weights = attend(query) if attend else self.attention(query, *memory)  # [B, V], [B, S]
         output = torch.tanh((output_layer or self.output_layer)(torch.cat([query, context], dim=-1)))  # [B, H + V] -> [B, H]
         return self.hidden_dropout(output), weights  # [B, H], [B, S]
 
@@ -251,7 +252,8 @@ class RNNDecoder(nn.Module):
         of all T positions computed at once (one [B*T, E] x [E, G*H] product, not T small ones); each
         position adds only the fed-back output's share. ``shared``: every other weight the positions
         use (the fed-back columns, the recurrent and deeper layers' weights, the output layer) through
-        :class:`SharedLinear`, their gradients once for all positions."""
+        :class:`SharedLinear`, their gradients once for all positions, and the attention through its
+        ``shared`` where it has one (its weights', the keys' and the values' gradients so too)."""
         hidden, prev_output = state
         # The state's layers as a list through the loop, stacked once at the end: stacking them at each
         # position and taking a layer from the stack costs three operations a position, forward and backward.
@@ -269,6 +271,8 @@ class RNNDecoder(nn.Module):
             feed = functools.partial(F.linear, weight=w_feed)
         products = {layer: self._layer_products(layer, shared) for layer in range(self.num_layers)}  # once, not at each position
         output_layer = SharedLinear(self.output_layer.weight, self.output_layer.bias) if shared else None
+        # an attention that offers it (nmt.contracts.SharedAttention) shares its own weights' gradients too
+        attend = self.attention.shared(*memory) if shared and callable(getattr(self.attention, "shared", None)) else None
         # The attention's products and the output layer cast the float32 state to autocast's precision
         # anyway: cast it once for both (the state's concatenation with the context then stays in it).
         # The same forward pass in 4 operations a position less; the state's gradients from the two add
@@ -278,7 +282,7 @@ class RNNDecoder(nn.Module):
         for first in ahead.unbind(1):  # [B, G*H]
             gates = first if w_feed is None else first + feed(prev_output)
             query, hidden = self._written_cell(None, hidden, first_gates=gates, products=products)
-            prev_output, weights = self._attend(query if low is None else query.to(low), memory, output_layer)
+            prev_output, weights = self._attend(query if low is None else query.to(low), memory, output_layer, attend)
             outputs.append(prev_output)
             attention.append(weights)
         hidden = tuple(torch.stack(h) for h in hidden) if isinstance(hidden, tuple) else torch.stack(hidden)  # [L, B, H]

@@ -1,5 +1,6 @@
 """Tests of the attentional RNN decoder: step/forward agreement, state selection, memory preparation,
 starting from an encoder's recurrent state or from its pooled summary."""
+import dataclasses
 import importlib
 from functools import partial
 
@@ -204,24 +205,60 @@ def test_under_bf16_autocast_the_recurrent_state_stays_float32(cell, monkeypatch
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("attention", [BahdanauAttention, LuongAttention])
 @pytest.mark.parametrize("input_feeding", [True, False])
 @pytest.mark.parametrize("mode", ["hoisted", "shared"])
-def test_hoisted_teacher_forcing_gives_the_gradients_of_stepwise(cell, input_feeding, mode, teacher_forcing):
+def test_hoisted_teacher_forcing_gives_the_gradients_of_stepwise(cell, attention, input_feeding, mode, teacher_forcing):
     """Computing the first layer's input products of all positions at once changes no gradient: of
-    every weight (the input weights' embedding and fed-back columns included), and of the inputs; nor
-    does (shared) computing every other weight's gradient once for all positions (SharedLinear)."""
-    decoder = make(cell, input_feeding=input_feeding).train()  # dropout 0: the same function in both
+    every weight (the input weights' embedding and fed-back columns included), and of the inputs and
+    the encoder's states; nor does (shared) computing every other weight's gradient once for all
+    positions (SharedLinear), the attention's weights', keys' and values' included (its shared())."""
+    decoder = make(cell, attention, input_feeding=input_feeding).train()  # dropout 0: the same function in both
     encoded, targets = inputs(cell)
     grads = {}
     for way in ("stepwise", mode):
         teacher_forcing(way)
         decoder.zero_grad()
-        x = targets.clone().requires_grad_()
-        outputs, final, _ = decoder(x, decoder.init_state(encoded), decoder.prepare_memory(encoded))
-        (outputs.square().sum() + sum(s.sum() for s in as_list(final))).backward()
-        grads[way] = [x.grad] + [p.grad.clone() for p in decoder.parameters()]
+        x, states = targets.clone().requires_grad_(), encoded.states.clone().requires_grad_()
+        memory = decoder.prepare_memory(dataclasses.replace(encoded, states=states))
+        outputs, final, weights = decoder(x, decoder.init_state(encoded), memory)
+        (outputs.square().sum() + sum(s.sum() for s in as_list(final)) + weights.square().sum()).backward()
+        grads[way] = [x.grad, states.grad] + [p.grad.clone() for p in decoder.parameters()]
+    assert len(grads[mode]) > 8 and all(g is not None for g in grads[mode])
     for a, b in zip(grads["stepwise"], grads[mode]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("attention,fewer", [(BahdanauAttention, 6), (LuongAttention, 5)])
+def test_shared_teacher_forcing_shares_the_attentions_gradients_where_it_offers_shared(attention, fewer, monkeypatch,
+                                                                                       teacher_forcing):
+    """Teacher forcing shared runs the attention through its shared(): fewer operations a position than
+    its forward at each position (Bahdanau: the query and energy layers' weight gradients, two products
+    and two additions, the values' a product and an addition, the mask's negation, less one reshape;
+    Luong: the keys' and the values' products and additions, the negation), the same outputs."""
+    Ops = importlib.import_module("test_shared_weights").Ops
+    teacher_forcing("shared")
+    encoded, _ = inputs("gru")
+
+    def run(positions):
+        decoder = make("gru", attention).train()
+        torch.manual_seed(2)
+        x, states = torch.randn(B, positions, E, requires_grad=True), encoded.states.clone().requires_grad_()
+        with Ops() as ops:
+            memory = decoder.prepare_memory(dataclasses.replace(encoded, states=states))
+            outputs, _, weights = decoder(x, decoder.init_state(encoded), memory)
+            outputs.sum().backward()
+        return len(ops.names), outputs.detach(), weights.detach()
+
+    def per_position():
+        (short, *_), (long, outputs, weights) = run(T), run(2 * T)
+        return (long - short) / T, outputs, weights
+    with_shared, outputs, weights = per_position()
+    monkeypatch.setattr(attention, "shared", None)  # as a plugin without it: forward at each position
+    without, exact_outputs, exact_weights = per_position()
+    assert without - with_shared == fewer
+    torch.testing.assert_close(outputs, exact_outputs)
+    torch.testing.assert_close(weights, exact_weights)
 
 
 def test_the_recipe_key_chooses_the_way_over_the_devices_default(monkeypatch, teacher_forcing):

@@ -1,6 +1,7 @@
-"""SharedLinear: the weights every position of a recurrence uses, their gradients computed once for all
-positions: the same gradients as autograd's position-by-position ones, in fewer operations, the weight
-cast once under autocast, and nothing kept alive after the step."""
+"""SharedLinear and SharedBatchMatrix: the weights every position of a recurrence uses (or a matrix per
+batch entry, an attention's keys and values), their gradients computed once for all positions: the
+same gradients as autograd's position-by-position ones, in fewer operations, the weight cast once
+under autocast, and nothing kept alive after the step."""
 import gc
 import importlib
 import weakref
@@ -10,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-SharedLinear = importlib.import_module("nmt_builtin.shared_weights").SharedLinear
+shared_weights = importlib.import_module("nmt_builtin.shared_weights")
+SharedLinear, SharedBatchMatrix = shared_weights.SharedLinear, shared_weights.SharedBatchMatrix
 
 B, D, T = 3, 6, 5  # rows, width, positions
 
@@ -103,3 +105,51 @@ def test_nothing_is_kept_alive_after_the_step():
         assert handed_out() is None
     finally:
         gc.enable()
+
+
+def batch_recurrence(matrix, h0, positions: int, shared: bool):
+    """h_t = tanh(M_b h_{t-1}) with a matrix per batch entry, M [B, D, D] (as an attention's keys or values)."""
+    product = SharedBatchMatrix(matrix) if shared else (lambda x: torch.bmm(matrix, x.unsqueeze(2)).squeeze(2))
+    h, total = h0, 0
+    for _ in range(positions):
+        h = torch.tanh(product(h))
+        total = total + h.float().sum()
+    return total
+
+
+def batch_parameters():
+    torch.manual_seed(0)
+    return torch.randn(B, D, D, requires_grad=True), torch.randn(B, D, requires_grad=True)
+
+
+def test_a_matrix_per_batch_entry_gets_autograds_gradients_in_two_operations_less_a_position():
+    """SharedBatchMatrix: M's gradient one batched product over all positions, not a product and an
+    addition at each; the same gradients of M and of the first state; nothing left on the tape."""
+    grads, ops_at = {}, {}
+    for shared in (False, True):
+        matrix, h0 = batch_parameters()
+        batch_recurrence(matrix, h0, T, shared).backward()
+        grads[shared] = [matrix.grad, h0.grad]
+        for positions in (T, 2 * T):
+            matrix, h0 = batch_parameters()
+            with Ops() as ops:
+                batch_recurrence(matrix, h0, positions, shared).backward()
+            ops_at[shared, positions] = len(ops.names)
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b)
+    per_position = {shared: (ops_at[shared, 2 * T] - ops_at[shared, T]) / T for shared in (False, True)}
+    assert per_position[False] - per_position[True] == 2
+
+
+def test_a_matrix_per_batch_entry_is_cast_once_under_autocast():
+    matrix, h0 = batch_parameters()
+    with Ops() as ops, torch.autocast("cpu", dtype=torch.bfloat16):
+        shared = SharedBatchMatrix(matrix)
+        total = sum(torch.tanh(shared(h0)).float().sum() for _ in range(T))
+    casts = [shape for name, shape in zip(ops.names, ops.shapes) if name == "_to_copy"]
+    assert casts.count((B, D, D)) == 1  # once, not at each position (a plain tensor: autocast caches no cast of it)
+    total.backward()
+    assert matrix.grad.dtype == torch.float32 and shared.tape.inputs == [] and shared.tape.grads == []
+    exact, h_exact = batch_parameters()
+    (sum(torch.tanh(torch.bmm(exact, h_exact.unsqueeze(2)).squeeze(2)).sum() for _ in range(T))).backward()
+    assert (matrix.grad - exact.grad).abs().max() < 0.05 * exact.grad.abs().max()

@@ -101,7 +101,10 @@ def test_chosen_by_an_override_with_the_rnn_decoder(tmp_path: Path):
 
 def test_learns_the_reverse_task_with_the_attentional_gru_decoder(tmp_path: Path):
     data = write_reverse_corpus(tmp_path / "data", n_train=2500, n_dev=100)
-    recipe = validate_recipe(reverse_recipe(data, model={"encoder": SMALL}, trainer={"max_epochs": 6}),
+    # 9 epochs, past the steep part of the curve: after 6, runs the same up to the order of float additions
+    # (teacher forcing stepwise, hoisted, shared, with and without the attention's shared()) ended
+    # between 0.59 and 0.93 exact; after 9, 0.99 to 1.0
+    recipe = validate_recipe(reverse_recipe(data, model={"encoder": SMALL}, trainer={"max_epochs": 9}),
                              tmp_path / "reverse.yaml")
     task = load_run(train_recipe(recipe, tmp_path / "run"), device="cpu")
     assert isinstance(task.encoder, TransformerEncoder)
