@@ -42,6 +42,7 @@ from torch import nn
 
 import nmt
 from nmt.errors import RunError, UserError
+from nmt.io import cleanup_on_sigterm
 from nmt.runs import checkpoint_path, fitted_dir, load_run, load_run_recipe
 
 OPSET = 17  # GRU/LSTM with sequence_lens, bool masks; onnxruntime has run it since 1.11
@@ -50,10 +51,14 @@ ENCODER_FILE, STEP_FILE, ENGINE_FILE, TOKENIZER_DIR = "encoder.onnx", "decoder_s
 TOLERANCE = 1e-3  # largest |log-probability| difference between onnxruntime and torch accepted at export
 
 
+EXPORT_NAMES = frozenset({ENCODER_FILE, STEP_FILE, ENGINE_FILE, TOKENIZER_DIR})  # all an export holds
+
+
 def export_onnx(run_dir: Path, output_dir: Path | None = None, checkpoint: str = "best") -> Path:
     """Export the translation run ``run_dir`` into ``output_dir`` (default ``RUN/onnx``); returns it.
 
-    An earlier export there is replaced whole; any other non-empty folder is refused."""
+    An earlier export there is replaced whole, and only once the new one is complete and checked; a
+    folder that holds anything else, or the current directory, is refused."""
     run_dir = Path(run_dir)
     output_dir = Path(output_dir) if output_dir is not None else run_dir / "onnx"
     recipe = load_run_recipe(run_dir)
@@ -61,33 +66,69 @@ def export_onnx(run_dir: Path, output_dir: Path | None = None, checkpoint: str =
         raise UserError(run_dir, f"task '{recipe.spec.task}' does not translate; "
                                  "only translation (seq2seq) runs export to ONNX")
     _require_packages()
+    target = _check_output_dir(output_dir)
+    task = load_run(run_dir, checkpoint=checkpoint, device="cpu")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(output_dir, "a parent is not a directory") from None
+    with cleanup_on_sigterm():  # a SIGTERM removes the half-written export, not the earlier one
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the export from other users
+        try:
+            try:
+                state_axes, memory_axes, exporters = _write_graphs(task, work)
+                shutil.copytree(fitted_dir(run_dir), work / TOKENIZER_DIR, ignore=shutil.ignore_patterns("READY"))
+                info = _engine_info(task, recipe, checkpoint_path(run_dir, checkpoint), state_axes, memory_axes)
+                info["exporters"] = exporters
+                (work / ENGINE_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+                _check_graphs(task, work)
+            except RunError as exc:  # raised where the run is not known: name it
+                raise RunError(exc.where or run_dir, exc.what) from None
+            _put_in_place(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return output_dir
+
+
+def _check_output_dir(output_dir: Path) -> Path:
+    """``output_dir`` made absolute (``-o .`` has no name to put a folder beside), once it is known to be
+    empty, missing or an earlier export with nothing else in it: the export replaces it whole."""
     if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
         # replaced whole by a rename: a link or a file (/dev/null) there would be removed, not written to
         raise UserError(output_dir, "is a link or not a directory; -o names a directory for the export")
-    if output_dir.exists() and not (output_dir / ENGINE_FILE).exists() and any(output_dir.iterdir()):
-        raise UserError(output_dir, "exists and is not an ONNX export of nmt; choose another -o")
-    task = load_run(run_dir, checkpoint=checkpoint, device="cpu")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    work.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the export from other users
+    target = Path(os.path.abspath(output_dir))
+    if not output_dir.exists():
+        return target
+    if target == Path(os.path.abspath(os.curdir)) or target in Path(os.path.abspath(os.curdir)).parents:
+        raise UserError(output_dir, "is the current directory or holds it; the export replaces its folder "
+                                    "whole: choose another -o, or run from elsewhere")
+    entries = sorted(entry.name for entry in target.iterdir())
+    others = [name for name in entries if name not in EXPORT_NAMES]
+    if entries and (ENGINE_FILE not in entries or others):
+        what = f"holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}, " if others else ""
+        raise UserError(output_dir, f"is not an ONNX export of nmt ({what}which the export, replacing its folder "
+                                    "whole, would remove); choose another -o")
+    return target
+
+
+def _put_in_place(work: Path, target: Path) -> None:
+    """Move the complete export ``work`` to ``target``; an earlier export there is moved aside first and
+    removed only once the new one is in place (put back if that fails)."""
+    if not target.exists():
+        work.rename(target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    aside.rmdir()  # a free name beside the target
+    target.rename(aside)
     try:
-        try:
-            state_axes, memory_axes, exporters = _write_graphs(task, work)
-            shutil.copytree(fitted_dir(run_dir), work / TOKENIZER_DIR, ignore=shutil.ignore_patterns("READY"))
-            info = _engine_info(task, recipe, checkpoint_path(run_dir, checkpoint), state_axes, memory_axes)
-            info["exporters"] = exporters
-            (work / ENGINE_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-            _check_graphs(task, work)
-        except RunError as exc:  # raised where the run is not known: name it
-            raise RunError(exc.where or run_dir, exc.what) from None
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        work.rename(output_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return output_dir
+        work.rename(target)
+    except BaseException:
+        aside.rename(target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _require_packages() -> None:

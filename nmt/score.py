@@ -109,6 +109,14 @@ def count_lines(path: Path, max_bytes: int, encoding_errors: str) -> int:
     return sum(1 for _ in iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors))
 
 
+def check_line_counts(src_path: Path, tgt_path: Path, n_src: int, n_tgt: int) -> None:
+    """Sources and targets must pair up line for line, and there must be some."""
+    if n_src != n_tgt:
+        raise DataError(str(tgt_path), f"line count differs from {src_path} ({n_tgt} vs {n_src})")
+    if n_src == 0:
+        raise DataError(str(src_path), "file is empty")
+
+
 def score_files(run_dir: Path, src_path: Path, tgt_path: Path, checkpoint: str = "best", as_json: bool = False,
                 output_path: Path | None = None, batch_tokens: int = 4000, encoding_errors: str = "strict",
                 device: str = "auto", max_input_tokens: int | None = None) -> tuple[float, int]:
@@ -118,19 +126,23 @@ def score_files(run_dir: Path, src_path: Path, tgt_path: Path, checkpoint: str =
     refuse_same_file(output_path, src_path, tgt_path)
     max_tokens = input_token_limit(run_dir, max_input_tokens)
     max_bytes = max_tokens * BYTES_PER_TOKEN
-    n_src, n_tgt = count_lines(src_path, max_bytes, encoding_errors), count_lines(tgt_path, max_bytes, encoding_errors)
-    if n_src != n_tgt:
-        raise DataError(str(tgt_path), f"line count differs from {src_path} ({n_tgt} vs {n_src})")
-    if n_src == 0:
-        raise DataError(str(src_path), "file is empty")
+    if Path(src_path).is_file() and Path(tgt_path).is_file():  # counted before the model is loaded; a pipe
+        # reads once only: it is checked as it is scored, and a mismatch there leaves no output either
+        check_line_counts(src_path, tgt_path, count_lines(src_path, max_bytes, encoding_errors),
+                          count_lines(tgt_path, max_bytes, encoding_errors))
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
     if not hasattr(task, "target_log_probs"):
         raise UserError(run_dir, f"task '{task.recipe.spec.task}' does not translate; nmt score needs a seq2seq run")
     total, ntokens, line = 0.0, 0, 1
-    pairs = zip(*(iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors)
-                  for path in (src_path, tgt_path)))
+    pairs = itertools.zip_longest(*(iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors)
+                                    for path in (src_path, tgt_path)))
     with open_output(output_path) as out:
         while chunk := list(itertools.islice(pairs, CHUNK_LINES)):
+            if any(None in pair for pair in chunk):  # one ran out before the other: count both to the end
+                counts = [line - 1, line - 1]
+                for pair in itertools.chain(chunk, pairs):
+                    counts[0], counts[1] = counts[0] + (pair[0] is not None), counts[1] + (pair[1] is not None)
+                check_line_counts(src_path, tgt_path, *counts)
             sources, targets = zip(*chunk)
             locations = [(f"{src_path}:{n}", f"{tgt_path}:{n}") for n in range(line, line + len(chunk))]
             for scored in score_lines(task, list(sources), list(targets), batch_tokens, first_line=line,
@@ -140,6 +152,9 @@ def score_files(run_dir: Path, src_path: Path, tgt_path: Path, checkpoint: str =
                 ntokens += len(scored.token_logprobs)
             line += len(chunk)
             out.flush()
+        if line == 1:
+            check_line_counts(src_path, tgt_path, 0, 0)
+    n_src = line - 1
     nll = -total / ntokens
     click.echo(f"corpus: {n_src} lines, {ntokens} target tokens (EOS included), NLL {nll:.6f} nats/token, "
                f"ppl {math.exp(min(nll, 50)):.4f}", err=True)

@@ -8,6 +8,7 @@ Skipped where onnxruntime or onnx is not installed (``pip install 'nmt[onnx]'``)
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -168,6 +169,53 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_export(capsys, export
     code, out, err = run_cli(capsys, "export", "--run", exported, "-o", tmp_path)
     assert code == 2 and "is not an ONNX export of nmt" in error_lines(err)[0]
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_export_refuses_an_earlier_export_that_holds_other_files(capsys, exported, tmp_path):
+    """An earlier export with anything else beside it (a user's notes, a Dockerfile) is not replaced:
+    the export replaces its folder whole, and would remove them."""
+    shutil.copytree(exported / "onnx", tmp_path / "out")
+    (tmp_path / "out" / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "out" / "notes").mkdir()
+    code, out, err = run_cli(capsys, "export", "--run", exported, "-o", tmp_path / "out")
+    assert code == 2 and "is not an ONNX export of nmt (holds Dockerfile, notes, " in error_lines(err)[0], err
+    assert (tmp_path / "out" / "Dockerfile").read_text() == "FROM scratch\n" and (tmp_path / "out" / "notes").is_dir()
+
+
+def test_export_refuses_the_current_directory(capsys, exported, tmp_path, monkeypatch):
+    """-o . (or a folder above it) in an earlier export: refused, the folder as it was, no temporary left."""
+    shutil.copytree(exported / "onnx", tmp_path / "out")
+    before = sorted(p.name for p in (tmp_path / "out").rglob("*"))
+    for inside, target in ((tmp_path / "out", "."), (tmp_path / "out" / "tokenizer", "..")):
+        monkeypatch.chdir(inside)
+        code, out, err = run_cli(capsys, "export", "--run", exported, "-o", target)
+        assert code == 2 and "is the current directory or holds it" in error_lines(err)[0], err
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_failed_export_leaves_the_earlier_one_and_no_temporary(capsys, exported, tmp_path, monkeypatch):
+    """The earlier export is moved aside only once the new one is complete and checked: an export that
+    fails (here its check against torch) leaves it as it was, and nothing beside it."""
+    from nmt import onnx_export
+    from nmt.errors import RunError
+
+    shutil.copytree(exported / "onnx", tmp_path / "out")
+    engine = (tmp_path / "out" / "engine.json").read_bytes()
+
+    def failing_check(task, work):
+        assert (work / "engine.json").is_file()
+        raise RunError(None, "onnxruntime and torch disagree")
+    monkeypatch.setattr(onnx_export, "_check_graphs", failing_check)
+    code, out, err = run_cli(capsys, "export", "--run", exported, "-o", tmp_path / "out")
+    assert code == 2 and "onnxruntime and torch disagree" in error_lines(err)[0], err
+    assert (tmp_path / "out" / "engine.json").read_bytes() == engine and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_export_under_a_file_is_one_line_error(capsys, exported, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    code, out, err = run_cli(capsys, "export", "--run", exported, "-o", tmp_path / "a-file" / "sub")
+    assert code == 2 and error_lines(err) == [f"nmt: {tmp_path / 'a-file' / 'sub'}: a parent is not a directory"]
+    assert (tmp_path / "a-file").read_text() == "x"
 
 
 def test_export_refuses_a_link_as_its_folder(capsys, exported, tmp_path):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,39 @@ def test_line_count_mismatch_is_one_line_naming_both_files(tmp_path, capsys):
     # even its recipe is read)
     assert err.strip() == f"nmt: {tmp_path / 't.txt'}: line count differs from {tmp_path / 's.txt'} (2 vs 3)"
 
+
+
+def fifo(path: Path, text: str) -> Path:
+    """A named pipe at ``path`` that a thread fills with ``text`` (read once, as a shell's <(...) is)."""
+    os.mkfifo(path)
+    threading.Thread(target=path.write_text, args=(text,), daemon=True).start()
+    return path
+
+
+@pytest.mark.parametrize("src_lines,tgt_lines,error", [
+    (3, 3, None), (3, 2, "line count differs from {src} (2 vs 3)"), (0, 0, "file is empty")])
+def test_pipes_are_scored_and_checked_as_they_are_read(trained_run, reliability_data, tmp_path, capsys,
+                                                       src_lines, tgt_lines, error):
+    """A pipe reads once: its lines are scored as files' are, and a mismatch or an empty input is the
+    same one-line error, found while reading, with an earlier output file left as it was."""
+    sources = (reliability_data / "dev.src").read_text().splitlines(keepends=True)
+    targets = (reliability_data / "dev.tgt").read_text().splitlines(keepends=True)
+    (tmp_path / "s.txt").write_text("".join(sources[:src_lines]))
+    (tmp_path / "t.txt").write_text("".join(targets[:tgt_lines]))
+    args = ["score", "--run", trained_run, "--device", "cpu", "-o", tmp_path / "out.txt"]
+    code, *_ = run_cli(capsys, *args, "--src", tmp_path / "s.txt", "--tgt", tmp_path / "t.txt")
+    if error is None:
+        assert code == 0
+        from_files = (tmp_path / "out.txt").read_text()
+    (tmp_path / "out.txt").write_text("earlier scores\n")
+    src = fifo(tmp_path / "s.pipe", "".join(sources[:src_lines]))
+    tgt = fifo(tmp_path / "t.pipe", "".join(targets[:tgt_lines]))
+    code, out, err = run_cli(capsys, *args, "--src", src, "--tgt", tgt)
+    if error is None:
+        assert code == 0 and (tmp_path / "out.txt").read_text() == from_files and len(from_files.splitlines()) == 3
+    else:
+        assert code == 2 and err.strip() == f"nmt: {tgt if tgt_lines else src}: " + error.format(src=src)
+        assert (tmp_path / "out.txt").read_text() == "earlier scores\n"
 
 
 def test_score_lines_names_an_over_long_side_without_locations(trained_run):
