@@ -1,20 +1,23 @@
 """Data at scale: preparation time, peak memory and training throughput on 1M and 10M pairs.
 
-    python benchmarks/data_scale.py [--sizes 1000000 10000000] [--steps 60] [--workers 2]
+    python benchmarks/data_scale.py [--sizes 1000000 10000000] [--steps 60] [--workers 2] [--workdir DIR]
     nmt bench data-scale [the same options]
 
 Each size is a corpus generated from Multi30k en-de (pair k: the first words of a random pair a, the
-rest of a random pair b, cut at the same fraction of the words on both sides), written once under
---workdir and reused. For each size ``nmt prepare`` and then ``nmt train`` (--steps steps, no
-validation) run as child processes under OMP_NUM_THREADS=1 in the same run directory. Measured:
-preparation wall time and pairs per second (manifest's pairs_read / seconds.tokenize, and overall),
+rest of a random pair b, cut at the same fraction of the words on both sides), written under the
+work directory: --workdir DIR, kept and its corpora reused by the next run there, or by default a
+fresh temporary directory removed at the end, so that runs at the same time never collide. For each
+size ``nmt prepare`` and then ``nmt train`` (--steps steps, no validation) run as child processes
+under OMP_NUM_THREADS=1 in the same run directory. Measured: preparation wall time and pairs per
+second (manifest's pairs_read / seconds.tokenize, and overall),
 peak resident memory of each child (``ru_maxrss`` from ``wait4``, the largest process of its tree;
 plus anonymous and file-backed memory of the whole tree sampled every 0.1 s: memory-mapped pages
 count in RSS but the kernel can drop them), and the median ``train/tokens_per_sec`` (target
 tokens) after the first logged window. Targets (issue): training memory (peak RSS) within 1.2x and
 throughput at least 0.9x from the first to the last size, preparation (tokenising, two workers) at
->= 100k pairs/s. Unmet targets still exit 0; a failed child exits 1. Results go to --out (default
-WORKDIR/results.json); the children's output to WORKDIR/logs.
+>= 100k pairs/s. Unmet targets still exit 0; a failed child exits 1 with the end of its output.
+Results go to --out (default: WORKDIR/results.json with --workdir, else none but the printed table);
+the children's output to WORKDIR/logs.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,14 +40,19 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from nmt.bench import ScriptArguments, bounded, script_main  # noqa: E402
+
 BASE_RECIPE = ROOT / "recipes" / "translation" / "multi30k" / "en-de.yaml"
 BLOCK = 100_000  # pairs generated and written at a time
 Pool = list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # per side: buffer, separators, first, words
 TARGETS = {"train_rss_ratio": 1.2, "throughput_ratio": 0.9, "prepare_pairs_per_s": 100_000}
+MAX_PAIRS = 20_000_000  # about 2 GB of generated text
+MAX_STEPS = 100_000
+MAX_WORKERS = 2 * (os.cpu_count() or 1)  # nmt prepare --workers' bound
 
 
 def data_root() -> Path:
-    sys.path.insert(0, str(ROOT))
     from nmt.recipe import default_data_root
 
     return default_data_root()
@@ -199,7 +208,7 @@ def run_nmt(args: list[str], log: Path) -> Child:
     child.max_rss_mib = usage.ru_maxrss / 1024  # KiB on Linux
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
-        sys.exit(f"nmt {' '.join(args[:2])} failed (exit {proc.returncode}); {log}:\n" + "\n".join(tail))
+        sys.exit(f"nmt {' '.join(args[:2])} failed (exit {proc.returncode}); the end of its output:\n" + "\n".join(tail))
     return child
 
 
@@ -280,18 +289,27 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    parser.add_argument("--steps", type=int, default=60, help="training steps per size [60]")
-    parser.add_argument("--log-every", type=int, default=10, help="steps per throughput window [10]")
-    parser.add_argument("--workers", type=int, default=2, help="nmt prepare --workers [2]")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/nmt-data-scale"))
-    parser.add_argument("--seed", type=int, default=0, help="corpus generation seed [0]")
-    parser.add_argument("--out", type=Path, help="results JSON [WORKDIR/results.json]")
+    parser = ScriptArguments(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=bounded(int, 1, MAX_PAIRS), nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--steps", type=bounded(int, 2, MAX_STEPS), default=60, help="training steps per size [60]")
+    parser.add_argument("--log-every", type=bounded(int, 1, MAX_STEPS), default=10,
+                        help="steps per throughput window [10]")
+    parser.add_argument("--workers", type=bounded(int, 1, MAX_WORKERS), default=2, help="nmt prepare --workers [2]")
+    parser.add_argument("--workdir", type=Path,
+                        help="where the corpora, runs and logs go, kept [default: a temporary directory, removed]")
+    parser.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0, help="corpus generation seed [0]")
+    parser.add_argument("--out", type=Path, help="results JSON [WORKDIR/results.json with --workdir]")
     parser.add_argument("--skip-prepare", action="store_true",
                         help="no nmt prepare: nmt train prepares the corpus itself, inside the measured process")
     args = parser.parse_args(argv)
-    workdir = args.workdir.resolve()
+    if args.workdir is not None:
+        return measure_all(args, args.workdir.resolve())
+    with tempfile.TemporaryDirectory(prefix="nmt-data-scale-") as workdir:  # removed however it ends
+        return measure_all(args, Path(workdir))
+
+
+def measure_all(args: argparse.Namespace, workdir: Path) -> int:
+    """Every size measured in ``workdir``; the table printed and the results written to --out."""
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     root = data_root()
@@ -303,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         result.generate_seconds = seconds
         results.append(result)
     summary = report(results, args)
-    out = args.out or workdir / "results.json"
+    out = args.out or (workdir / "results.json" if args.workdir is not None else None)
+    if out is None:
+        return 0
     out.write_text(json.dumps({"command": sys.argv, "cpus": os.cpu_count(), "steps": args.steps,
                                "workers": args.workers, "sizes": [asdict(r) for r in results], **summary},
                               indent=2) + "\n", encoding="utf-8")
@@ -312,4 +332,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))

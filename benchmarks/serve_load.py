@@ -15,7 +15,6 @@ any request was lost or wrong.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -29,11 +28,12 @@ from pathlib import Path
 
 import httpx
 
-from nmt.bench import probe_sentences
-from nmt.errors import UserError
+from nmt.bench import MAX_BEAM, ScriptArguments, bounded, probe_sentences, script_main
 from nmt.runs import check_run_info
 
 WARM_UP = 8  # requests sent before timing: the first searches pay for lazy initialisation
+MAX_REQUESTS, MAX_CLIENTS = 100_000, 1000
+MAX_TIMEOUT = 24 * 3600.0  # seconds
 
 
 def start_server(run_dir: Path, device: str, timeout: float, compile_step: bool = False) -> tuple[subprocess.Popen, str]:
@@ -112,23 +112,18 @@ async def load(url: str, bodies: list[dict], clients: int, timeout: float) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ScriptArguments(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="A translation run directory.")
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--requests", type=bounded(int, 1, MAX_REQUESTS), default=500)
+    parser.add_argument("--clients", type=bounded(int, 1, MAX_CLIENTS), default=32)
+    parser.add_argument("--beam", type=bounded(int, 1, MAX_BEAM), default=5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--timeout", type=float, default=300.0, help="Seconds for the whole load, at most.")
+    parser.add_argument("--timeout", type=bounded(float, 1.0, MAX_TIMEOUT), default=300.0,
+                        help="Seconds for the whole load, at most.")
     parser.add_argument("--compile", action="store_true", help="Serve with nmt serve --compile (compiled before the load).")
     args = parser.parse_args(argv)
-    if not (1 <= args.requests <= 100_000 and 1 <= args.clients <= 1000):
-        parser.error("--requests must be 1..100000 and --clients 1..1000")
-    try:
-        check_run_info(args.run)
-        pool, _, _ = probe_sentences(args.run)
-    except UserError as exc:
-        print(f"nmt: {exc.message}", file=sys.stderr)
-        return 2
+    check_run_info(args.run)  # a UserError: one line and exit 2 (script_main)
+    pool, _, _ = probe_sentences(args.run)
     rng = random.Random(0)
     bodies = [{"sentences": rng.sample(pool[:50], rng.randint(1, 3)), "beam": args.beam}
               for _ in range(args.requests)]
@@ -168,4 +163,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))

@@ -19,6 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nmt.bench import ScriptArguments, bounded, script_main
+
+MAX_LENGTH = 20_000  # steps a sequence; full BPTT keeps the activations of them all (~0.15 MiB a step)
+
 
 def _status_kib(field: str) -> int:
     for line in open("/proc/self/status"):
@@ -71,16 +75,18 @@ def measure(length: int, tbptt_steps: int | None) -> dict:
     command = [sys.executable, __file__, "--child", str(length), str(tbptt_steps or 0)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"child failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"tbptt_memory: the measurement of length {length} failed (exit {done.returncode}): {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lengths", type=int, nargs=2, default=[1000, 4000], metavar=("SHORT", "LONG"))
-    parser.add_argument("--tbptt-steps", type=int, default=50)
+    parser = ScriptArguments(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=bounded(int, 2, MAX_LENGTH), nargs=2, default=[1000, 4000],
+                        metavar=("SHORT", "LONG"))
+    parser.add_argument("--tbptt-steps", type=bounded(int, 1, MAX_LENGTH), default=50)
     parser.add_argument("--no-full", action="store_true", help="skip the full-BPTT contrast")
-    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, type=bounded(int, 0, MAX_LENGTH), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1] or None)))
@@ -102,4 +108,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(main))

@@ -46,9 +46,10 @@ A classification or tagging recipe (input tokens):
 """
 from __future__ import annotations
 
-import argparse
+import atexit
 import contextlib
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -58,6 +59,13 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nmt.bench import ScriptArguments, bounded, script_main
+from nmt.errors import DataError, UserError
+
+MAX_STEPS = 100_000  # timed steps (and warm-up steps) per variant
+MAX_BATCH_TOKENS = 10_000_000  # nmt translate's --batch-size bound
+MAX_PAD_LENGTH = 100_000  # nmt translate's --max-input-tokens bound
+
 
 def build(recipe_path: str, device: str):
     from nmt import runs
@@ -65,6 +73,7 @@ def build(recipe_path: str, device: str):
 
     recipe = load_recipe(recipe_path)
     run_dir = Path(tempfile.mkdtemp(prefix="nmt-bench-"))
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)  # the tokenizer and prepared corpus: scratch
     runs.write_run(run_dir, recipe.raw)
     recipe.task_cls.prepare_run(recipe, run_dir)
     task = recipe.task_cls.from_run(recipe, run_dir).to(device).train()
@@ -89,7 +98,7 @@ def make_batches(task, n: int, seed: int = 0, batch_tokens: int | None = None, p
         loader.batch_sampler.set_epoch(epoch)
         more = [b for b, _ in zip(loader, range(n - len(bucketed)))]
         if not more:
-            raise SystemExit(f"{task.recipe.path}: no training batches")
+            raise DataError(task.recipe.path, "no training batches")
         bucketed, epoch = bucketed + more, epoch + 1
     pairs = [module.train_set[i] for i in range(len(module.train_set))]
     random.Random(seed).shuffle(pairs)
@@ -305,29 +314,34 @@ def _stop(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ScriptArguments(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=bounded(int, 1, MAX_STEPS), default=20)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="also the decoder step through torch.compile (model.compile)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (compilation falls here)")
-    parser.add_argument("--batch-tokens", type=int, nargs="+", default=[], metavar="N",
+    parser.add_argument("--warmup", type=bounded(int, 0, MAX_STEPS), default=2,
+                        help="untimed steps per variant first (compilation falls here)")
+    parser.add_argument("--batch-tokens", type=bounded(int, 1, MAX_BATCH_TOKENS), nargs="+", default=[], metavar="N",
                         help="also batches of N tokens instead of data.batch_tokens, fp32 and bf16: nmt@N, bf16@N")
-    parser.add_argument("--static", type=int, nargs="+", default=None, metavar="L",
+    parser.add_argument("--static", type=bounded(int, 1, MAX_PAD_LENGTH), nargs="+", default=None, metavar="L",
                         help="also the batches padded to these lengths (data.pad_lengths), the step compiled per shape")
     parser.add_argument("--profile", nargs="+", default=[], metavar="VARIANT",
                         help=f"after the timed steps, {PROFILED_STEPS} steps of each named variant under torch.profiler "
                              "(printed after the table): the wall, the aten operations and (CUDA) the kernels and "
                              "device time of a step")
     args = parser.parse_args(argv)
-    if any(n <= 0 for n in args.batch_tokens):
-        parser.error(f"--batch-tokens: each size must be a positive number of tokens, got {args.batch_tokens}")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise UserError("--device", f"expected cpu, cuda or cuda:N, got {args.device!r}") from None
     if args.static is not None:  # the lengths as the recipe key data.pad_lengths would take them
         from nmt.recipe import RecipeError, load_recipe
         try:
             load_recipe(args.recipe, [f"data.pad_lengths=[{','.join(map(str, args.static))}]"], check_data=False)
         except RecipeError as exc:
-            parser.error(f"--static {' '.join(map(str, args.static))}: {exc.what}")
+            if exc.where and "data.pad_lengths" in exc.where:  # not the recipe file itself
+                raise UserError(f"--static {' '.join(map(str, args.static))}", exc.what) from None
+            raise
     recipe, task = build(args.recipe, args.device)
     optimizer = torch.optim.Adam(task.parameters(), lr=1e-4)
     bucketed, unbucketed = make_batches(task, args.steps + args.warmup)
@@ -335,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     padded = None if args.static is None else make_batches(task, args.steps + args.warmup, pad_lengths=args.static)[0]
     measured, unit = variants(task, bucketed, unbucketed, args.compile, torch.device(args.device).type, resized, padded)
     if unknown := [name for name in args.profile if name not in measured]:
-        parser.error(f"--profile: no variant {', '.join(unknown)} in this run (measured: {', '.join(measured)})")
+        raise UserError("--profile", f"no variant {', '.join(unknown)} in this run (measured: {', '.join(measured)})")
     if padded is not None:  # compile every shape now, not in the timed steps
         shapes = {(b["src"].shape, b["tgt_in"].shape): b for b in padded}
         cells = sum(b["src"].numel() + b["tgt_in"].numel() for b in padded) / sum(b["src"].numel() + b["tgt_in"].numel() for b in bucketed)
@@ -406,4 +420,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(script_main(lambda argv: 0 if main(argv) else 1))

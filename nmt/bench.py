@@ -9,6 +9,8 @@ still answers input line i. ``benchmarks/streaming_memory.py`` is the same with 
 """
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import random
 import subprocess
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from nmt.errors import UserError
+from nmt.errors import UserError, quote
 
 PROBE_EVERY = 997  # probe A at lines 0, 997, ...; probe B half way between
 
@@ -37,6 +39,9 @@ class StreamingResult:
 SCRIPT_BENCHMARKS = {"train-speed": "train_speed.py", "tbptt-memory": "tbptt_memory.py", "serve-load": "serve_load.py",
                      "data-scale": "data_scale.py"}
 RUN_SCRIPTS = {"serve-load"}  # scripts that measure a run: nmt bench's --run and --device go to them
+DEVICE_SCRIPTS = {"train-speed"}  # scripts that take nmt bench's --device, where it is given (no "auto")
+MAX_SENTENCES = 100_000  # translate-speed decodes them three times in one process
+MAX_BEAM = 100  # nmt translate's own bound
 
 
 def run_benchmark(what: str, run_dir: Path | None = None, device: str = "auto", args: tuple[str, ...] = (),
@@ -46,11 +51,19 @@ def run_benchmark(what: str, run_dir: Path | None = None, device: str = "auto", 
         if run_dir is None:
             raise UserError("--run", f"{what} needs a run directory to measure (train one with nmt train)")
         args = ("--run", str(run_dir), "--device", device, *args)
+    elif what in SCRIPT_BENCHMARKS:  # nmt bench's own options are never dropped without a word
+        if run_dir is not None:
+            raise UserError("--run", f"{what} measures no trained run")
+        if device != "auto":
+            if what not in DEVICE_SCRIPTS:
+                raise UserError("--device", f"{what} takes no --device")
+            args = ("--device", device, *args)
     if what in SCRIPT_BENCHMARKS:
         return run_script(SCRIPT_BENCHMARKS[what], args)
     benchmarks = {"streaming-memory": streaming_memory, "translate-speed": translate_speed}
     if what not in benchmarks:
         raise UserError("nmt bench", f"unknown benchmark {what!r} (one of {', '.join([*benchmarks, *SCRIPT_BENCHMARKS])})")
+    options = {**options, **in_process_options(what, args)}  # before the run is looked at: a typo fails fast
     if run_dir is None:
         raise UserError("--run", f"{what} needs a run directory to measure (train one with nmt train)")
     from nmt.runs import check_run_info
@@ -59,14 +72,70 @@ def run_benchmark(what: str, run_dir: Path | None = None, device: str = "auto", 
     return benchmarks[what](Path(run_dir), device=device, **options)
 
 
+def in_process_options(what: str, args: tuple[str, ...]) -> dict:
+    """The ARGS of a benchmark that runs in this process: translate-speed's --sentences and --beam;
+    streaming-memory takes none (benchmarks/streaming_memory.py has more options). Anything else is
+    an error, never silently ignored."""
+    parser = ScriptArguments(prog=f"nmt bench {what}", add_help=False)
+    if what == "translate-speed":
+        parser.add_argument("--sentences", type=bounded(int, 1, MAX_SENTENCES), default=300)
+        parser.add_argument("--beam", type=bounded(int, 1, MAX_BEAM), default=5)
+    return vars(parser.parse_args(list(args)))
+
+
+class ScriptArguments(argparse.ArgumentParser):
+    """argparse for nmt bench and the benchmark scripts: a bad argument raises a :class:`UserError`
+    (``nmt: --steps: expected an integer from 1 to 100000, got '-1'`` through :func:`script_main` or
+    the CLI) instead of printing a usage block; unknown arguments are an error too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, exit_on_error=False, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        try:
+            return super().parse_known_args(args, namespace)
+        except argparse.ArgumentError as exc:  # a value of the wrong type or out of bounds
+            raise UserError(exc.argument_name or self.prog, exc.message) from None
+
+    def error(self, message: str):  # argparse's own: unrecognized or missing arguments
+        raise UserError(self.prog, message)
+
+
+def bounded(kind: type, low: float, high: float):
+    """An argparse type: a finite ``kind`` (int or float) within [low, high]."""
+    noun = "an integer" if kind is int else "a number"
+    span = f"{low} to {high}" if kind is int else f"{low:g} to {high:g}"
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:  # also an integer beyond Python's digit limit
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {quote(text)}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"expected {noun} from {span}, got {quote(text)}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def script_main(main, argv: list[str] | None = None) -> int:
+    """Run a benchmark script's ``main``: a :class:`UserError` is one line, ``nmt: WHERE: what``, and
+    its exit code (2), as every nmt command gives; ``main``'s own result is the exit code otherwise."""
+    try:
+        return main(argv)
+    except UserError as exc:
+        print(f"nmt: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+
+
 def run_script(name: str, args: tuple[str, ...]) -> int:
     """Benchmarks that build their own models live as scripts in the checkout's ``benchmarks/``."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / name
     if not script.exists():
         raise UserError(script, "benchmark script not found: nmt bench runs it from a source checkout")
     code = subprocess.run([sys.executable, str(script), *args], check=False).returncode
-    if code:  # a failed measurement (serve-load: a request lost) fails nmt bench too
-        raise click.exceptions.Exit(code)
+    if code:  # a bad argument (2) or a failed measurement (serve-load: a request lost) fails nmt bench too;
+        raise click.exceptions.Exit(code if code > 0 else 128 - code)  # the script printed why; -N: killed by signal N
     return code
 
 

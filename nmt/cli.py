@@ -6,13 +6,14 @@ User errors print one line, ``nmt: <where>: <what>``, and exit 2; runtime failur
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
 import click
 
 import nmt
-from nmt.errors import UserError
+from nmt.errors import UserError, quote, shorten
 from nmt.io import Terminated
 from nmt.metrics import MAX_LINE_BYTES
 
@@ -24,6 +25,9 @@ MAX_BEAM = 100
 MAX_LENGTH_RATIO = 10.0
 MAX_ALPHA = 10.0
 MAX_INPUT_TOKENS = 100_000
+# nmt prepare: each worker is a forked process holding a tokenizer and chunks in flight; more than two
+# per core only adds memory and contention
+MAX_PREPARE_WORKERS = 2 * (os.cpu_count() or 1)
 
 
 class Bounded(click.ParamType):
@@ -32,8 +36,8 @@ class Bounded(click.ParamType):
     Click's own ranges accept ``nan`` and ``inf`` and phrase errors their own way; this gives the
     one-line form every other nmt error has."""
 
-    def __init__(self, kind: type, low: float, high: float):
-        self.kind, self.low, self.high = kind, low, high
+    def __init__(self, kind: type, low: float, high: float, why_high: str = ""):
+        self.kind, self.low, self.high, self.why_high = kind, low, high, why_high
         self.name = kind.__name__
 
     def convert(self, value, param, ctx):
@@ -45,13 +49,13 @@ class Bounded(click.ParamType):
                 number = self.kind(str(value).strip())
             except ValueError:
                 noun = "an integer" if self.kind is int else "a number"
-                raise UserError(where, f"expected {noun}, got {value!r}") from None
+                raise UserError(where, f"expected {noun}, got {quote(value)}") from None
         if not math.isfinite(number):
-            raise UserError(where, f"expected a finite number, got {value}")
+            raise UserError(where, f"expected a finite number, got {shorten(value)}")
         if number < self.low:
-            raise UserError(where, f"expected at least {self.low:g}, got {value}")
+            raise UserError(where, f"expected at least {self.low:g}, got {shorten(value)}")
         if number > self.high:
-            raise UserError(where, f"expected at most {self.high:g}, got {value}")
+            raise UserError(where, f"expected at most {self.high:g}{self.why_high}, got {shorten(value)}")
         return number
 
 
@@ -118,8 +122,10 @@ def train(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, fresh:
 @click.argument("overrides", nargs=-1)
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="The run directory nmt train will use [default: runs/<recipe name>].")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Tokenising processes [default: one per CPU core available].")
+@click.option("--workers", default=None,
+              type=Bounded(int, 1, MAX_PREPARE_WORKERS, f" (two per CPU core: {os.cpu_count() or 1} here)"),
+              help=f"Tokenising processes, at most {MAX_PREPARE_WORKERS} (two per CPU core), and no more than the "
+                   "corpus has chunks of 4 MiB [default: one per CPU core available].")
 @click.option("--force", is_flag=True, help="Prepare the corpus again even if it is up to date.")
 def prepare(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, workers: int | None, force: bool) -> None:
     """Fit the tokenizer and tokenise RECIPE's training corpus into memory-mapped shards.
@@ -275,6 +281,8 @@ def evaluate(hyps: tuple[Path, ...], refs: tuple[Path, ...], metrics: str, paire
     from nmt.metrics import compare_files, evaluate_files
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not names:
+        raise UserError("--metrics", f"expected one or more of bleu, chrf, ter (comma-separated), got {metrics!r}")
     if len(hyps) > 1 or paired:
         compare_files(list(hyps), list(refs), names, paired or "bs", samples or 0, as_json=as_json,
                       max_line_bytes=max_line_bytes)
@@ -407,13 +415,15 @@ def plugins() -> None:
                 default="translate-speed")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="The run to measure (translate-speed, streaming-memory).")
-@click.option("--device", default="auto", show_default=True)
+              help="The run to measure (translate-speed, streaming-memory, serve-load).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N (translate-speed, streaming-memory, serve-load, train-speed).")
 def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -> None:
     """Measure speed or memory, printing ratios of variants measured side by side in one run.
 
     \b
-    translate-speed   batched beam search vs one sentence at a time, and greedy (--run)
+    translate-speed   batched beam search vs one sentence at a time, and greedy (--run; ARGS: [--sentences 300]
+                      [--beam 5])
     streaming-memory  peak memory of nmt translate on 10k and 100k lines (--run)
     train-speed       training tokens/s of a recipe: bucketed, bf16, unbucketed, the decoder's other ways and,
                       for translation, operations per target position; classify, tag: one pass, adversarial
@@ -427,6 +437,12 @@ def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -
     from nmt.bench import run_benchmark
 
     run_benchmark(what, run_dir=run_dir, device=device, args=args)
+
+
+@cli.result_callback()
+def _no_result(result, **_) -> None:
+    """A command's return value is never an exit code (see :func:`main`)."""
+    return None
 
 
 def _say(message: str) -> None:
@@ -447,9 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     try:
-        cli.main(args=argv, prog_name="nmt", standalone_mode=False)
-        return 0
-    except click.exceptions.Exit as exc:
+        # Outside standalone mode Click returns the code of an Exit (ctx.exit(N), --help, --version, a
+        # failed nmt bench script) instead of raising it; the commands' own results are dropped
+        # (_no_result), so a number here is always an exit code.
+        code = cli.main(args=argv, prog_name="nmt", standalone_mode=False)
+        return code if isinstance(code, int) and not isinstance(code, bool) else 0
+    except click.exceptions.Exit as exc:  # not raised by Click 8's main, which returns the code
         return exc.exit_code
     except click.ClickException as exc:
         _say(f"nmt: {exc.format_message()}")

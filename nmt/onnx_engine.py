@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nmt.data.buckets import bucket_by_length
-from nmt.errors import RunError, UserError
+from nmt.errors import RunError, UserError, shorten
 from nmt.search_rules import Hypothesis, beam_step, greedy_step
 
 ENGINE_FORMAT = 1
@@ -92,6 +92,53 @@ def load_tokenizer(directory: Path, name: str, prefix: str):
     return registry.get("tokenizer", name).load(directory, prefix)
 
 
+# --- the export's files, checked as they are read ------------------------------------------------
+
+EXPORT_AGAIN = "export the run again (nmt export --run RUN --format onnx)"
+
+
+def check_engine_info(info: dict, path: Path) -> None:
+    """Every field of ``engine.json`` the engine reads, of the right type, or a one-line RunError naming it."""
+    def fail(field: str, expected: str):
+        raise RunError(path, f"{field} is missing or not {expected}; {EXPORT_AGAIN}")
+
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for field in ("bos_id", "eos_id", "max_length"):
+        if not integer(info.get(field)):
+            fail(field, "an integer")
+    for field in ("state", "memory"):
+        axes = info.get(field)
+        if not isinstance(axes, list) or not all(
+                isinstance(a, dict) and isinstance(a.get("name"), str) and integer(a.get("batch_axis")) for a in axes):
+            fail(field, "a list of {name, batch_axis}")
+    tokenizer = info.get("tokenizer")
+    if not isinstance(tokenizer, dict) or not all(isinstance(tokenizer.get(k), str) for k in ("name", "src", "tgt")):
+        fail("tokenizer", "{name, src, tgt}")
+
+
+def load_graph(ort, path: Path, options, role: str, inputs: list[str], outputs: int):
+    """An onnxruntime session of ``path``, checked to be ``role`` of this export: its input names are
+    ``inputs`` and it has ``outputs`` outputs. A missing, damaged or swapped file is a one-line RunError."""
+    if not path.is_file():
+        raise RunError(path, f"ONNX graph not found; {EXPORT_AGAIN}")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, Fail, InvalidGraph ...), none a subclass
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:Protobuf parsing failed."
+        message = " ".join(str(exc).split())
+        reason = message.rsplit("failed:", 1)[1].strip() if "failed:" in message else message
+        raise RunError(path, f"not a readable ONNX graph ({type(exc).__name__}: {shorten(reason)}); "
+                             f"{EXPORT_AGAIN}") from None
+    found = [i.name for i in session.get_inputs()]
+    if sorted(found) != sorted(inputs) or len(session.get_outputs()) != outputs:
+        raise RunError(path, f"not {role} of this export (inputs {shorten(', '.join(found))}, expected "
+                             f"{shorten(', '.join(inputs))}; {len(session.get_outputs())} outputs, expected "
+                             f"{outputs}); {EXPORT_AGAIN}")
+    return session
+
+
 # --- the engine: two onnxruntime sessions -----------------------------------------------------
 
 class OnnxEngine:
@@ -120,10 +167,13 @@ class OnnxEngine:
         if not isinstance(info, dict) or info.get("format") != ENGINE_FORMAT:
             raise RunError(info_path, f"export format {info.get('format', '?') if isinstance(info, dict) else '?'} "
                                       f"is not supported (expected {ENGINE_FORMAT}); export the run again")
+        check_engine_info(info, info_path)
         self.info = info
         self.bos_id, self.eos_id, self.max_length = info["bos_id"], info["eos_id"], info["max_length"]
         self.state_axes = [a["batch_axis"] for a in info["state"]]
         self.memory_axes = [a["batch_axis"] for a in info["memory"]]
+        self.state_names = [a["name"] for a in info["state"]]
+        self.memory_names = [a["name"] for a in info["memory"]]
         tokenizer = info["tokenizer"]
         self.src_tokenizer = load_tokenizer(directory / "tokenizer", tokenizer["name"], tokenizer["src"])
         self.tgt_tokenizer = (self.src_tokenizer if tokenizer["tgt"] == tokenizer["src"] else
@@ -132,14 +182,11 @@ class OnnxEngine:
         threads = threads if threads is not None else int(os.environ.get("OMP_NUM_THREADS") or 0)
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sessions = []
-        for name in model_files:
-            if not (directory / name).is_file():
-                raise RunError(directory / name, "ONNX graph not found; export the run again")
-            sessions.append(ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"]))
-        self.encoder, self.step = sessions
-        self.state_names = [a["name"] for a in info["state"]]
-        self.memory_names = [a["name"] for a in info["memory"]]
+        encoder_file, step_file = model_files
+        self.encoder = load_graph(ort, directory / encoder_file, options, "the encoder", ["src", "src_len"],
+                                  len(self.state_names) + len(self.memory_names))
+        self.step = load_graph(ort, directory / step_file, options, "the decoder step",
+                               ["prev", *self.state_names, *self.memory_names], 1 + len(self.state_names))
 
     def encode(self, src: np.ndarray, src_len: np.ndarray) -> tuple[Arrays, Arrays]:
         """Source ids [B, S] and lengths [B] to (memory tensors, first state tensors)."""

@@ -13,10 +13,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.errors import RunError, UserError, quote
+from nmt.errors import DataError, RunError, UserError, quote
 
 WALL = "val/wall_minutes"
 NOT_METRICS = {"epoch", "step", WALL}
+INTEGER_COLUMNS = {"epoch", "step"}
+MAX_LINE_BYTES = 1 << 16  # a row of metrics.csv is a few hundred bytes; a longer one is not a row
 
 
 @dataclass
@@ -27,12 +29,55 @@ class Curve:
     values: list[float]
 
 
+def decoded_lines(path: Path):
+    """The lines of ``path`` as text, each checked to be UTF-8 and at most MAX_LINE_BYTES long."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{number}", f"line longer than {MAX_LINE_BYTES} bytes: the file is damaged")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}", f"invalid UTF-8 (byte 0x{raw[exc.start]:02x}): "
+                                                    "the file is damaged") from None
+
+
+def check_row(path: Path, line: int, header: list[str], fields: list[str]) -> dict[str, str]:
+    """One row as {column: value}, every value a number (an integer for epoch and step) or empty."""
+    if len(fields) != len(header):
+        raise DataError(f"{path}:{line}", f"expected {len(header)} fields as in the header, got {len(fields)}")
+    for name, value in zip(header, fields):
+        if not value:
+            continue
+        try:
+            int(value) if name in INTEGER_COLUMNS else float(value)
+        except ValueError:
+            kind = "an integer" if name in INTEGER_COLUMNS else "a number"
+            raise DataError(f"{path}:{line}", f"column {quote(name)}: expected {kind}, got {quote(value)}") from None
+    return dict(zip(header, fields))
+
+
 def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The rows of ``RUN_DIR/logs/metrics.csv``, checked: a damaged file is a DataError naming its line."""
     path = Path(run_dir) / "logs" / "metrics.csv"
     if not path.is_file():
         raise RunError(path, "no metrics logged yet (is this a run directory that has trained?)")
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    reader = csv.reader(decoded_lines(path))
+    rows = []
+    try:
+        header = next(reader, None)
+        if header is not None and "step" not in header:
+            raise DataError(f"{path}:1", f"no 'step' column in the header {quote(','.join(header))}: "
+                                         "not the metrics.csv of nmt train")
+        for fields in reader:
+            if not fields:  # a blank line
+                continue
+            rows.append(check_row(path, reader.line_num, header, fields))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}", f"not CSV ({exc})") from None
+    if not rows:
+        raise RunError(run_dir, f"the run has logged no metrics yet ({path} holds no rows)")
+    return rows
 
 
 def logged_metrics(rows: list[dict[str, str]]) -> list[str]:
@@ -98,6 +143,9 @@ def plot_curve(run_dir: Path, curve: Curve) -> Path:
 def plot_run(run_dir: Path, metrics: list[str] | tuple[str, ...] = ()) -> list[Path]:
     """Plot ``metrics`` (default: all logged) of ``run_dir``, print each one's points; the PNG paths."""
     rows = read_rows(run_dir)
+    if not metrics and not logged_metrics(rows):
+        raise RunError(run_dir, f"the run has logged no metrics yet ({Path(run_dir) / 'logs' / 'metrics.csv'} "
+                                "holds no values)")
     curves = [read_curve(run_dir, m, rows) for m in (metrics or logged_metrics(rows))]
     written = []
     for curve in curves:

@@ -317,6 +317,29 @@ def check_trainer_args(trainer: dict, path: Path, overrides=()) -> None:
             adapter.validate_python(value, strict=True)
         except ValidationError:
             raise RecipeError(where, f"expected {_describe_type(accepted[key])}, got {quote(value)}") from None
+        if key in POSITIVE_TRAINER_ARGS and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise RecipeError(where, f"expected a positive number, got {quote(value)}")
+    check_cpu_processes(trainer, path, overrides)
+
+
+# Trainer arguments that Lightning takes as any number and then divides by (a ZeroDivisionError mid-training)
+POSITIVE_TRAINER_ARGS = frozenset({"val_check_interval", "log_every_n_steps", "accumulate_grad_batches",
+                                   "check_val_every_n_epoch"})
+
+
+def check_cpu_processes(trainer: dict, path: Path, overrides=()) -> None:
+    """``trainer.devices: N`` on the CPU starts N training processes: at most one a core (and 2 anywhere,
+    so that a distributed run can be tried on a one-core machine)."""
+    devices, accelerator = trainer.get("devices"), trainer.get("accelerator", "auto")
+    if not isinstance(devices, int) or isinstance(devices, bool):
+        return
+    import torch
+
+    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if devices > max(2, cores):
+            raise RecipeError(_where(path, "trainer.devices", overrides),
+                              f"{devices} training processes on a CPU with {cores} cores; at most {max(2, cores)}")
 
 
 @functools.cache

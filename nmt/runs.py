@@ -80,10 +80,12 @@ def check_run_info(run_dir: Path) -> dict:
     return info
 
 
-def write_run(run_dir: Path, raw_recipe: dict) -> None:
+def write_run(run_dir: Path, raw_recipe: dict | None) -> None:
+    """The run's marks: checkpoints/, run.json and (unless None) its recipe.yaml."""
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(raw_recipe, sort_keys=False, allow_unicode=True))
+    if raw_recipe is not None:
+        atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(raw_recipe, sort_keys=False, allow_unicode=True))
     if not is_run(run_dir):
         atomic_write_text(run_dir / "run.json", json.dumps({"format": RUN_FORMAT, "nmt_version": nmt.__version__}) + "\n")
 

@@ -199,15 +199,39 @@ def claimed(run_dir: Path):
     lock = lock_run_dir(run_dir)
     before = set(os.listdir(run_dir)) - ours
     first_start = not runs.is_run(run_dir)
+    kept = None if first_start else KeptRecipe(run_dir)
     try:
         yield
     except BaseException:
         if first_start and not has_checkpoint(run_dir):
             undo_start(run_dir, existed, before)
+        elif kept is not None:
+            kept.restore_if_untrained()
         raise
     finally:
         if lock is not None:
             lock.release()
+
+
+class KeptRecipe:
+    """A resumed run's recipe.yaml as it was, put back if the command fails before it writes a checkpoint:
+    the run's recipe then still says how its checkpoints were trained (a resume with new trainer
+    settings that fails at once, as an optimizer the checkpoint's state does not fit, changed nothing)."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.last = run_dir / "recipe.yaml", run_dir / "checkpoints" / "last.ckpt"
+        self.text = self.path.read_text(encoding="utf-8") if self.path.is_file() else None
+        self.stamp = self._stamp()
+
+    def _stamp(self):
+        return self.last.stat().st_mtime_ns if self.last.exists() else None
+
+    def restore_if_untrained(self) -> None:
+        if self.text is None or self._stamp() != self.stamp:
+            return
+        with contextlib.suppress(OSError):
+            if self.path.read_text(encoding="utf-8") != self.text:
+                runs.atomic_write_text(self.path, self.text)
 
 
 def undo_start(run_dir: Path, existed: bool, before: set[str]) -> None:
@@ -284,12 +308,20 @@ def prepare_recipe(recipe: Recipe, run_dir: Path, workers: int | None = None, fo
                                                   "nmt prepare is for parallel corpora (task seq2seq)")
     with claimed(run_dir):
         check_resumable(recipe, run_dir, fresh=False)
-        return prepare_run_dir(recipe, run_dir, None, workers=workers, force=force, announce=True).manifest
+        # an existing run keeps its recipe.yaml: preparing trains nothing, so the recipe of its
+        # checkpoints is still the one it was trained with
+        return prepare_run_dir(recipe, run_dir, None, write_recipe=not runs.is_run(run_dir), workers=workers,
+                               force=force, announce=True).manifest
 
 
 def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool) -> None:
-    """An existing run in ``run_dir`` may be resumed by ``recipe``: same task, data and model."""
+    """An existing run in ``run_dir`` may be resumed by ``recipe``: same task, data and model, and the
+    optimizer and schedule whose state its last checkpoint holds. A first start does not replace a
+    recipe.yaml there that is not a run's (a user's own recipe beside it)."""
     if not runs.is_run(run_dir):
+        if (run_dir / "recipe.yaml").exists():
+            raise RecipeError(run_dir, "holds a recipe.yaml that is not a run's, which the run would replace "
+                                       "with its own; pick another --run-dir (e.g. a folder inside it)")
         return
     if fresh and is_rank_zero():  # other ranks start after rank 0 has written the run
         raise RecipeError(run_dir, "already holds a run; drop --fresh to resume it or pick another --run-dir")
@@ -298,11 +330,17 @@ def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool) -> None:
         if saved.raw.get(section) != recipe.raw.get(section):
             raise RecipeError(f"{run_dir}: {section}", "differs from the run being resumed; "
                               "use another --run-dir for a different model or data")
+    for key in ("name", "scheduler"):  # last.ckpt holds this optimizer's and schedule's state
+        ours, theirs = getattr(recipe.spec.optim, key), getattr(saved.spec.optim, key)
+        if ours != theirs:
+            raise RecipeError(f"{run_dir}: optim.{key}", f"{ours!r} differs from the run being resumed ({theirs!r}), "
+                              "whose last checkpoint holds that one's state; use another --run-dir "
+                              "(with --init-from to start from this run's weights)")
 
 
-def prepare_run_dir(recipe: Recipe, run_dir: Path, start: InitialRun | None, **options):
+def prepare_run_dir(recipe: Recipe, run_dir: Path, start: InitialRun | None, write_recipe: bool = True, **options):
     """Rank 0 writes the run and what the task fits and prepares (``prepare_run``), then marks it READY."""
-    runs.write_run(run_dir, recipe.raw)
+    runs.write_run(run_dir, recipe.raw if write_recipe else None)
     if start is not None:
         start.copy_fitted(run_dir)
     prepared = recipe.task_cls.prepare_run(recipe, run_dir, **options)

@@ -19,7 +19,7 @@ import click
 import torch
 
 from nmt import search
-from nmt.alignment import EOS_PIECE, pharaoh
+from nmt.alignment import EOS_PIECE, labels_fit, pharaoh
 from nmt.alignment import plot_attention as plot_attention_png
 from nmt.data.batching import bucket_by_length
 from nmt.data.text import BYTES_PER_TOKEN, capped_lines
@@ -137,8 +137,23 @@ def alignment_field(hyp: search.Hypothesis, alignments: bool) -> str:
     return f" ||| {pharaoh(hyp.attention, len(hyp.tokens))}" if alignments else ""
 
 
+def check_plot_dir(directory: Path) -> None:
+    """Refuse a ``--plot-attention`` directory that cannot be created, before the model is loaded and
+    without creating anything (:func:`make_plot_dir` creates it once the command is known to proceed)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise UserError(directory, "exists and is not a directory (--plot-attention needs a directory)")
+    existing = directory
+    while not existing.exists() and existing.parent != existing:  # the nearest folder that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(directory, "cannot create the --plot-attention directory (a parent is not a directory)")
+    if existing != directory and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(directory, f"cannot create the --plot-attention directory (permission denied in {existing})")
+
+
 def make_plot_dir(directory: Path) -> None:
-    """Create the ``--plot-attention`` directory (and its parents) before the model is loaded."""
+    """Create the ``--plot-attention`` directory (and its parents), once the model is loaded."""
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -148,9 +163,11 @@ def make_plot_dir(directory: Path) -> None:
 
 
 def plot_chunk(task, directory: Path, line_no: int, encoded: list[list[int]],
-               results: list[list[search.Hypothesis]]) -> None:
+               results: list[list[search.Hypothesis]]) -> list[int]:
     """One heatmap per line of the chunk that has a translation: ``directory/NNNNNN.png`` (line number,
-    1-based), the weights of its best hypothesis over the source pieces the model read."""
+    1-based), the weights of its best hypothesis over the source pieces the model read. The numbers of
+    the lines whose heatmap has too many pieces for their labels (:func:`nmt.alignment.labels_fit`)."""
+    unlabelled = []
     for k, hyps in enumerate(results):
         if not hyps or not hyps[0].attention:
             continue
@@ -159,6 +176,36 @@ def plot_chunk(task, directory: Path, line_no: int, encoded: list[list[int]],
         target += [EOS_PIECE] * (len(best.attention) - len(target))  # a row for EOS when it ended with one
         plot_attention_png(Path(directory) / f"{line_no + k + 1:06d}.png", best.attention,
                            task.src_tokenizer.pieces(encoded[k]), target)
+        if not (labels_fit(len(encoded[k])) and labels_fit(len(target))):
+            unlabelled.append(line_no + k + 1)
+    return unlabelled
+
+
+class UnlabelledPlots:
+    """The warnings for heatmaps drawn without piece labels: the first such line by name and number,
+    and at the end how many there were in all (when more than one)."""
+
+    def __init__(self, name: str):
+        self.name, self.first, self.count = name, None, 0
+
+    def add(self, numbers: list[int]) -> None:
+        if numbers and self.first is None:
+            self.first = numbers[0]
+            click.echo(f"nmt: warning: {self.name}:{self.first}: too many pieces to label in its attention heatmap; "
+                       "its axes show piece indices (0-based) instead", err=True)
+        self.count += len(numbers)
+
+    def finish(self) -> None:
+        if self.count > 1:
+            click.echo(f"nmt: warning: {self.name}: {self.count} attention heatmaps in all show piece indices "
+                       f"instead of labels (the first at line {self.first})", err=True)
+
+
+def format_score(score: float) -> str:
+    """A score of ``--nbest`` output: 6 significant digits, so distinct scores stay distinct however
+    small (``-1.23457e-05`` under a strong length penalty, where 4 decimals printed ``-0.0000``); ``0``
+    for an empty line's entries, ``-inf`` for padding."""
+    return f"{score:.6g}"
 
 
 class CutLines:
@@ -271,14 +318,20 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
         standard_input()  # before the model is loaded
     refuse_same_file(output_path, input_path, stdin=input_path is None)
     if plot_attention is not None:
-        make_plot_dir(plot_attention)
+        check_plot_dir(plot_attention)
     want_attention = alignments or plot_attention is not None
     attention_option = ("--plot-attention" if plot_attention else "--alignments") if want_attention else None
+    if engine == "onnx" and want_attention:  # the export has no attention output: refused before anything is made
+        raise UserError(attention_option, "needs attention weights, which --engine onnx does not report; "
+                                          "use --engine torch")
     task = load_translator(run_dir, checkpoint, device, engine, onnx_dir, attention_option, compile_step)
+    if plot_attention is not None:
+        make_plot_dir(plot_attention)
     longest = task.max_length
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
     report, warned = CutLines(name, max_input_tokens, "translating"), False
+    unlabelled = UnlabelledPlots(name)
     source, pending = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, report.lines)
     with open_output(output_path) as out:
         line_no = 0
@@ -303,10 +356,11 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
                     out.write(task.tgt_tokenizer.decode(best.tokens) + alignment_field(best, alignments) + "\n")
                 else:  # exactly nbest entries per line, so scripts can read N lines per input
                     for h in nbest_entries(hyps, nbest):
-                        out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {h.score:.4f}"
+                        out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {format_score(h.score)}"
                                   f"{alignment_field(h, alignments)}\n")
             if plot_attention is not None:
-                plot_chunk(task, plot_attention, line_no, encoded, results)
+                unlabelled.add(plot_chunk(task, plot_attention, line_no, encoded, results))
             line_no += len(chunk)
             out.flush()
     report.finish()
+    unlabelled.finish()

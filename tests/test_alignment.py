@@ -185,6 +185,64 @@ def test_plot_attention_where_no_directory_can_be_is_one_line_before_loading(tmp
     assert err.startswith("nmt: ") and words in err and str(tmp_path / where) in err, err  # not the missing run
 
 
+def test_a_long_line_s_heatmap_is_bounded_and_keeps_its_peaks(tmp_path):
+    """320 source pieces and 3000 target rows (a long line at --max-length-ratio 10): at 30 px a piece
+    this was a 9,730 x 90,130 PNG (tens of GB while drawing); the figure now has at most 2,000 px a side
+    and each alignment peak stays visible where its pieces are."""
+    import matplotlib.image
+
+    from nmt.alignment import plot_attention
+
+    rows, cols = 3000, 320
+    width, height = figure_pixels(cols, rows)
+    assert width <= 2000 and height <= 2000, (width, height)  # before drawing: the old sizes cannot be drawn
+    attention = np.zeros((rows, cols), dtype=np.float32)
+    peaks = [(0, 0), (1234, 17), (2999, 319), (2500, 200)]
+    for r, c in peaks:
+        attention[r, c] = 1.0
+    path = plot_attention(tmp_path / "long.png", attention.tolist(), [f"s{j}" for j in range(cols)],
+                          [f"t{i}" for i in range(rows)])
+    image = matplotlib.image.imread(path)[..., :3].mean(axis=-1)  # [H, W] grey, 1 white
+    assert (image.shape[1], image.shape[0]) == (width, height)
+    grid_w, grid_h = width - LEFT_PX - 20, height - TOP_PX - BOTTOM_PX  # (RIGHT_PX 20)
+    for r, c in peaks:
+        y, x = TOP_PX + int((r + 0.5) * grid_h / rows), LEFT_PX + int((c + 0.5) * grid_w / cols)
+        assert image[y - 1:y + 2, x - 1:x + 2].min() < 0.2, (r, c)  # dark where the weight is
+    grid = image[TOP_PX + 2:TOP_PX + grid_h - 2, LEFT_PX + 2:LEFT_PX + grid_w - 2]
+    assert (grid > 0.9).mean() > 0.95  # and white elsewhere: a merged run of pieces keeps its largest weight
+
+
+def test_a_line_too_long_for_labels_is_plotted_with_a_warning_naming_it(trained_run, tmp_path, capsys):
+    import matplotlib.image
+
+    (tmp_path / "in.txt").write_text("a0 b1\n" + " ".join(["c2 d3"] * 80) + "\n")  # line 2: 160 pieces
+    code, out, err = run_cli(capsys, "translate", "--run", trained_run, "-i", tmp_path / "in.txt", "--beam", "1",
+                             "--device", "cpu", "--max-input-tokens", "200", "--plot-attention", tmp_path / "plots")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "heatmap" in line]
+    assert warnings == [f"nmt: warning: {tmp_path / 'in.txt'}:2: too many pieces to label in its attention "
+                        "heatmap; its axes show piece indices (0-based) instead"], err
+    small, long = (matplotlib.image.imread(tmp_path / "plots" / f"00000{n}.png") for n in (1, 2))
+    assert max(long.shape[:2]) <= 2000 and small.shape[0] < long.shape[0]
+
+
+def test_engine_onnx_with_plot_attention_is_refused_before_creating_the_directory(trained_run, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("a0 b1\n")
+    code, out, err = run_cli(capsys, "translate", "--run", trained_run, "-i", tmp_path / "in.txt",
+                             "--engine", "onnx", "--plot-attention", tmp_path / "plots")
+    assert code == 2 and err.splitlines() == ["nmt: --plot-attention: needs attention weights, which --engine onnx "
+                                              "does not report; use --engine torch"], err
+    assert not (tmp_path / "plots").exists()
+
+
+def test_a_failed_translate_creates_no_plot_directory(tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("a0 b1\n")
+    code, out, err = run_cli(capsys, "translate", "--run", tmp_path / "no-run", "-i", tmp_path / "in.txt",
+                             "--plot-attention", tmp_path / "new" / "plots")
+    assert code == 2 and "no-run" in err, err
+    assert not (tmp_path / "new").exists()
+
+
 def write_copy_corpus(directory: Path, n_train: int = 1500, n_dev: int = 100, seed: int = 0) -> Path:
     """A toy task whose target is its source: the right alignment is the diagonal."""
     rng = random.Random(seed)

@@ -93,3 +93,102 @@ def test_training_prints_no_lightning_noise(tmp_path):
     for noise in ("litlogger", "TPU available", "LeafSpec", "smaller than the logging interval", "was configured so"):
         assert noise not in result.stderr, result.stderr
     assert "nmt: finished reverse" in result.stderr
+
+
+# --- nmt bench: the exit code and the one-line errors of the benchmark scripts --------------------
+
+@pytest.mark.parametrize("script_code, code", [(1, 1), (2, 2), (-9, 137)])
+def test_a_benchmark_script_that_fails_fails_nmt_bench(tmp_path, monkeypatch, script_code, code):
+    """serve-load exits 1 when a request is lost, any script 2 on a bad argument: nmt bench exits with
+    that code (Click returns an Exit's code outside standalone mode; nmt's main must pass it on)."""
+    from nmt import bench
+    from nmt.cli import main
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda command, **_: subprocess.CompletedProcess(command, script_code))
+    assert main(["bench", "serve-load", "--run", str(tmp_path), "--", "--requests", "3"]) == code
+    monkeypatch.setattr(bench.subprocess, "run", lambda command, **_: subprocess.CompletedProcess(command, 0))
+    assert main(["bench", "serve-load", "--run", str(tmp_path)]) == 0
+
+
+def one_error_line(code: int, err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train-speed", "{nope}", "--steps", "1"], "nmt: {nope}: recipe file not found"),
+    (["train-speed", "{nope}", "--steps", "abc"], "nmt: --steps: expected an integer, got 'abc'"),
+    (["train-speed", "{nope}", "--steps", "-1"], "nmt: --steps: expected an integer from 1 to 100000, got '-1'"),
+    (["train-speed", "{nope}", "--batch-tokens", "0"], "nmt: --batch-tokens: expected an integer from 1 to"),
+    (["train-speed", "{nope}", "--steps", "1", "--device", "foo"], "nmt: --device: expected cpu, cuda or cuda:N"),
+    (["train-speed", "{nope}", "--bogus"], "nmt: train_speed.py: unrecognized arguments: --bogus"),
+    (["tbptt-memory", "--lengths", "x", "y"], "nmt: --lengths: expected an integer, got 'x'"),
+    (["serve-load", "--run", "{tmp}", "--", "--requests", "-3"], "nmt: --requests: expected an integer from 1 to"),
+])
+def test_bad_arguments_of_a_benchmark_script_are_one_line_and_exit_2(tmp_path, capfd, args, message):
+    """The scripts run as child processes: their one line, not a traceback or a usage block, and
+    their exit code through nmt bench."""
+    from nmt.cli import main
+
+    nope = str(tmp_path / "nope.yaml")
+    args = [a.format(nope=nope, tmp=tmp_path) for a in args]
+    capfd.readouterr()
+    code = main(["bench", *args])
+    assert one_error_line(code, capfd.readouterr().err).startswith(message.format(nope=nope))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["translate-speed", "--run", "{tmp}", "--sentences", "5", "--bogus"],
+     "nmt: nmt bench translate-speed: unrecognized arguments: --bogus"),
+    (["translate-speed", "--run", "{tmp}", "--sentences", "0"], "nmt: --sentences: expected an integer from 1 to"),
+    (["streaming-memory", "--run", "{tmp}", "--sizes", "10"], "nmt: nmt bench streaming-memory: unrecognized arguments"),
+    (["train-speed", "{tmp}/r.yaml", "--run", "{tmp}"], "nmt: --run: train-speed measures no trained run"),
+    (["tbptt-memory", "--device", "cuda"], "nmt: --device: tbptt-memory takes no --device"),
+])
+def test_arguments_nmt_bench_would_drop_are_errors(tmp_path, capsys, args, message):
+    """Arguments a benchmark does not take are an error before anything runs, never silently ignored."""
+    from nmt.cli import main
+
+    capsys.readouterr()
+    code = main(["bench", *(a.format(tmp=tmp_path) for a in args)])
+    assert one_error_line(code, capsys.readouterr().err).startswith(message)
+
+
+def test_translate_speed_takes_its_sentences_and_beam(tmp_path, monkeypatch):
+    from nmt import bench, runs
+
+    seen = {}
+    monkeypatch.setattr(runs, "check_run_info", lambda run_dir: None)
+    monkeypatch.setattr(bench, "translate_speed", lambda run_dir, **options: seen.update(options))
+    bench.run_benchmark("translate-speed", tmp_path, "cpu", ("--sentences", "7", "--beam", "3"))
+    assert seen == {"device": "cpu", "sentences": 7, "beam": 3}
+
+
+def test_data_scale_works_in_a_fresh_temporary_directory_unless_one_is_named(tmp_path, monkeypatch):
+    """Two runs at once must not share a work directory: each gets its own, removed at the end;
+    --workdir DIR is used and kept."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_scale.py"
+    spec = importlib.util.spec_from_file_location("data_scale", path)
+    data_scale = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "data_scale", data_scale)  # its dataclasses look their module up
+    spec.loader.exec_module(data_scale)
+    seen = []
+
+    def generate(workdir, pairs, seed, pool):
+        seen.append((workdir, workdir.is_dir()))
+        return workdir / "corpus", 0.0
+    monkeypatch.setattr(data_scale, "data_root", lambda: tmp_path)
+    monkeypatch.setattr(data_scale, "load_pool", lambda root: None)
+    monkeypatch.setattr(data_scale, "generate", generate)
+    monkeypatch.setattr(data_scale, "measure", lambda recipe, run_dir, pairs, args, logs: data_scale.SizeResult(pairs, 0))
+    monkeypatch.setattr(data_scale, "report", lambda results, args: {})
+    assert data_scale.main(["--sizes", "1000"]) == 0
+    assert data_scale.main(["--sizes", "1000"]) == 0
+    (first, existed), (second, _) = seen
+    assert existed and first != second and first.name.startswith("nmt-data-scale-")
+    assert not first.exists() and not second.exists()
+    assert data_scale.main(["--sizes", "1000", "--workdir", str(tmp_path / "work")]) == 0
+    assert seen[-1][0] == tmp_path / "work" and (tmp_path / "work" / "results.json").is_file()

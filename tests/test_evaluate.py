@@ -81,6 +81,9 @@ def test_approximate_randomization(systems, capsys):
     (["--hyp", "base.txt", "--hyp", "./base.txt"], "nmt: --hyp: the same file is given twice"),
     (["--hyp", "base.txt", "--hyp", "short.txt"], "nmt: short.txt: line count differs from base.txt (2 vs 300)"),
     (["--hyp", "base.txt", "--hyp", "better.txt", "--metrics", "bleu,meteor"], "nmt: --metrics: unknown metric"),
+    (["--hyp", "base.txt", "--metrics", ","], "nmt: --metrics: expected one or more of bleu, chrf, ter"),
+    (["--hyp", "base.txt", "--metrics", " ", "--json"], "nmt: --metrics: expected one or more of bleu, chrf, ter"),
+    (["--hyp", "base.txt", "--hyp", "better.txt", "--metrics", ""], "nmt: --metrics: expected one or more"),
 ])
 def test_bad_comparisons_are_one_line(systems, capsys, argv, message):
     Path("short.txt").write_text("a\nb\n")

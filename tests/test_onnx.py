@@ -164,6 +164,32 @@ def test_translate_with_onnx_engine_but_no_export_is_one_line_error(capsys, trai
                                 "write one with nmt export --run RUN --format onnx"]
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def _without_bos_id(path: Path) -> None:
+    info = json.loads(path.read_text())
+    del info["bos_id"]
+    path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("damage, file, words", [
+    (lambda d: _without_bos_id(d / "engine.json"), "engine.json", "bos_id is missing or not an integer"),
+    (lambda d: _truncate(d / "encoder.onnx"), "encoder.onnx", "not a readable ONNX graph (InvalidProtobuf"),
+    (lambda d: shutil.copy(d / "encoder.onnx", d / "decoder_step.onnx"), "decoder_step.onnx",
+     "not the decoder step of this export (inputs src, src_len, expected prev,"),
+], ids=["engine-json-missing-key", "truncated-encoder", "encoder-as-decoder-step"])
+def test_a_damaged_export_is_one_line_naming_the_file(capsys, exported, source, tmp_path, damage, file, words):
+    export = Path(shutil.copytree(exported / "onnx", tmp_path / "onnx"))
+    damage(export)
+    code, out, err = run_cli(capsys, "translate", "--run", exported, "-i", source, "--engine", "onnx",
+                             "--onnx", export)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith(f"nmt: {export / file}: {words}"), err
+    assert err.rstrip().endswith("; export the run again (nmt export --run RUN --format onnx)"), err
+
+
 def test_export_refuses_to_replace_a_folder_that_is_not_an_export(capsys, exported, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     code, out, err = run_cli(capsys, "export", "--run", exported, "-o", tmp_path)

@@ -54,3 +54,31 @@ def test_an_unknown_metric_names_the_ones_logged(run_dir, capsys):
 def test_a_directory_without_metrics_is_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "no metrics logged yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, line, words", [
+    (b"0,,29,abc,,\n", 4, "column 'train/loss': expected a number, got 'abc'"),
+    (b"0,,2.5,2.5,,\n", 4, "column 'step': expected an integer, got '2.5'"),
+    (b"0,,29,2\xff5,,\n", 4, "invalid UTF-8 (byte 0xff)"),
+    (b"0,,29,2.5,,,7\n", 4, "expected 6 fields as in the header, got 7"),
+], ids=["not-a-number", "step-not-an-integer", "bad-utf8", "extra-field"])
+def test_a_damaged_metrics_file_is_one_line_naming_its_line(tmp_path, capsys, damage, line, words):
+    (tmp_path / "logs").mkdir()
+    good = METRICS.encode().splitlines(keepends=True)
+    (tmp_path / "logs" / "metrics.csv").write_bytes(b"".join(good[:line - 1]) + damage + b"".join(good[line - 1:]))
+    assert main(["plot", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"nmt: {tmp_path / 'logs' / 'metrics.csv'}:{line}: {words}"), captured.err
+    assert len(captured.err.splitlines()) == 1
+    assert captured.out == "" and not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize("text", ["", "epoch,step,train/loss\n", "epoch,step,train/loss\n0,9,\n"],
+                         ids=["empty", "header-only", "no-values"])
+def test_a_run_that_has_logged_nothing_yet_is_one_line(tmp_path, capsys, text):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(text)
+    assert main(["plot", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"nmt: {tmp_path}: the run has logged no metrics yet")
+    assert len(captured.err.splitlines()) == 1 and captured.out == ""

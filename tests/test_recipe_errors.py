@@ -182,6 +182,18 @@ def cases(base: dict) -> dict[str, Case]:
             ("attention 'bahdanau'", "registered twice", "by nmt ", "nmt_builtin.bahdanau.BahdanauAttention",
              "by {tmp}/my_attention.py", "MyBahdanau"),
             files={"my_attention.py": DUPLICATE_PLUGIN}),
+        "zero validation interval (Lightning would divide by it mid-training)": Case(
+            with_values(base, trainer__val_check_interval=0), TRAIN, ("trainer.val_check_interval", "positive", "0")),
+        "zero logging interval": Case(
+            with_values(base, trainer__log_every_n_steps=0), TRAIN, ("trainer.log_every_n_steps", "positive")),
+        "zero gradient accumulation": Case(
+            with_values(base, trainer__accumulate_grad_batches=0), TRAIN, ("trainer.accumulate_grad_batches", "positive")),
+        "more CPU training processes than cores": Case(
+            with_values(base, trainer__devices=4096), TRAIN, ("trainer.devices", "4096 training processes on a CPU")),
+        "sizes each in bounds, together too large a model": Case(
+            with_values(base, model__encoder__hidden_size=30000, model__decoder__hidden_size=30000), TRAIN,
+            ("{recipe}: model:", "parameters even with a vocabulary of 8, more than 1,073,741,824",
+             "model.decoder.hidden_size 30000")),
         "missing command argument": Case(None, ("train",), ("Missing argument 'RECIPE'",)),
         "unknown command, with a suggestion": Case(None, ("trian",), ("No such command 'trian'", "train")),
         "unknown option": Case(base, TRAIN + ("--epochs", "3"), ("No such option", "--epochs")),

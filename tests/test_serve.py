@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ from nmt.serve import compile_search, create_app, listen  # noqa: E402
 LINES = ["a0 b1 c2 d3", "f3 e2", "", "c1 c1 d2 a3 b0 e1 f2", "b2"]
 MAX_SENTENCES = 20
 MAX_BODY = 4096
+MAX_SEARCH = 20_000
 
 
 class ServerThread:
@@ -65,7 +67,8 @@ class ServerThread:
 def server(trained_run):
     task = load_run(trained_run, device="cpu")
     # A 20 ms window: requests sent together join one batch even on a busy two-core machine.
-    app = create_app(task, "run", wait_s=0.02, max_body_bytes=MAX_BODY, max_sentences=MAX_SENTENCES)
+    app = create_app(task, "run", wait_s=0.02, max_body_bytes=MAX_BODY, max_sentences=MAX_SENTENCES,
+                     max_search_tokens=MAX_SEARCH)
     with ServerThread(app) as running:
         yield running
 
@@ -116,6 +119,8 @@ def test_a_compiled_server_answers_as_the_eager_one_and_no_request_waits_for_the
 
 
 def test_nbest_equals_nmt_translate_nbest(client, trained_run, capsys, tmp_path):
+    from nmt.translate import format_score
+
     expected = cli_translate(capsys, tmp_path, trained_run, LINES, "--beam", "4", "--nbest", "3", "--alpha", "1.0")
     got = client.post("/translate", json={"sentences": LINES, "beam": 4, "nbest": 3, "alpha": 1.0}).json()
     ours = []
@@ -124,7 +129,7 @@ def test_nbest_equals_nmt_translate_nbest(client, trained_run, capsys, tmp_path)
         # a short list is padded with empty ones scored -inf; the API returns what the search found
         filler = {"translation": "", "score": 0.0 if not t["hypotheses"] else float("-inf")}
         entries = t["hypotheses"] + [filler] * (3 - len(t["hypotheses"]))
-        ours += [f"{i} ||| {h['translation']} ||| {float('-inf') if h['score'] is None else h['score']:.4f}"
+        ours += [f"{i} ||| {h['translation']} ||| {format_score(float('-inf') if h['score'] is None else h['score'])}"
                  for h in entries]
     assert ours == expected
 
@@ -192,6 +197,9 @@ def test_concurrent_requests_share_model_batches(server, client):
     (b'{"beam": 2}', 422, "sentences", "required"),
     (b'{"sentences": "a0 b1"}', 422, "sentences", "a list of strings"),
     (b'{"sentences": ["a0", 5]}', 422, "sentences[1]", "expected a string"),
+    (b'{"sentences": ["a0", "b1 \\ud800"]}', 422, "sentences[1]", "not valid Unicode: a lone surrogate (\\ud800) at character 3"),
+    (b'{"sentences": ["\\udc00"]}', 422, "sentences[0]", "lone surrogate"),
+    (b'{"sentences": ["a0"], "\\ud800": 1}', 422, "\\ud800", "unknown field"),
     (b'{"sentences": ["a0"], "beem": 3}', 422, "beem", "did you mean 'beam'"),
     (b'{"sentences": ["a0"], "beam": 0}', 422, "beam", "expected at least 1"),
     (b'{"sentences": ["a0"], "beam": 101}', 422, "beam", "expected at most 100"),
@@ -229,6 +237,20 @@ def test_oversized_requests_get_413_and_the_server_lives_on(client):
     assert client.post("/translate", json={"sentences": ["a0 b1"]}).status_code == 200
 
 
+def test_a_request_asking_the_search_for_more_than_the_cap_is_413_and_not_queued(client):
+    sentence = "a0 b1 c2 d3"  # 4 tokens: at beam 100 and ratio 10, up to 100 x (40 + 10) = 5,000 target tokens
+    before = client.get("/health").json()["stats"]["requests"]
+    over = client.post("/translate", json={"sentences": [sentence] * 5, "beam": 100, "max_length_ratio": 10})
+    assert over.status_code == 413, over.text
+    assert over.json()["field"] == "request"
+    assert over.json()["error"].startswith("nmt: request: asks the search for up to 25,000 target tokens (5 sentences")
+    assert f"more than the {MAX_SEARCH:,} one request may" in over.json()["error"]
+    assert client.get("/health").json()["stats"]["requests"] == before  # refused before it was queued
+    at_cap = client.post("/translate", json={"sentences": [sentence] * 4 + [""], "beam": 100, "max_length_ratio": 10})
+    assert at_cap.status_code == 200, at_cap.text  # 20,000: the cap itself is allowed; an empty line costs nothing
+    assert client.get("/health").json()["limits"]["max_search_tokens"] == MAX_SEARCH
+
+
 def test_unknown_path_and_method_are_json_errors(client):
     assert client.get("/nowhere").status_code == 404
     assert client.get("/nowhere").json()["error"] == "nmt: /nowhere: Not Found"
@@ -250,6 +272,128 @@ def test_model_error_is_a_500_with_one_line_and_the_next_request_works(server, c
     assert response.json()["error"] == "nmt: model: RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
     assert client.post("/translate", json={"sentences": ["a0 b1"]}).status_code == 200
     assert client.get("/health").json()["stats"]["model_errors"] >= 1
+
+
+# --- clients that leave ------------------------------------------------------------------------------
+
+class Gated:
+    """``translate_lines`` that records the sentences it is given, and holds a call with a sentence of
+    ``hold(sentence)`` until ``release(sentence)``."""
+
+    def __init__(self, real):
+        self.real, self.seen, self.entered, self.gates = real, [], {}, {}
+
+    def hold(self, sentence: str) -> None:
+        self.entered[sentence], self.gates[sentence] = threading.Event(), threading.Event()
+
+    def release(self, sentence: str) -> None:
+        self.gates[sentence].set()
+
+    def __call__(self, task, sentences, *args, **kwargs):
+        self.seen += sentences
+        for sentence in sentences:
+            if sentence in self.gates:
+                self.entered[sentence].set()
+                self.gates[sentence].wait(120)
+        return self.real(task, sentences, *args, **kwargs)
+
+
+def post_and_stay(url: str, body: dict) -> socket.socket:
+    """A client that sends ``POST /translate`` and does not read the answer: closing the socket leaves."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /translate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                 + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def wait_for(client, condition, what: str) -> None:
+    """Until ``condition(/health)`` holds (a deadline only against a hang, not a timing assertion)."""
+    deadline = time.monotonic() + 60
+    while not condition(health := client.get("/health").json()):
+        assert time.monotonic() < deadline, f"{what}: {health}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def gated(server):
+    batcher = server.app.state.batcher
+    batcher.translate = gate = Gated(batcher.translate)
+    try:
+        yield gate
+    finally:
+        batcher.translate = gate.real
+        for event in gate.gates.values():
+            event.set()
+
+
+def test_a_queued_request_whose_client_left_is_dropped_unsearched(server, client, gated):
+    busy, left = "a0 a0 a0", "b1 c2 d3 e0"
+    gated.hold(busy)
+    before = client.get("/health").json()["stats"]
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, server.url + "/translate", json={"sentences": [busy]}, timeout=120)
+        assert gated.entered[busy].wait(60)  # the model is busy with the first request
+        sock = post_and_stay(server.url, {"sentences": [left, left]})
+        wait_for(client, lambda h: h["pending_sentences"] == 3, "the second request queued")
+        sock.close()
+        wait_for(client, lambda h: h["pending_sentences"] == 1, "the second request dropped when its client left")
+        gated.release(busy)
+        assert first.result().status_code == 200
+    assert client.post("/translate", json={"sentences": ["f1"]}).status_code == 200  # the collector went past it
+    assert left not in gated.seen
+    assert client.get("/health").json()["stats"]["abandoned_requests"] == before["abandoned_requests"] + 1
+
+
+def test_a_model_batch_whose_only_client_left_is_skipped(server, client, gated):
+    # A and B join one collector batch (same options) while the model is busy; A's short sentence and
+    # B's 150 tokens at beam 100 overflow one model batch (4000 x 5 hypothesis tokens), so the model
+    # searches A's batch first, then B's: B leaves during A's, and B's is never searched.
+    busy, short, long = "a0 a0 a0", "a1 b2", " ".join(["c0"] * 150)
+    options = {"beam": 100, "max_length_ratio": 0.1, "max_input_tokens": 150}
+    gated.hold(busy)
+    gated.hold(short)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.post, server.url + "/translate", json={"sentences": [busy]}, timeout=120)
+        assert gated.entered[busy].wait(60)
+        a = pool.submit(httpx.post, server.url + "/translate", json={"sentences": [short], **options}, timeout=120)
+        sock = post_and_stay(server.url, {"sentences": [long], **options})
+        wait_for(client, lambda h: h["pending_sentences"] == 3, "A and B queued")
+        gated.release(busy)
+        assert gated.entered[short].wait(60)  # A's model batch, with B's still to come
+        sock.close()
+        wait_for(client, lambda h: h["pending_sentences"] == 1, "B withdrawn when its client left")
+        gated.release(short)
+        assert first.result().status_code == 200 and a.result().status_code == 200
+    assert short in gated.seen and long not in gated.seen
+
+
+def test_a_search_whose_client_left_ends_at_its_next_step(server, client):
+    batcher = server.app.state.batcher
+    real, entered, endless_sentence = batcher.translate, threading.Event(), "e0 e1 e2"
+
+    def endless(task, sentences, beam, nbest, alpha, batch_tokens, ratio, encoded, **kwargs):
+        if sentences != [endless_sentence]:
+            return real(task, sentences, beam, nbest, alpha, batch_tokens, ratio, encoded, **kwargs)
+        memory, state = task.encode(torch.tensor(encoded), torch.tensor([len(encoded[0])]))
+        prev = torch.full((1,), task.bos_id, dtype=torch.long)
+        entered.set()
+        while True:  # a search that never ends by itself
+            task.decode_step(prev, state, memory)
+
+    before = client.get("/health").json()["stats"]["abandoned_model_batches"]
+    batcher.translate = endless
+    try:
+        sock = post_and_stay(server.url, {"sentences": [endless_sentence], "beam": 1})
+        assert entered.wait(60)
+        sock.close()
+        # the model thread is free again: the next request is answered (before: it waited forever)
+        answer = client.post("/translate", json={"sentences": ["a0 b1"], "beam": 1})
+        assert answer.status_code == 200 and answer.json()["translations"][0]["translation"]
+    finally:
+        batcher.translate = real
+    assert client.get("/health").json()["stats"]["abandoned_model_batches"] == before + 1
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -275,6 +419,55 @@ def test_nmt_serve_answers_until_stopped(trained_run, stop, extra):
         proc.send_signal(stop)
         assert proc.wait(timeout=60) == 0
         assert proc.stderr.read().strip().splitlines()[-1] == "nmt: stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# nmt serve, with every search made endless: it searches until told to stop
+ENDLESS_SEARCH = """
+import runpy, sys, torch
+import nmt.search
+
+def endless(model, src, src_len, *args, **kwargs):
+    memory, state = model.encode(src, src_len)
+    prev = torch.full((src.size(0),), model.bos_id, dtype=torch.long)
+    print("test: searching", file=sys.stderr, flush=True)
+    while True:
+        model.decode_step(prev, state, memory)
+
+nmt.search.greedy_search = nmt.search.beam_search = endless
+sys.argv = ["nmt", *sys.argv[1:]]
+runpy.run_module("nmt.cli", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_nmt_serve_in_the_middle_of_a_search(trained_run, stop):
+    proc = subprocess.Popen([sys.executable, "-c", ENDLESS_SEARCH, "serve", "--run", str(trained_run), "--port", "0",
+                             "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if match := re.search(r"on (http://127\.0\.0\.1:\d+)/", line):
+                break
+        assert match, "".join(seen)[-2000:]
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, match.group(1) + "/translate", json={"sentences": ["a0 b1"]}, timeout=120)
+            for line in proc.stderr:
+                seen.append(line)
+                if line.startswith("test: searching"):
+                    break
+            proc.send_signal(stop)
+            assert proc.wait(timeout=60) == 0  # before: "nmt: stopped", then the search ran on and on
+            assert answer.result().status_code == 503
+            assert answer.result().json()["error"] == "nmt: server: shutting down"
+        err = "".join(seen) + proc.stderr.read()
+        assert err.strip().splitlines()[-1] == "nmt: stopped"
+        assert "Traceback" not in err and "Error" not in err, err[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

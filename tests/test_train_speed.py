@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import load_benchmark, reverse_recipe, write_recipe
+from nmt.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,12 +91,30 @@ def test_each_other_way_runs_with_its_setting_and_restores_the_default(train_spe
         decoder.TEACHER_FORCING = defaults[0]
 
 
-def test_a_size_that_is_not_positive_is_refused(train_speed, reverse_data, tmp_path, capsys):
+@pytest.mark.parametrize("args, where, what", [
+    (["--batch-tokens", "200", "0"], "--batch-tokens", "expected an integer from 1 to 10000000, got '0'"),
+    (["--steps", "-1"], "--steps", "expected an integer from 1 to 100000, got '-1'"),  # was a ZeroDivisionError
+    (["--steps", "0"], "--steps", "expected an integer from 1 to 100000, got '0'"),
+    (["--steps", "abc"], "--steps", "expected an integer, got 'abc'"),
+    (["--warmup", "nan"], "--warmup", "expected an integer, got 'nan'"),
+    (["--static", "0"], "--static", "expected an integer from 1 to 100000, got '0'"),
+    (["--device", "gpu"], "--device", "expected cpu, cuda or cuda:N, got 'gpu'"),
+    (["--bogus"], "train_speed.py", "unrecognized arguments: --bogus"),
+])
+def test_bad_numbers_and_arguments_are_refused_before_anything_is_built(train_speed, reverse_data, tmp_path, args, where,
+                                                                       what, monkeypatch):
+    """One UserError (one line through script_main, exit 2), before the recipe is loaded or a model built."""
     recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
-    with pytest.raises(SystemExit) as exit_:
-        train_speed.main([str(recipe_path), "--batch-tokens", "0"])
-    assert exit_.value.code == 2
-    assert "--batch-tokens: each size must be a positive number of tokens" in capsys.readouterr().err
+    monkeypatch.setattr(train_speed.sys, "argv", ["train_speed.py"])
+    monkeypatch.setattr(train_speed, "build", lambda *a: pytest.fail("built a model"))
+    with pytest.raises(UserError) as error:
+        train_speed.main([str(recipe_path), *args])
+    assert (error.value.where, error.value.what) == (where, what)
+
+
+def test_script_main_turns_a_user_error_into_one_line_and_exit_2(train_speed, tmp_path, capsys):
+    assert train_speed.script_main(train_speed.main, [str(tmp_path / "nope.yaml"), "--steps", "1"]) == 2
+    assert capsys.readouterr().err == f"nmt: {tmp_path / 'nope.yaml'}: recipe file not found\n"
 
 
 def test_static_rows_measure_the_same_sentences_padded_and_compiled_per_shape(train_speed, reverse_data, tmp_path,
@@ -113,12 +132,11 @@ def test_static_rows_measure_the_same_sentences_padded_and_compiled_per_shape(tr
     rates = train_speed.main([str(recipe_path), "--steps", "1", "--warmup", "0", "--device", "cpu", "--static", "8", "13"])
     assert {"static", "bf16+static"} <= set(rates) and all(rate > 0 for rate in rates.values())
     assert "batch shapes among" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="the last length must hold") as error:  # data.pad_lengths' own check
         train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--static", "8", "12"])
-    assert "--static 8 12: the last length must hold" in capsys.readouterr().err  # data.pad_lengths' own check
-    with pytest.raises(SystemExit):
+    assert error.value.where == "--static 8 12"
+    with pytest.raises(UserError, match="expected a non-empty list of increasing lengths"):
         train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--static", "13", "8"])
-    assert "expected a non-empty list of increasing lengths" in capsys.readouterr().err
 
 
 def test_a_timeout_s_signal_reports_the_steps_timed_so_far(train_speed, reverse_data, tmp_path, one_thread,
@@ -242,10 +260,9 @@ def test_profile_shows_where_a_step_of_each_named_variant_spends(train_speed, re
 
 def test_profile_of_a_variant_not_measured_is_refused(train_speed, reverse_data, tmp_path, capsys):
     recipe_path = write_recipe(tmp_path / "r.yaml", reverse_recipe(reverse_data))
-    with pytest.raises(SystemExit) as exit_:
+    with pytest.raises(UserError, match="no variant loop in this run") as error:
         train_speed.main([str(recipe_path), "--steps", "1", "--device", "cpu", "--profile", "loop"])
-    assert exit_.value.code == 2
-    assert "--profile: no variant loop in this run" in capsys.readouterr().err
+    assert error.value.where == "--profile"
 
 
 def test_a_timeout_s_signal_while_profiling_keeps_the_rates_and_the_profiles_made(train_speed, reverse_data, tmp_path,

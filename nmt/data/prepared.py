@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -273,13 +274,23 @@ def tokenize_side(spec: CorpusSpec, side: int, writer: SideWriter, workers: int,
 
 
 def _parallel(jobs, spec: CorpusSpec, workers: int) -> Iterator[Chunk]:
-    """Results in input order from a pool of worker processes, at most ``2 * workers`` chunks in flight."""
+    """Results in input order from a pool of worker processes, at most ``2 * workers`` chunks in flight.
+
+    A forked pool starts all its processes at once, so the first ``workers`` chunks are read before
+    it starts: a corpus of fewer chunks gets one worker each (one chunk: none, it is tokenised here)."""
+    jobs = iter(jobs)
+    first = list(itertools.islice(jobs, workers))
+    if len(first) <= 1:
+        _load_worker_tokenizers(spec)
+        yield from map(_encode_job, first)
+        return
+    workers = len(first)  # fewer only where the corpus ended: then every chunk is in first
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                                 initializer=_load_worker_tokenizers,
                                                 initargs=(spec, os.getpid())) as pool:
         pending: deque = deque()
-        for job in jobs:
+        for job in itertools.chain(first, jobs):
             pending.append(pool.submit(_encode_job, job))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()

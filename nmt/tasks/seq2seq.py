@@ -99,6 +99,34 @@ class Seq2SeqModel(Section):
 CORPUS = "corpus"  # the prepared training corpus, in the run directory
 
 
+# The most parameters a translation model may have (about 4 GiB in float32, 16 with its gradients and
+# Adam's two moments): each size key is bounded alone, but their product is what memory pays for.
+MAX_PARAMETERS = 2**30
+
+
+def check_network_size(recipe: Recipe, build) -> None:
+    """``build()`` the network on the meta device first, where it takes no memory, and refuse it past
+    MAX_PARAMETERS before it is built for real (a plugin that cannot be built there is built for real)."""
+    try:
+        with torch.device("meta"):
+            network = build()
+    except RecipeError:
+        raise
+    except Exception:  # a plugin that computes with real tensors in its constructor
+        network = None
+    if network is not None:
+        count = sum(p.numel() for module in network.values() for p in module.parameters())
+        if count > MAX_PARAMETERS:
+            sizes = ", ".join(f"model.{section}.{key} {recipe.raw['model'][section][key]}"
+                              for section, key in (("embedding", "size"), ("encoder", "hidden_size"),
+                                                   ("decoder", "hidden_size"))
+                              if isinstance(recipe.raw.get("model", {}).get(section), dict)
+                              and key in recipe.raw["model"][section])
+            raise RecipeError(f"{recipe.path}: model", f"{count:,} parameters even with a vocabulary of 8, more than "
+                              f"{MAX_PARAMETERS:,}{f' ({sizes})' if sizes else ''}; make the model smaller")
+    build()
+
+
 def train_parts(data) -> list[ParallelFiles]:
     return data.train if isinstance(data.train, list) else [data.train]
 
@@ -137,7 +165,7 @@ class Seq2SeqTask(Task):
                               f"the last length must hold the longest training target with its BOS: "
                               f"at least max_length + 1 = {recipe.data.max_length + 1}, got {recipe.data.pad_lengths[-1]}")
         try:  # build the network once (tiny vocabulary) so size mismatches surface before any file is written
-            cls.build_network(recipe, 8, 8)
+            check_network_size(recipe, lambda: cls.build_network(recipe, 8, 8))
         except RecipeError as exc:
             where = exc.where if not exc.where or exc.where.startswith(str(recipe.path)) else f"{recipe.path}: {exc.where}"
             raise RecipeError(where, exc.what) from None

@@ -295,3 +295,48 @@ def test_prepare_is_for_parallel_corpora(tmp_path, capsys):
     assert lines == [f"nmt: {recipe}: task: task 'classify' reads its training data into memory; nmt prepare is "
                      "for parallel corpora (task seq2seq)"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workers", ["99999999999999999999", "{too_many}", "0", "two"])
+def test_workers_beyond_the_bound_are_one_line(tmp_path, tiny, capsys, workers):
+    """--workers forks that many processes: at most two per CPU core, and a number, never an OverflowError."""
+    from nmt.cli import MAX_PREPARE_WORKERS
+
+    _, recipe = tiny
+    workers = workers.format(too_many=MAX_PREPARE_WORKERS + 1)
+    capsys.readouterr()
+    assert main(["prepare", str(recipe), "--run-dir", str(tmp_path / "run"), "--workers", workers]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nmt: --workers: expected "), err
+    if workers.isdigit() and int(workers) > 1:
+        assert f"at most {MAX_PREPARE_WORKERS} (two per CPU core" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_more_worker_processes_than_chunks(tmp_path, tiny, monkeypatch):
+    """A forked pool starts all its processes at once: a one-chunk corpus starts none, a corpus of a few
+    chunks one per chunk, whatever --workers asks; the pairs are those of the files either way."""
+    import concurrent.futures
+
+    from nmt.cli import MAX_PREPARE_WORKERS
+
+    data, recipe = tiny
+    pools, real_pool = [], concurrent.futures.ProcessPoolExecutor
+
+    def recording_pool(max_workers, *args, **kwargs):
+        pools.append(max_workers)
+        return real_pool(max_workers, *args, **kwargs)
+    monkeypatch.setattr(prepared.concurrent.futures, "ProcessPoolExecutor", recording_pool)
+    assert main(["prepare", str(recipe), "--run-dir", str(tmp_path / "one"), "--workers", str(MAX_PREPARE_WORKERS)]) == 0
+    assert pools == []  # one chunk a side: tokenised in this process
+
+    size = max((data / f"train.{side}").stat().st_size for side in ("src", "tgt"))
+    monkeypatch.setattr(prepared, "CHUNK_BYTES", size // 2 + 1)  # two chunks a side (three where lines cross the cut)
+    chunks = [len(list(prepared.read_chunks(data / f"train.{side}"))) for side in ("src", "tgt")]
+    assert main(["prepare", str(recipe), "--run-dir", str(tmp_path / "few"), "--workers", str(MAX_PREPARE_WORKERS)]) == 0
+    assert pools == [min(n, MAX_PREPARE_WORKERS) for n in chunks]
+    one, few = (tmp_path / name / "corpus" for name in ("one", "few"))
+    for name in ("index.npy", "src-00000.bin", "tgt-00000.bin"):
+        assert (one / name).read_bytes() == (few / name).read_bytes(), name
+    assert json.loads((few / "manifest.json").read_text())["pairs_read"] == 120

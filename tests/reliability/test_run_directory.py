@@ -106,6 +106,70 @@ def test_a_failed_resume_keeps_the_run(tmp_path, capsys, reliability_data):
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
+def test_a_resume_that_fails_before_a_checkpoint_keeps_the_runs_recipe(tmp_path, capsys, reliability_data, monkeypatch):
+    """The run's recipe.yaml says how its checkpoints were trained: a resume with new settings that fails
+    before it writes a checkpoint puts it back; one that trains keeps the new settings."""
+    import pytorch_lightning as pl
+
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", quick_recipe(reliability_data)),
+                   "--run-dir", run_dir)[0] == 0
+    trained = (run_dir / "recipe.yaml").read_text()
+    longer = write_recipe(tmp_path / "longer.yaml", quick_recipe(reliability_data, trainer={"max_steps": 5}))
+
+    def failing_fit(self, *args, **kwargs):
+        assert "max_steps: 5" in (run_dir / "recipe.yaml").read_text()  # written before fitting, as always
+        raise RuntimeError("the first batch failed")
+    with monkeypatch.context() as patch:
+        patch.setattr(pl.Trainer, "fit", failing_fit)
+        assert run_cli(capsys, "train", longer, "--run-dir", run_dir)[0] != 0
+    assert (run_dir / "recipe.yaml").read_text() == trained
+    assert run_cli(capsys, "train", longer, "--run-dir", run_dir)[0] == 0
+    assert "max_steps: 5" in (run_dir / "recipe.yaml").read_text()
+
+
+def test_a_resume_with_another_optimizer_is_refused_naming_the_key(tmp_path, capsys, reliability_data):
+    """last.ckpt holds the optimizer's and the schedule's state: another one is refused before anything
+    is loaded, not a KeyError from inside torch.optim."""
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", quick_recipe(reliability_data)),
+                   "--run-dir", run_dir)[0] == 0
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    for key, value in (("name", "sgd"), ("scheduler", "cosine")):
+        recipe = quick_recipe(reliability_data, trainer={"max_steps": 6})
+        recipe.setdefault("optim", {})[key] = value
+        code, _, err = run_cli(capsys, "train", write_recipe(tmp_path / "other.yaml", recipe), "--run-dir", run_dir)
+        assert code == 2 and error_lines(err)[0].startswith(f"nmt: {run_dir}: optim.{key}: '{value}' differs from "
+                                                            "the run being resumed"), err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_nmt_prepare_leaves_a_trained_runs_recipe_alone(tmp_path, capsys, reliability_data):
+    """Preparing trains nothing: an existing run's recipe.yaml keeps the settings its checkpoints had."""
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", quick_recipe(reliability_data)),
+                   "--run-dir", run_dir)[0] == 0
+    trained = (run_dir / "recipe.yaml").read_text()
+    other = write_recipe(tmp_path / "o.yaml", quick_recipe(reliability_data, trainer={"max_steps": 999}))
+    assert run_cli(capsys, "prepare", other, "--run-dir", run_dir)[0] == 0
+    assert (run_dir / "recipe.yaml").read_text() == trained
+
+
+def test_a_first_start_never_replaces_a_users_recipe_beside_it(tmp_path, capsys, reliability_data):
+    """Training a folder's own recipe.yaml into that folder would replace the user's file (comments and
+    all) with the run's: refused, the file as it was."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    recipe = write_recipe(folder / "recipe.yaml", quick_recipe(reliability_data))
+    text = "# my notes\n" + recipe.read_text()
+    recipe.write_text(text)
+    code, _, err = run_cli(capsys, "train", recipe, "--run-dir", folder)
+    assert code == 2 and error_lines(err) == [f"nmt: {folder}: holds a recipe.yaml that is not a run's, which the "
+                                              "run would replace with its own; pick another --run-dir (e.g. a folder "
+                                              "inside it)"], err
+    assert recipe.read_text() == text and sorted(p.name for p in folder.iterdir()) == ["recipe.yaml"]
+
+
 def test_fitted_dir_falls_back_to_the_old_name(tmp_path):
     assert runs.fitted_dir(tmp_path) == tmp_path / "fitted"  # a new run
     (tmp_path / "tokenizer").mkdir()

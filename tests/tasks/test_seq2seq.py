@@ -55,9 +55,27 @@ def test_nbest_prints_scored_hypotheses(trained_run: Path, tmp_path: Path):
     src.write_text("a0 b1 c2\n\nd3 e0\n")
     lines = translate(trained_run / "run", src, tmp_path / "nbest.txt", "--beam", "4", "--nbest", "3")
     assert [line.split(" ||| ")[0] for line in lines] == ["0"] * 3 + ["1"] * 3 + ["2"] * 3  # N entries per line
-    assert lines[3:6] == ["1 |||  ||| 0.0000"] * 3
+    assert lines[3:6] == ["1 |||  ||| 0"] * 3
     scores = [float(line.split(" ||| ")[2]) for line in lines[:3]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_nbest_scores_stay_distinct_under_a_strong_length_penalty(trained_run: Path, tmp_path: Path):
+    """--alpha 10 divides by ((5 + length) / 6) ** 10: scores near 0, which 4 decimals printed as -0.0000."""
+    from nmt.translate import encode_lines, translate_lines
+
+    src = tmp_path / "in.txt"
+    src.write_text("a0 b1 c2 d3 e0 f1\nd3 e0\n")
+    lines = translate(trained_run / "run", src, tmp_path / "nbest.txt", "--beam", "3", "--nbest", "3", "--alpha", "10")
+    printed = [float(line.split(" ||| ")[2]) for line in lines]
+    task = load_run(trained_run / "run", device="cpu")
+    texts = src.read_text().splitlines()
+    found = [h.score for hyps in translate_lines(task, texts, 3, 3, 10.0, 4000, 2.0, encode_lines(task, texts))
+             for h in hyps]
+    assert len(found) == 6 and max(abs(s) for s in found) < 0.05  # the case: every score rounds to -0.0000
+    assert printed == pytest.approx(found, rel=1e-5)  # each score as found, to 6 significant digits
+    for line in range(2):
+        assert len(set(printed[3 * line:3 * line + 3])) == 3, lines  # so they still rank the hypotheses
 
 
 def test_beam_never_scores_below_greedy(trained_run: Path):
