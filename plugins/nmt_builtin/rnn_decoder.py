@@ -62,7 +62,7 @@ class RNNDecoder(nn.Module):
     # On the CPU shared gives x1.04 in float32 and 1.05 to 1.07 of bf16 (nmt bench train-speed, one and
     # two threads), and a 10-minute bf16 training side by side with stepwise made 9% more steps (README,
     # Training speed), so the CPU trains shared. CUDA stays stepwise (its cuDNN cell) until gpu_check.sh
-    # has measured the rows there, where shared's fewer operations (61 a position against 80) are what
+    # has measured the rows there, where shared's fewer operations (54 a position against 80) are what
     # a launch-bound step pays for.
     TEACHER_FORCING: dict[str, Literal["stepwise", "hoisted", "shared"]] = {"cpu": "shared", "cuda": "stepwise"}
 
