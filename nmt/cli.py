@@ -62,12 +62,17 @@ class Bounded(click.ParamType):
 CHECKPOINT_HELP = "best, last, averaged (written by nmt average) or a checkpoint path."
 
 
+def dash_is_standard(ctx, param, value: Path | None) -> Path | None:
+    """``-i -`` and ``-o -`` are standard input and output, as the option's default (the Unix convention)."""
+    return None if value is not None and str(value) == "-" else value
+
+
 def forced_decoding_options(command):
     """-o, --batch-size (padded tokens), --max-input-tokens, --encoding-errors and --device: what nmt
     score and nmt rerank share, in this order in their help."""
     options = [
         click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Output file, written atomically [default: stdout]."),
+                     callback=dash_is_standard, help="Output file, written atomically [default: stdout; also -]."),
         click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
                      help="Padded tokens per batch."),
         click.option("--max-input-tokens", type=Bounded(int, 1, MAX_INPUT_TOKENS),
@@ -162,9 +167,9 @@ def prepare(recipe: Path, overrides: tuple[str, ...], run_dir: Path | None, work
               help="Longer input lines are cut to this many tokens, with a warning "
                    "[default: 4 x the recipe's data.max_length].")
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Input file (plain or .gz) [default: stdin].")
+              callback=dash_is_standard, help="Input file (plain or .gz) [default: stdin; also -].")
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file, written atomically [default: stdout].")
+              callback=dash_is_standard, help="Output file, written atomically [default: stdout; also -].")
 @click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
               help="What to do with bytes that are not UTF-8.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -296,9 +301,9 @@ def evaluate(hyps: tuple[Path, ...], refs: tuple[Path, ...], metrics: str, paire
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Text lines, sentences or a series CSV, by task [default: stdin].")
+              callback=dash_is_standard, help="Text lines, sentences or a series CSV, by task [default: stdin; also -].")
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file, written atomically [default: stdout].")
+              callback=dash_is_standard, help="Output file, written atomically [default: stdout; also -].")
 @click.option("--probabilities", is_flag=True, help="Classification: print the probability of each label.")
 @click.option("--max-input-tokens", type=Bounded(int, 1, MAX_INPUT_TOKENS),
               help="Text lines: longer lines are cut to this many tokens (steps of a numeric line), with a "

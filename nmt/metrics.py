@@ -116,11 +116,12 @@ def compare_files(hyps: list[Path], refs: list[Path], metrics: list[str], test: 
     12345), so a run repeats. Returns {metric: (signature, comparisons in ``hyps`` order)}."""
     from sacrebleu.significance import PairedTest
 
-    from nmt.io import open_output
+    from nmt.io import open_output, same_file
 
     if len(hyps) < 2:
         raise UserError("--paired", "compares systems: give two or more --hyp (the first is the baseline)")
-    if len({Path(h).resolve() for h in hyps}) < len(hyps):
+    if any(Path(a).resolve() == Path(b).resolve() or same_file(a, b)  # through any link, hard links too
+           for i, a in enumerate(hyps) for b in hyps[i + 1:]):
         raise UserError("--hyp", "the same file is given twice")
     named = {name: _metric(name) for name in metrics}  # an unknown metric fails before anything is read
     systems, references = read_systems(hyps, refs, max_line_bytes)

@@ -6,6 +6,7 @@ own corpus score, and tell a real improvement (p < 0.05) from a change that does
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import sys
@@ -79,6 +80,7 @@ def test_approximate_randomization(systems, capsys):
     (["--hyp", "base.txt", "--paired", "bs"], "nmt: --paired: compares systems: give two or more --hyp"),
     (["--hyp", "base.txt", "--samples", "10"], "nmt: --samples: counts the resamples of a paired test"),
     (["--hyp", "base.txt", "--hyp", "./base.txt"], "nmt: --hyp: the same file is given twice"),
+    (["--hyp", "base.txt", "--hyp", "hard-link.txt"], "nmt: --hyp: the same file is given twice"),
     (["--hyp", "base.txt", "--hyp", "short.txt"], "nmt: short.txt: line count differs from base.txt (2 vs 300)"),
     (["--hyp", "base.txt", "--hyp", "better.txt", "--metrics", "bleu,meteor"], "nmt: --metrics: unknown metric"),
     (["--hyp", "base.txt", "--metrics", ","], "nmt: --metrics: expected one or more of bleu, chrf, ter"),
@@ -87,6 +89,8 @@ def test_approximate_randomization(systems, capsys):
 ])
 def test_bad_comparisons_are_one_line(systems, capsys, argv, message):
     Path("short.txt").write_text("a\nb\n")
+    if not Path("hard-link.txt").exists():
+        os.link("base.txt", "hard-link.txt")
     code, out, err = run_cli(capsys, "evaluate", *argv, "--ref", "ref.txt")
     assert code == 2 and out == ""
     assert len(error_lines(err)) == 1 and error_lines(err)[0].startswith(message), err

@@ -127,6 +127,18 @@ def test_dev_stdout_goes_to_standard_output(workdir):
     assert len(proc.stdout.splitlines()) == 2
 
 
+@pytest.mark.parametrize("command", ["translate", "predict"])
+def test_a_dash_is_standard_input_and_output(workdir, classify_run, command):
+    """-i - and -o - are standard input and output (the Unix convention), not files named '-'."""
+    run = "run" if command == "translate" else classify_run
+    argv = [*NMT, command, "--run", run, "--device", "cpu", *(["--beam", "1"] if command == "translate" else [])]
+    from_file = subprocess.run([*argv, "-i", "in.txt"], capture_output=True, text=True, timeout=300)
+    dashes = subprocess.run([*argv, "-i", "-", "-o", "-"], input=SOURCE, capture_output=True, text=True, timeout=300)
+    assert from_file.returncode == 0 and dashes.returncode == 0, dashes.stderr
+    assert dashes.stdout == from_file.stdout and len(dashes.stdout.splitlines()) == 2
+    assert not (workdir / "-").exists()
+
+
 def test_symlink_is_kept_and_its_file_replaced(workdir, capsys):
     (workdir / "results").mkdir()
     (workdir / "results" / "real.txt").write_text(PREVIOUS)
