@@ -181,26 +181,6 @@ def plot_chunk(task, directory: Path, line_no: int, encoded: list[list[int]],
     return unlabelled
 
 
-class UnlabelledPlots:
-    """The warnings for heatmaps drawn without piece labels: the first such line by name and number,
-    and at the end how many there were in all (when more than one)."""
-
-    def __init__(self, name: str):
-        self.name, self.first, self.count = name, None, 0
-
-    def add(self, numbers: list[int]) -> None:
-        if numbers and self.first is None:
-            self.first = numbers[0]
-            click.echo(f"nmt: warning: {self.name}:{self.first}: too many pieces to label in its attention heatmap; "
-                       "its axes show piece indices (0-based) instead", err=True)
-        self.count += len(numbers)
-
-    def finish(self) -> None:
-        if self.count > 1:
-            click.echo(f"nmt: warning: {self.name}: {self.count} attention heatmaps in all show piece indices "
-                       f"instead of labels (the first at line {self.first})", err=True)
-
-
 def format_score(score: float) -> str:
     """A score of ``--nbest`` output: 6 significant digits, so distinct scores stay distinct however
     small (``-1.23457e-05`` under a strong length penalty, where 4 decimals printed ``-0.0000``); ``0``
@@ -208,34 +188,55 @@ def format_score(score: float) -> str:
     return f"{score:.6g}"
 
 
-class CutLines:
-    """The input lines cut to ``--max-input-tokens`` and their warnings: the first such line by name
-    and number when its chunk is done, and at the end how many there were in all (when more than one).
+class LineWarnings:
+    """Warnings about some lines of one input: the first such line by name and number when it is met,
+    and at the end how many there were in all (when more than one). ``first`` is the first one's warning
+    (after ``NAME:LINE: ``), ``total`` the count's (after ``NAME: ``; it may use {count} and {first})."""
+
+    def __init__(self, name: str, first: str, total: str):
+        self.name, self.first_text, self.total_text = name, first, total
+        self.first: int | None = None
+        self.count = 0
+
+    def add(self, numbers: Iterable[int]) -> None:
+        """Lines ``numbers`` (1-based) have the condition."""
+        numbers = list(numbers)
+        if numbers and self.first is None:
+            self.first = min(numbers)
+            click.echo(f"nmt: warning: {self.name}:{self.first}: {self.first_text}", err=True)
+        self.count += len(numbers)
+
+    def finish(self) -> None:
+        if self.count > 1:
+            click.echo(f"nmt: warning: {self.name}: {self.total_text.format(count=self.count, first=self.first)}",
+                       err=True)
+
+
+class CutLines(LineWarnings):
+    """The input lines cut to ``--max-input-tokens`` and their warnings, each line's when its chunk is done.
 
     ``lines`` collects the numbers (1-based): :func:`read_source` adds those cut by bytes while reading,
     the caller those cut by tokens."""
 
-    def __init__(self, name: str, max_tokens: int, doing: str):
-        self.name, self.max_tokens, self.doing = name, max_tokens, doing  # doing: e.g. "translating"
+    def __init__(self, name: str, max_tokens: int, doing: str):  # doing: e.g. "translating"
+        super().__init__(name, f"line longer than --max-input-tokens ({max_tokens} tokens); {doing} its first "
+                               f"{max_tokens} tokens",
+                         f"{{count}} lines in all were cut to {max_tokens} tokens (the first at line {{first}})")
         self.lines: set[int] = set()
-        self.first: int | None = None
-        self.count = 0
 
     def flush(self, last_line: int) -> set[int]:
         """The numbers of the lines cut up to ``last_line`` (the end of the chunk just done), warned of."""
         numbers = {n for n in self.lines if n <= last_line}
         self.lines -= numbers
-        if numbers and self.first is None:
-            self.first = min(numbers)
-            click.echo(f"nmt: warning: {self.name}:{self.first}: line longer than --max-input-tokens "
-                       f"({self.max_tokens} tokens); {self.doing} its first {self.max_tokens} tokens", err=True)
-        self.count += len(numbers)
+        self.add(numbers)
         return numbers
 
-    def finish(self) -> None:
-        if self.count > 1:
-            click.echo(f"nmt: warning: {self.name}: {self.count} lines in all were cut to {self.max_tokens} "
-                       f"tokens (the first at line {self.first})", err=True)
+
+def unlabelled_plots(name: str) -> LineWarnings:
+    """The warnings for attention heatmaps drawn with piece indices, their pieces too many to label."""
+    return LineWarnings(name, "too many pieces to label in its attention heatmap; its axes show piece indices "
+                              "(0-based) instead",
+                        "{count} attention heatmaps in all show piece indices instead of labels (the first at line {first})")
 
 
 def chunks(lines: Iterable[str], size: int, pending: Callable[[], bool] | None = None) -> Iterator[list[str]]:
@@ -331,7 +332,7 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
     max_input_tokens = max_input_tokens or 4 * longest
     name = str(input_path or "<stdin>")
     report, warned = CutLines(name, max_input_tokens, "translating"), False
-    unlabelled = UnlabelledPlots(name)
+    unlabelled = unlabelled_plots(name)
     source, pending = read_source(input_path, encoding_errors, max_input_tokens * BYTES_PER_TOKEN, report.lines)
     with open_output(output_path) as out:
         line_no = 0
