@@ -8,7 +8,7 @@ give the same translations up to float rounding (which can only flip near-ties).
 
 Neither this module nor what it imports loads torch: the built-in tokenizers (sentencepiece,
 whitespace, characters) are read here from their files, and batching is
-:func:`nmt.data.buckets.bucket_by_length` (numpy only), as for the torch engine.
+:func:`nmt.data.buckets.search_batches` (numpy only), as for the torch engine.
 A third-party tokenizer is loaded through nmt's registry, which does import torch (not used).
 
     engine = OnnxEngine("runs/en-de/onnx")
@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nmt.data.buckets import bucket_by_length
+from nmt.data.buckets import search_batches
 from nmt.errors import RunError, UserError, shorten
 from nmt.search_rules import Hypothesis, beam_step, greedy_step
 
 ENGINE_FORMAT = 1
-BUDGET_BEAM = 5  # as nmt.translate: --batch-size counts source tokens at beam sizes up to this
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3  # as nmt.data.tokenizer
 SPECIAL_PIECES = ("<pad>", "<unk>", "<s>", "</s>")
 
@@ -215,11 +214,8 @@ class OnnxEngine:
         an empty or blank line gets none."""
         if encoded is None:
             encoded = [self.src_tokenizer.encode(line) if line.strip() else [] for line in lines]
-        todo = [i for i in range(len(lines)) if encoded[i]]
         results: list[list[Hypothesis]] = [[] for _ in lines]
-        for batch_ids in bucket_by_length([len(encoded[i]) for i in todo], batch_tokens * BUDGET_BEAM,
-                                          width=max(beam, BUDGET_BEAM)):
-            batch = [todo[k] for k in batch_ids]
+        for batch in search_batches(encoded, beam, batch_tokens):
             src_len = np.array([len(encoded[j]) for j in batch], dtype=np.int64)  # [B]
             src = np.full((len(batch), int(src_len.max())), self.src_tokenizer.pad_id, dtype=np.int64)  # [B, S]
             for row, j in enumerate(batch):

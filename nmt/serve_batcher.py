@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import torch
 
 from nmt import search
-from nmt.data.batching import bucket_by_length
+from nmt.data.buckets import search_batches
 from nmt.errors import RequestError
-from nmt.translate import BUDGET_BEAM, translate_lines
+from nmt.translate import translate_lines
 
 MAX_PENDING_SENTENCES = 50_000  # queued across requests; beyond it new requests get 503, not memory growth
 BATCH_WAIT_S = 0.005  # how long the first request of a batch waits for others to join it
@@ -251,11 +251,9 @@ class Batcher:
         encoded = [ids for job in jobs for ids in job.encoded]
         owner = [job for job in jobs for _ in job.sentences]
         results: list[list[search.Hypothesis]] = [[] for _ in sentences]
-        todo = [i for i, ids in enumerate(encoded) if ids]
         extra = {"attention": True} if options.attention else {}  # asked for only when wanted
-        for batch in bucket_by_length([len(encoded[i]) for i in todo], self.batch_tokens * BUDGET_BEAM,
-                                      width=max(options.beam, BUDGET_BEAM)):
-            batch = [todo[k] for k in batch if not owner[todo[k]].left]
+        for batch in search_batches(encoded, options.beam, self.batch_tokens):
+            batch = [i for i in batch if not owner[i].left]
             if self.stopping or not batch:
                 continue
 

@@ -21,7 +21,7 @@ import torch
 from nmt import search
 from nmt.alignment import EOS_PIECE, labels_fit, pharaoh
 from nmt.alignment import plot_attention as plot_attention_png
-from nmt.data.batching import bucket_by_length
+from nmt.data.buckets import search_batches
 from nmt.data.text import BYTES_PER_TOKEN, capped_lines
 from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import UserError
@@ -29,9 +29,6 @@ from nmt.io import describe, open_output, refuse_same_file
 from nmt.runs import load_run
 
 CHUNK_LINES = 2000
-#: --batch-size counts source tokens at beam sizes up to this; a wider beam keeps ``beam`` copies of
-#: every sentence in the batch, so proportionally fewer sentences fit (the memory stays the same).
-BUDGET_BEAM = 5
 
 
 def encode_lines(task, lines: list[str]) -> list[list[int]]:
@@ -45,17 +42,15 @@ def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float,
     """Hypotheses for each line, in input order; an empty or blank line gets none. With ``attention``
     each hypothesis carries its attention weights (``Hypothesis.attention``).
 
-    A batch holds at most ``batch_tokens * BUDGET_BEAM`` hypothesis tokens (sentences x longest
-    source x beam, at least BUDGET_BEAM wide), so a wide beam takes fewer sentences at a time."""
+    Batched by :func:`nmt.data.buckets.search_batches`: at most ``batch_tokens * BUDGET_BEAM`` hypothesis
+    tokens a batch (sentences x longest source x beam, at least BUDGET_BEAM wide), so a wide beam takes
+    fewer sentences at a time."""
     if hasattr(task, "translate_lines"):  # an engine with its own search (nmt.onnx_engine.OnnxEngine)
         return task.translate_lines(lines, beam, nbest, alpha, batch_tokens, max_length_ratio, encoded)
     encoded = encode_lines(task, lines) if encoded is None else encoded
-    todo = [i for i in range(len(lines)) if encoded[i]]
     results: list[list[search.Hypothesis]] = [[] for _ in lines]
     device = next(task.parameters()).device
-    for batch_ids in bucket_by_length([len(encoded[i]) for i in todo], batch_tokens * BUDGET_BEAM,
-                                      width=max(beam, BUDGET_BEAM)):
-        batch = [todo[k] for k in batch_ids]
+    for batch in search_batches(encoded, beam, batch_tokens):
         src = torch.nn.utils.rnn.pad_sequence([torch.tensor(encoded[j]) for j in batch], batch_first=True,
                                               padding_value=task.src_tokenizer.pad_id).to(device)
         src_len = torch.tensor([len(encoded[j]) for j in batch])

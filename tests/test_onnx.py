@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # where the shar
 from reliability_support import error_lines, reliability_data, run_cli, trained_run  # noqa: E402,F401
 
 from nmt import onnx_engine, search  # noqa: E402
-from nmt.translate import BUDGET_BEAM, bucket_by_length  # noqa: E402
+from nmt.translate import search_batches  # noqa: E402
 
 WORDS = "a0 a1 a2 a3 b0 b1 b2 b3 c0 c1 c2 c3 d0 d1 d2 d3 e0 e1 e2 e3 f0 f1 f2 f3".split()
 
@@ -300,8 +300,7 @@ def test_length_cap_is_computed_in_float32_as_torch():
 
 
 def test_batches_and_budget_are_the_torch_engines():
-    assert onnx_engine.BUDGET_BEAM == BUDGET_BEAM
-    assert onnx_engine.bucket_by_length is bucket_by_length
+    assert onnx_engine.search_batches is search_batches
 
 
 def test_tokenizers_read_from_files_match_the_plugins(tmp_path):

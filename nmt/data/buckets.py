@@ -142,6 +142,21 @@ def bucket_by_length(lengths: Sequence[int] | np.ndarray, max_tokens: int, max_s
                          width=width).as_lists()
 
 
+#: a search's batch size counts source tokens at beam sizes up to this; a wider beam keeps ``beam`` copies
+#: of every sentence in the batch, so proportionally fewer sentences fit (the memory stays the same)
+BUDGET_BEAM = 5
+
+
+def search_batches(encoded: Sequence[Sequence[int]], beam: int, batch_tokens: int) -> list[list[int]]:
+    """The batches of a search (``nmt translate``, its ONNX engine, ``nmt serve``): indices of the
+    non-empty ``encoded`` lines, at most ``batch_tokens * BUDGET_BEAM`` hypothesis tokens each (sentences
+    x longest source x beam, at least BUDGET_BEAM wide), shortest first."""
+    todo = [i for i, ids in enumerate(encoded) if ids]
+    return [[todo[k] for k in batch] for batch in bucket_by_length([len(encoded[i]) for i in todo],
+                                                                    batch_tokens * BUDGET_BEAM,
+                                                                    width=max(beam, BUDGET_BEAM))]
+
+
 def equalize(batches: Batches, index: LengthIndex, num_replicas: int) -> Batches:
     """Change the number of batches to a multiple of ``num_replicas`` without losing an example.
 
