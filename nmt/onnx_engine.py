@@ -165,7 +165,7 @@ class OnnxEngine:
             raise RunError(info_path, f"unreadable ({str(exc)[:80]})") from None
         if not isinstance(info, dict) or info.get("format") != ENGINE_FORMAT:
             raise RunError(info_path, f"export format {info.get('format', '?') if isinstance(info, dict) else '?'} "
-                                      f"is not supported (expected {ENGINE_FORMAT}); export the run again")
+                                      f"is not supported (expected {ENGINE_FORMAT}); {EXPORT_AGAIN}")
         check_engine_info(info, info_path)
         self.info = info
         self.bos_id, self.eos_id, self.max_length = info["bos_id"], info["eos_id"], info["max_length"]

@@ -105,26 +105,26 @@ MAX_PARAMETERS = 2**30
 
 
 def check_network_size(recipe: Recipe, build) -> None:
-    """``build()`` the network on the meta device first, where it takes no memory, and refuse it past
-    MAX_PARAMETERS before it is built for real (a plugin that cannot be built there is built for real)."""
+    """``build()`` the network on the meta device, where it takes no memory but its constructors check
+    their sizes as anywhere, and refuse it past MAX_PARAMETERS. A plugin that cannot be built there (it
+    computes with real tensors in its constructor) is built for real instead, unsized."""
     try:
         with torch.device("meta"):
             network = build()
     except RecipeError:
         raise
-    except Exception:  # a plugin that computes with real tensors in its constructor
-        network = None
-    if network is not None:
-        count = sum(p.numel() for module in network.values() for p in module.parameters())
-        if count > MAX_PARAMETERS:
-            sizes = ", ".join(f"model.{section}.{key} {recipe.raw['model'][section][key]}"
-                              for section, key in (("embedding", "size"), ("encoder", "hidden_size"),
-                                                   ("decoder", "hidden_size"))
-                              if isinstance(recipe.raw.get("model", {}).get(section), dict)
-                              and key in recipe.raw["model"][section])
-            raise RecipeError(f"{recipe.path}: model", f"{count:,} parameters even with a vocabulary of 8, more than "
-                              f"{MAX_PARAMETERS:,}{f' ({sizes})' if sizes else ''}; make the model smaller")
-    build()
+    except Exception:
+        build()
+        return
+    count = sum(p.numel() for module in network.values() for p in module.parameters())
+    if count > MAX_PARAMETERS:
+        sizes = ", ".join(f"model.{section}.{key} {recipe.raw['model'][section][key]}"
+                          for section, key in (("embedding", "size"), ("encoder", "hidden_size"),
+                                               ("decoder", "hidden_size"))
+                          if isinstance(recipe.raw.get("model", {}).get(section), dict)
+                          and key in recipe.raw["model"][section])
+        raise RecipeError(f"{recipe.path}: model", f"{count:,} parameters even with a vocabulary of 8, more than "
+                          f"{MAX_PARAMETERS:,}{f' ({sizes})' if sizes else ''}; make the model smaller")
 
 
 def train_parts(data) -> list[ParallelFiles]:
