@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nmt.data.buckets import search_batches
+from nmt.data.sentencepiece_model import open_sentencepiece
 from nmt.errors import RunError, UserError, shorten
 from nmt.search_rules import Hypothesis, beam_step, greedy_step
 
@@ -41,11 +42,7 @@ class SentencePieceFiles:
     """The ``sentencepiece`` tokenizer from ``<prefix>.model`` (ids as the nmt plugin gives them)."""
 
     def __init__(self, path: Path):
-        import sentencepiece as spm
-
-        if not path.is_file():
-            raise RunError(path, "sentencepiece model not found; export the run again")
-        self.processor = spm.SentencePieceProcessor(model_file=str(path))
+        self.processor = open_sentencepiece(path, RunError, EXPORT_AGAIN)
         self.pad_id = PAD_ID
 
     def encode(self, text: str) -> list[int]:

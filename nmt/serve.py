@@ -4,7 +4,7 @@ One request goes through three steps:
 
 1. its handler (on the event loop) reads the body up to a byte cap, checks every field against the
    bounds of the ``nmt translate`` option of the same name, encodes the sentences and refuses a request
-   that asks the search for more than :data:`MAX_SEARCH_TOKENS`;
+   that asks the search for more than :data:`MAX_SEARCH_TOKENS` or :data:`MAX_SEARCH_PAIRS`;
 2. it joins the queue of the :class:`~nmt.serve_batcher.Batcher` as a job, which the one collector task
    batches with the jobs that arrive within a few milliseconds of it;
 3. the one model thread searches them and the handler answers with its own hypotheses; a client that
@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from nmt import search
 from nmt.alignment import EOS_PIECE
+from nmt.data.buckets import BUDGET_BEAM
 from nmt.errors import RequestError, UserError, shorten
 from nmt.serve_batcher import BATCH_WAIT_S, Batcher, ModelError, SearchOptions
 from nmt.serve_page import PAGE
@@ -46,6 +47,12 @@ MAX_SENTENCES = 1000  # per request: one request must not hold the model for eve
 # beam x its length cap (max_length_ratio x source tokens + 10, as nmt.search). The defaults pass 1,000
 # sentences of up to 95 tokens; beam 100 at ratio 10, 19 sentences of 50. Over it: 413.
 MAX_SEARCH_TOKENS = 1_000_000
+# Per request, the most (target token, source token) pairs its search's attention may score: for each
+# sentence, beam x its length cap x its source tokens. The target-token cap alone let one sentence of
+# 100,000 source tokens through at beam 100 and ratio 0.1 (hours of search, tens of GB for the beams'
+# copies of its source); this bounds the time in the source's length as well. The defaults still pass
+# 1,000 sentences of up to 95 tokens (95,000,000 pairs), beam 100 at ratio 10 19 sentences of 50. Over it: 413.
+MAX_SEARCH_PAIRS = 100_000_000
 STOP_WAIT_S = 5.0  # at shutdown, how long the model thread is given to reach its next step (it is a daemon)
 DEFAULTS = {"beam": 5, "nbest": 1, "alpha": 0.6, "max_length_ratio": 2.0}
 OPTIONS = (*DEFAULTS, "max_input_tokens")  # named as the nmt translate options, with _ for -
@@ -151,9 +158,36 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def search_tokens(encoded: list[list[int]], options: SearchOptions) -> int:
-    """The most target tokens a search of ``encoded`` may produce: beam x each sentence's length cap."""
-    return sum(options.beam * (int(len(ids) * options.max_length_ratio) + 10) for ids in encoded if ids)
+def search_work(encoded: list[list[int]], options: SearchOptions) -> tuple[int, int]:
+    """The most a search of ``encoded`` may do: (target tokens, beam x each sentence's length cap, summed;
+    and the (target, source) token pairs its attention scores, each of those tokens times its source's length)."""
+    caps = [(options.beam * (int(len(ids) * options.max_length_ratio) + 10), len(ids)) for ids in encoded if ids]
+    return sum(tokens for tokens, _ in caps), sum(tokens * length for tokens, length in caps)
+
+
+def check_search_work(encoded: list[list[int]], options: SearchOptions, max_tokens: int, max_pairs: int,
+                      batch_tokens: int) -> None:
+    """Refuses (413) a request whose search may do more than ``max_tokens`` or ``max_pairs``, or one of whose
+    sentences alone, copied once per beam, would outgrow a model batch (``batch_tokens x BUDGET_BEAM`` hypothesis
+    tokens, what ``--batch-size`` bounds the search's memory by). Checked before it is queued, so the same
+    request gets the same answer under any load."""
+    tokens, pairs = search_work(encoded, options)
+    caps = (f"{len(encoded)} sentence{'s' if len(encoded) != 1 else ''}, beam {options.beam} x each one's length "
+            f"cap of max_length_ratio {options.max_length_ratio:g} x its tokens + 10")
+    advice = "send fewer or shorter sentences, or a lower beam or max_length_ratio"
+    if tokens > max_tokens:
+        raise RequestError(413, "request", f"asks the search for up to {tokens:,} target tokens ({caps}), "
+                                           f"more than the {max_tokens:,} one request may; {advice}")
+    if pairs > max_pairs:
+        raise RequestError(413, "request", f"asks the attention for up to {pairs:,} target-source token pairs ({caps}, "
+                                           f"times its source tokens), more than the {max_pairs:,} one request may; {advice}")
+    width, budget = max(options.beam, BUDGET_BEAM), batch_tokens * BUDGET_BEAM
+    for i, ids in enumerate(encoded):
+        if len(ids) * width > budget:
+            raise RequestError(413, f"sentences[{i}]", f"{len(ids):,} tokens x beam {width} = {len(ids) * width:,} "
+                                                       f"hypothesis tokens, more than one model batch holds "
+                                                       f"({budget:,}: --batch-size {batch_tokens:,} x {BUDGET_BEAM}); "
+                                                       f"send a shorter sentence or use a lower beam")
 
 
 async def disconnected(request: Request) -> None:
@@ -166,7 +200,7 @@ async def disconnected(request: Request) -> None:
 
 def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BATCH_WAIT_S,
                max_body_bytes: int = MAX_BODY_BYTES, max_sentences: int = MAX_SENTENCES,
-               max_search_tokens: int = MAX_SEARCH_TOKENS) -> Starlette:
+               max_search_tokens: int = MAX_SEARCH_TOKENS, max_search_pairs: int = MAX_SEARCH_PAIRS) -> Starlette:
     """The Starlette app serving ``task`` (a loaded translation run); ``app.state.batcher`` holds the counters,
     ``app.state.compiled`` says whether the decoder step was compiled (``/health`` reports both)."""
     if not hasattr(task, "src_tokenizer") or not hasattr(task, "decode_step"):
@@ -193,11 +227,7 @@ def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BA
             encoded = encode_lines(task, sentences)
             cut = [len(ids) > max_tokens for ids in encoded]
             encoded = [ids[:max_tokens] for ids in encoded]
-            if (asked := search_tokens(encoded, options)) > max_search_tokens:
-                raise RequestError(413, "request", f"asks the search for up to {asked:,} target tokens ({len(sentences)} "
-                                   f"sentences, beam {options.beam} x each one's length cap of max_length_ratio "
-                                   f"{options.max_length_ratio:g} x its tokens + 10), more than the {max_search_tokens:,} "
-                                   f"one request may; send fewer or shorter sentences, or a lower beam or max_length_ratio")
+            check_search_work(encoded, options, max_search_tokens, max_search_pairs, batch_tokens)
             results = await batcher.submit(sentences, encoded, options, disconnected(request))
         except RequestError as exc:
             return error_response(exc.status, exc.message, exc.where)
@@ -219,7 +249,8 @@ def create_app(task, run_name: str, batch_tokens: int = 4000, wait_s: float = BA
                              "pending_sentences": batcher.pending, "stats": dict(batcher.stats),
                              "limits": {"max_body_bytes": max_body_bytes, "max_sentences": max_sentences,
                                         "max_input_tokens": default_max_tokens, "batch_tokens": batch_tokens,
-                                        "max_search_tokens": max_search_tokens}})
+                                        "max_search_tokens": max_search_tokens,
+                                        "max_search_pairs": max_search_pairs}})
 
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(PAGE)

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent / "reliability"))  # where the shar
 from reliability_support import error_lines, reliability_data, run_cli, trained_run  # noqa: E402,F401
 
 from nmt import onnx_engine, search  # noqa: E402
+from nmt.errors import RunError  # noqa: E402
 from nmt.translate import search_batches  # noqa: E402
 
 WORDS = "a0 a1 a2 a3 b0 b1 b2 b3 c0 c1 c2 c3 d0 d1 d2 d3 e0 e1 e2 e3 f0 f1 f2 f3".split()
@@ -322,6 +323,24 @@ def test_tokenizers_read_from_files_match_the_plugins(tmp_path):
             ids = theirs.encode(text)
             assert ours.encode(text) == ids
             assert ours.decode(ids + [3, 0]) == theirs.decode(ids + [3, 0])
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: path.write_bytes(b""), "not a sentencepiece model, truncated or corrupt (empty file)"),
+    (lambda path: path.write_bytes(path.read_bytes()[:200]), "not a sentencepiece model, truncated or corrupt ("),
+    (lambda path: path.unlink(), "sentencepiece model not found"),
+], ids=["empty", "truncated", "missing"])
+def test_a_damaged_sentencepiece_model_in_an_export_is_one_line_naming_it(tmp_path, damage, words):
+    from nmt_builtin.sentencepiece_tokenizer import SentencePieceTokenizer
+
+    texts = [f"the cat sat on mat {i % 7} dogs ran far" for i in range(200)]
+    SentencePieceTokenizer.train(SentencePieceTokenizer.Config(vocab_size=40), texts, tmp_path, "src")
+    damage(tmp_path / "src.model")
+    with pytest.raises(RunError) as caught:
+        onnx_engine.load_tokenizer(tmp_path, "sentencepiece", "src")
+    message = caught.value.what
+    assert caught.value.where == str(tmp_path / "src.model") and message.startswith(words), message
+    assert message.endswith("; export the run again (nmt export --run RUN --format onnx)") and "\n" not in message
 
 
 class ToyModel:

@@ -37,6 +37,7 @@ LINES = ["a0 b1 c2 d3", "f3 e2", "", "c1 c1 d2 a3 b0 e1 f2", "b2"]
 MAX_SENTENCES = 20
 MAX_BODY = 4096
 MAX_SEARCH = 20_000
+MAX_PAIRS = 2_000_000
 
 
 class ServerThread:
@@ -68,7 +69,7 @@ def server(trained_run):
     task = load_run(trained_run, device="cpu")
     # A 20 ms window: requests sent together join one batch even on a busy two-core machine.
     app = create_app(task, "run", wait_s=0.02, max_body_bytes=MAX_BODY, max_sentences=MAX_SENTENCES,
-                     max_search_tokens=MAX_SEARCH)
+                     max_search_tokens=MAX_SEARCH, max_search_pairs=MAX_PAIRS)
     with ServerThread(app) as running:
         yield running
 
@@ -249,6 +250,41 @@ def test_a_request_asking_the_search_for_more_than_the_cap_is_413_and_not_queued
     at_cap = client.post("/translate", json={"sentences": [sentence] * 4 + [""], "beam": 100, "max_length_ratio": 10})
     assert at_cap.status_code == 200, at_cap.text  # 20,000: the cap itself is allowed; an empty line costs nothing
     assert client.get("/health").json()["limits"]["max_search_tokens"] == MAX_SEARCH
+
+
+def test_a_long_sentence_whose_attention_would_pass_the_cap_is_413_though_its_target_tokens_do_not(client):
+    # 300 source tokens at beam 100 and ratio 0.5: 100 x (150 + 10) = 16,000 target tokens (under 20,000),
+    # each scoring 300 source tokens: 4,800,000 pairs, over 2,000,000. The target-token cap let it through.
+    long = " ".join(["c0"] * 300)
+    before = client.get("/health").json()["stats"]["requests"]
+    over = client.post("/translate", json={"sentences": [long], "beam": 100, "max_length_ratio": 0.5,
+                                           "max_input_tokens": 300})
+    assert over.status_code == 413, over.text
+    assert over.json()["field"] == "request"
+    assert over.json()["error"].startswith("nmt: request: asks the attention for up to 4,800,000 target-source "
+                                           "token pairs (1 sentence, beam 100"), over.json()
+    assert f"more than the {MAX_PAIRS:,} one request may" in over.json()["error"]
+    assert client.get("/health").json()["stats"]["requests"] == before  # refused before it was queued
+    lower_beam = client.post("/translate", json={"sentences": [long], "beam": 10, "max_length_ratio": 0.5,
+                                                 "max_input_tokens": 300})
+    assert lower_beam.status_code == 200, lower_beam.text  # 1,600 x 300 = 480,000 pairs
+    assert client.get("/health").json()["limits"]["max_search_pairs"] == MAX_PAIRS
+
+
+def test_a_sentence_whose_beams_outgrow_a_model_batch_is_413_naming_it(client):
+    # 210 tokens x beam 100 = 21,000 hypothesis tokens, over one model batch (4,000 x 5 = 20,000): the search
+    # would hold them at once whatever --batch-size says. Under both other caps (3,100 + 1,000 target tokens;
+    # about 652,000 pairs).
+    long = " ".join(["c0"] * 210)
+    over = client.post("/translate", json={"sentences": ["a0", long], "beam": 100, "max_length_ratio": 0.1,
+                                           "max_input_tokens": 300})
+    assert over.status_code == 413, over.text
+    assert over.json()["field"] == "sentences[1]"
+    assert over.json()["error"] == ("nmt: sentences[1]: 210 tokens x beam 100 = 21,000 hypothesis tokens, more than "
+                                    "one model batch holds (20,000: --batch-size 4,000 x 5); send a shorter sentence "
+                                    "or use a lower beam")
+    assert client.post("/translate", json={"sentences": ["a0", long], "beam": 50, "max_length_ratio": 0.1,
+                                           "max_input_tokens": 300}).status_code == 200
 
 
 def test_unknown_path_and_method_are_json_errors(client):

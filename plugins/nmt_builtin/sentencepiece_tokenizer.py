@@ -17,6 +17,7 @@ import sentencepiece as spm
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from nmt.data.sentencepiece_model import open_sentencepiece
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 from nmt.errors import DataError, RecipeError
 from nmt.registry import register
@@ -109,18 +110,7 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def load(cls, directory: Path, prefix: str) -> SentencePieceTokenizer:
         path = Path(directory) / f"{prefix}.model"
-        if not path.is_file():
-            raise DataError(str(path), "sentencepiece model not found")
-        try:
-            processor = spm.SentencePieceProcessor(model_file=str(path))
-        except (RuntimeError, OSError) as exc:  # sentencepiece says "INTERNAL: could not parse ModelProto ..."
-            reason = "empty file" if path.stat().st_size == 0 else str(exc).splitlines()[0].removeprefix("INTERNAL: ")[:100]
-            raise DataError(str(path), f"not a sentencepiece model, truncated or corrupt ({reason}); "
-                                       f"copy the run's {path.parent.name}/ directory again or retrain") from None
-        found = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
-        if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            # A model trained outside nmt may put the specials elsewhere; ids would silently clash.
-            raise DataError(str(path), f"special ids (pad, unk, bos, eos) are {found}, expected (0, 1, 2, 3)")
+        processor = open_sentencepiece(path, DataError, f"copy the run's {path.parent.name}/ directory again or retrain")
         return cls(processor)
 
     def encode(self, text: str) -> list[int]:
