@@ -10,7 +10,6 @@ still answers input line i. ``benchmarks/streaming_memory.py`` is the same with 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import subprocess
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import click
 
-from nmt.errors import UserError, quote
+from nmt.errors import UserError
+from nmt.options import within
 
 PROBE_EVERY = 997  # probe A at lines 0, 997, ...; probe B half way between
 
@@ -85,7 +85,7 @@ def in_process_options(what: str, args: tuple[str, ...]) -> dict:
 
 class ScriptArguments(argparse.ArgumentParser):
     """argparse for nmt bench and the benchmark scripts: a bad argument raises a :class:`UserError`
-    (``nmt: --steps: expected an integer from 1 to 100000, got '-1'`` through :func:`script_main` or
+    (``nmt: --steps: expected at least 1, got -1`` through :func:`script_main` or
     the CLI) instead of printing a usage block; unknown arguments are an error too."""
 
     def __init__(self, *args, **kwargs):
@@ -102,18 +102,13 @@ class ScriptArguments(argparse.ArgumentParser):
 
 
 def bounded(kind: type, low: float, high: float):
-    """An argparse type: a finite ``kind`` (int or float) within [low, high]."""
-    noun = "an integer" if kind is int else "a number"
-    span = f"{low} to {high}" if kind is int else f"{low:g} to {high:g}"
-
+    """An argparse type: a finite ``kind`` (int or float) within [low, high], refused in the words of the
+    commands' own options (:func:`nmt.options.within`)."""
     def convert(text: str):
         try:
-            value = kind(text)
-        except ValueError:  # also an integer beyond Python's digit limit
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {quote(text)}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"expected {noun} from {span}, got {quote(text)}")
-        return value
+            return within(kind, text, low, high)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     convert.__name__ = kind.__name__
     return convert
 

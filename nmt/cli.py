@@ -5,7 +5,6 @@ User errors print one line, ``nmt: <where>: <what>``, and exit 2; runtime failur
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -13,79 +12,11 @@ from pathlib import Path
 import click
 
 import nmt
-from nmt.errors import UserError, quote, shorten
+from nmt.errors import UserError
 from nmt.io import Terminated
 from nmt.metrics import MAX_LINE_BYTES
-
-ENCODING_ERRORS = click.Choice(["strict", "replace"])
-
-# Search bounds: beyond them the work per sentence grows past any machine (a beam of 100000 asks for
-# terabytes; a length ratio of 1e30 or NaN gives no output at all), so they are refused up front.
-MAX_BEAM = 100
-MAX_LENGTH_RATIO = 10.0
-MAX_ALPHA = 10.0
-MAX_INPUT_TOKENS = 100_000
-# nmt prepare: each worker is a forked process holding a tokenizer and chunks in flight; more than two
-# per core only adds memory and contention
-MAX_PREPARE_WORKERS = 2 * (os.cpu_count() or 1)
-
-
-class Bounded(click.ParamType):
-    """A finite int or float within [low, high]; anything else is ``nmt: --option: expected ...``.
-
-    Click's own ranges accept ``nan`` and ``inf`` and phrase errors their own way; this gives the
-    one-line form every other nmt error has."""
-
-    def __init__(self, kind: type, low: float, high: float, why_high: str = ""):
-        self.kind, self.low, self.high, self.why_high = kind, low, high, why_high
-        self.name = kind.__name__
-
-    def convert(self, value, param, ctx):
-        where = max(param.opts, key=len) if param is not None else None
-        if isinstance(value, self.kind) and not isinstance(value, bool):
-            number = value
-        else:
-            try:
-                number = self.kind(str(value).strip())
-            except ValueError:
-                noun = "an integer" if self.kind is int else "a number"
-                raise UserError(where, f"expected {noun}, got {quote(value)}") from None
-        if not math.isfinite(number):
-            raise UserError(where, f"expected a finite number, got {shorten(value)}")
-        if number < self.low:
-            raise UserError(where, f"expected at least {self.low:g}, got {shorten(value)}")
-        if number > self.high:
-            raise UserError(where, f"expected at most {self.high:g}{self.why_high}, got {shorten(value)}")
-        return number
-
-
-CHECKPOINT_HELP = "best, last, averaged (written by nmt average) or a checkpoint path."
-
-
-def dash_is_standard(ctx, param, value: Path | None) -> Path | None:
-    """``-i -`` and ``-o -`` are standard input and output, as the option's default (the Unix convention)."""
-    return None if value is not None and str(value) == "-" else value
-
-
-def forced_decoding_options(command):
-    """-o, --batch-size (padded tokens), --max-input-tokens, --encoding-errors and --device: what nmt
-    score and nmt rerank share, in this order in their help."""
-    options = [
-        click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
-                     callback=dash_is_standard, help="Output file, written atomically [default: stdout; also -]."),
-        click.option("--batch-size", default=4000, show_default=True, type=Bounded(int, 1, 10_000_000),
-                     help="Padded tokens per batch."),
-        click.option("--max-input-tokens", type=Bounded(int, 1, MAX_INPUT_TOKENS),
-                     help="A longer line, on either side, is an error naming its file and line (a score of "
-                          "part of a line would be wrong) [default: 4 x the recipe's data.max_length]."),
-        click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
-                     help="What to do with bytes that are not UTF-8."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
+from nmt.options import (CHECKPOINT_HELP, ENCODING_ERRORS, MAX_ALPHA, MAX_BEAM, MAX_INPUT_TOKENS,
+                         MAX_LENGTH_RATIO, MAX_PREPARE_WORKERS, Bounded, dash_is_standard, forced_decoding_options)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(nmt.__version__, prog_name="nmt")

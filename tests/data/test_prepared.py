@@ -300,7 +300,7 @@ def test_prepare_is_for_parallel_corpora(tmp_path, capsys):
 @pytest.mark.parametrize("workers", ["99999999999999999999", "{too_many}", "0", "two"])
 def test_workers_beyond_the_bound_are_one_line(tmp_path, tiny, capsys, workers):
     """--workers forks that many processes: at most two per CPU core, and a number, never an OverflowError."""
-    from nmt.cli import MAX_PREPARE_WORKERS
+    from nmt.options import MAX_PREPARE_WORKERS
 
     _, recipe = tiny
     workers = workers.format(too_many=MAX_PREPARE_WORKERS + 1)
@@ -319,7 +319,7 @@ def test_no_more_worker_processes_than_chunks(tmp_path, tiny, monkeypatch):
     chunks one per chunk, whatever --workers asks; the pairs are those of the files either way."""
     import concurrent.futures
 
-    from nmt.cli import MAX_PREPARE_WORKERS
+    from nmt.options import MAX_PREPARE_WORKERS
 
     data, recipe = tiny
     pools, real_pool = [], concurrent.futures.ProcessPoolExecutor
