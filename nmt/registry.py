@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import re
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,27 @@ def discover() -> None:
             _loading_origin.pop()
 
 
+def plugin_file(spec: str, path: Path) -> Path:
+    """The Python file of a plugin named by path: ``path`` itself, a regular ``.py`` file, or a package
+    directory's ``__init__.py``. Anything else is a PluginError: importlib has no loader for other names
+    (an AttributeError deep inside it), and opening a FIFO would wait for a writer forever."""
+    if path.is_dir():
+        if not (path / "__init__.py").is_file():
+            raise PluginError(spec, "a directory without __init__.py; expected a .py file or a package directory")
+        return path / "__init__.py"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise PluginError(spec, "plugin file not found") from None
+    except OSError as exc:
+        raise PluginError(spec, f"cannot read plugin ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise PluginError(spec, "not a regular file; expected a .py file or a package directory")
+    if path.suffix != ".py":
+        raise PluginError(spec, "not a Python file (.py) or a package directory")
+    return path
+
+
 def load_plugin(spec: str, base: Path | None = None) -> None:
     """Import local plugin code named explicitly: a ``.py`` file, a package directory or a module."""
     discover()
@@ -134,10 +156,7 @@ def load_plugin(spec: str, base: Path | None = None) -> None:
     if base is not None and not path.is_absolute() and (base / path).exists():
         path = base / path
     if spec.endswith(".py") or path.exists():
-        if not path.exists():
-            raise PluginError(spec, "plugin file not found")
-        if path.is_dir():
-            path = path / "__init__.py"
+        path = plugin_file(spec, path)
         module_name = f"nmt_local_plugin_{abs(hash(str(path.resolve())))}"
         if module_name in sys.modules:
             return
@@ -150,7 +169,7 @@ def load_plugin(spec: str, base: Path | None = None) -> None:
         except PluginError:
             del sys.modules[module_name]
             raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin would end nmt without a word
             del sys.modules[module_name]
             raise PluginError(str(path), f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -165,7 +184,7 @@ def load_plugin(spec: str, base: Path | None = None) -> None:
         raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
     except PluginError:
         raise
-    except Exception as exc:  # as for a file: a broken plugin is the user's to fix, not a crash
+    except (Exception, SystemExit) as exc:  # as for a file: a broken plugin is the user's to fix, not a crash
         raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
     finally:
         _loading_origin.pop()

@@ -1,6 +1,9 @@
 """The plugin registry: register, get, names, close-match suggestions and explicit local plugins."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -172,6 +175,22 @@ def test_load_plugin_errors(spec, body, expected, tmp_path, monkeypatch):
         registry.load_plugin(spec, base=tmp_path)
     assert expected in info.value.message
     assert registry.entries() == before
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: (d / "notpy.txt").write_text("x = 1\n") and "notpy.txt", "notpy.txt: not a Python file (.py) or a package directory"),
+    (lambda d: os.mkfifo(d / "fifo.py") or "fifo.py", "fifo.py: not a regular file; expected a .py file or a package directory"),
+    (lambda d: (d / "pkg").mkdir() or "pkg", "pkg: a directory without __init__.py; expected a .py file or a package directory"),
+    (lambda d: (d / "exits.py").write_text("import sys\nsys.exit(3)\n") and "exits.py", "exits.py: cannot load plugin: SystemExit: 3"),
+], ids=["not-python", "fifo", "directory-without-init", "sys-exit"])
+def test_a_plugin_path_that_is_no_python_file_is_one_line_and_exit_2(make, expected, tmp_path):
+    """Before: an AttributeError from importlib (exit 1), a FIFO waited for a writer forever (so a process
+    with a timeout here), and a plugin's sys.exit(3) ended nmt with exit 3 and no message."""
+    spec = make(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "nmt.cli", "--plugin", spec, "plugins"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, (done.returncode, done.stderr)
+    assert done.stderr.startswith("nmt: ") and done.stderr.rstrip().endswith(expected), done.stderr
 
 
 def test_cli_plugin_option_lists_the_file_as_origin(tmp_path, capsys):
