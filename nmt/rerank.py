@@ -26,6 +26,7 @@ are never tuned on.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -41,6 +42,7 @@ from nmt.score import DEFAULT_MAX_LENGTH
 from nmt.search_rules import length_penalty
 
 SEPARATOR = "|||"
+ALIGNMENT = re.compile(r"(\d+-\d+(\s+\d+-\d+)*)?")  # --alignments' field: 'i-j' pairs, none for an empty line
 #: Bytes of an n-best line by default: twice those of a line of the default --max-input-tokens (4 x
 #: the default data.max_length), as the line also holds a score and, with --alignments, one pair per
 #: target piece.
@@ -68,6 +70,30 @@ class Candidate:
         return self.forward / length_penalty(self.pieces, alpha) + weight * self.channel / self.source_pieces
 
 
+def nbest_fields(line: str, where: str) -> tuple[int, str, float]:
+    """(input line, hypothesis, score) of ``i ||| hypothesis ||| score [||| alignment]``. The number is before
+    the first separator and the score after the last (or before an alignment, ``--alignments``' ``i-j`` pairs),
+    so a hypothesis may itself hold ``|||``, as a model's output can."""
+    fields = line.split(SEPARATOR)
+    if len(fields) >= 4 and ALIGNMENT.fullmatch(fields[-1].strip()) and not is_number(fields[-1]):
+        fields = fields[:-1]
+    if len(fields) < 3:
+        raise DataError(where, "expected 'i ||| hypothesis ||| score' (nmt translate --nbest K)")
+    try:
+        return int(fields[0]), SEPARATOR.join(fields[1:-1]).strip(), float(fields[-1])
+    except ValueError:
+        raise DataError(where, f"expected an input line number and a score, got {fields[0].strip()!r} and "
+                               f"{fields[-1].strip()!r}") from None
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_nbest(path: Path, sources: int, encoding_errors: str = "strict",
                max_bytes: int = NBEST_LINE_BYTES) -> list[list[Entry]]:
     """The hypotheses of each of ``sources`` input lines, in the list's order. Entries the search
@@ -79,14 +105,7 @@ def read_nbest(path: Path, sources: int, encoding_errors: str = "strict",
     previous = -1
     lines = iter_bounded_lines(path, max_bytes, "--max-input-tokens", encoding_errors)
     for number, line in enumerate(lines, start=1):
-        fields = [field.strip() for field in line.split(SEPARATOR)]  # --alignments adds a fourth
-        if len(fields) < 3:
-            raise DataError(f"{path}:{number}", "expected 'i ||| hypothesis ||| score' (nmt translate --nbest K)")
-        try:
-            index, score = int(fields[0]), float(fields[2])
-        except ValueError:
-            raise DataError(f"{path}:{number}", f"expected an input line number and a score, got "
-                                                f"{fields[0]!r} and {fields[2]!r}") from None
+        index, text, score = nbest_fields(line, f"{path}:{number}")
         if not 0 <= index < sources:
             raise DataError(f"{path}:{number}", f"input line {index} is not among the {sources} source lines "
                                                 "(0-based)")
@@ -94,7 +113,7 @@ def read_nbest(path: Path, sources: int, encoding_errors: str = "strict",
             raise DataError(f"{path}:{number}", f"input line {index} after {previous}: the list is out of order")
         previous, seen[index] = index, True
         if score != float("-inf"):
-            nbest[index].append(Entry(number, fields[1]))
+            nbest[index].append(Entry(number, text))
     missing = next((i for i, found in enumerate(seen) if not found), None)
     if missing is not None:
         raise DataError(path, f"no hypothesis for input line {missing} (0-based) of {sources}")

@@ -216,3 +216,17 @@ def test_runs_of_one_side_with_different_tokenizers_are_refused_in_one_line(caps
     assert code == 2 and out == ""
     [message] = error_lines(err)
     assert str(other) in message and "tokenizer differs" in message
+
+
+def test_hypotheses_holding_the_separator_are_read_whole_with_or_without_alignments(tmp_path):
+    """A model may write '|||' itself (a token of its vocabulary): the number is before the first separator and
+    the score after the last, or before --alignments' field. Before, such a list nmt translate wrote was refused."""
+    path = tmp_path / "nbest.txt"
+    path.write_text("0 ||| ||| ||| a a ||| -2.50\n"
+                    "0 ||| x ||| 3 ||| -2.5 ||| 0-0 1-1\n"
+                    "1 ||| a b ||| -1.5 ||| 0-1 1-0\n"
+                    "1 ||| a ||| 5 ||| -1 ||| \n"
+                    "1 |||  ||| -inf\n")
+    nbest = read_nbest(path, 2)
+    assert [[(e.line, e.text) for e in entries] for entries in nbest] == [
+        [(1, "||| ||| a a"), (2, "x ||| 3")], [(3, "a b"), (4, "a ||| 5")]]
