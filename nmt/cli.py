@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 import nmt
 from nmt.errors import UserError
-from nmt.io import Terminated
+from nmt.io import SPACE_ERRNOS, Terminated, describe
 from nmt.metrics import MAX_LINE_BYTES
 from nmt.options import (CHECKPOINT_HELP, ENCODING_ERRORS, MAX_ALPHA, MAX_BEAM, MAX_INPUT_TOKENS,
                          MAX_LENGTH_RATIO, MAX_PREPARE_WORKERS, Bounded, dash_is_standard, forced_decoding_options)
@@ -398,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning errors into one line and an exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if not debug:
+        threading.excepthook = _thread_failure
     try:
         # Outside standalone mode Click returns the code of an Exit (ctx.exit(N), --help, --version, a
         # failed nmt bench script) instead of raising it; the commands' own results are dropped
@@ -425,12 +428,33 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # a runtime failure, not the user's doing
-        if debug:
-            raise
-        _say(f"nmt: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
-        return 1
+    except OSError as exc:
+        if debug or exc.errno not in SPACE_ERRNOS:
+            return _failure(exc, debug)
+        # A full disk is the user's to fix, and nothing written before is lost: outputs and checkpoints
+        # are replaced by a rename only once complete (a training resumes from its last.ckpt).
+        _say(f"nmt: {exc.filename or 'disk'}: cannot write ({describe(exc)}); make room and run the command again")
+        return 2
+    except Exception as exc:
+        return _failure(exc, debug)
 
+
+def _thread_failure(args) -> None:
+    """A full disk in a library's background thread (TensorBoard's event writer) is one line, not a
+    traceback printed beside the command's own one-line error."""
+    if isinstance(args.exc_value, OSError) and args.exc_value.errno in SPACE_ERRNOS:
+        where = args.exc_value.filename or (args.thread.name if args.thread else "a background thread")
+        _say(f"nmt: warning: {where}: cannot write ({describe(args.exc_value)})")
+    else:
+        threading.__excepthook__(args)
+
+
+def _failure(exc: Exception, debug: bool) -> int:
+    """A runtime failure, not the user's doing: one line and exit 1 (``--debug``: the traceback)."""
+    if debug:
+        raise exc
+    _say(f"nmt: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+    return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,8 @@ USER_ERRNOS = {errno.ENOSPC: "disk full", errno.EFBIG: "file too large", errno.E
                errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "read-only file system",
                errno.ENAMETOOLONG: "file name too long", errno.EISDIR: "is a directory",
                errno.ENOTDIR: "a parent is not a directory", errno.ENOENT: "no such directory"}
+#: Of those, the ones that may strike any write of a long command (a training's logs, a checkpoint).
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class Terminated(SystemExit):

@@ -1,9 +1,11 @@
 """The installed ``nmt`` console script: help for every command, the version, the plugin listing."""
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -192,3 +194,36 @@ def test_data_scale_works_in_a_fresh_temporary_directory_unless_one_is_named(tmp
     assert not first.exists() and not second.exists()
     assert data_scale.main(["--sizes", "1000", "--workdir", str(tmp_path / "work")]) == 0
     assert seen[-1][0] == tmp_path / "work" and (tmp_path / "work" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("number, words", [(errno.ENOSPC, "disk full"), (errno.EDQUOT, "disk quota exceeded"),
+                                           (errno.EFBIG, "file too large")])
+def test_a_full_disk_anywhere_is_one_line_naming_the_file_and_exit_2(monkeypatch, capsys, number, words):
+    """Writes outside nmt's own atomic outputs (a training's metrics.csv, through Lightning's logger) failed
+    as `nmt: error: OSError: [Errno 28] ...` and exit 1, as if nmt had a bug."""
+    from nmt import registry
+    from nmt.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(number, os.strerror(number), "runs/x/logs/metrics.csv")
+
+    monkeypatch.setattr(registry, "entries", full)
+    assert main(["plugins"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"nmt: runs/x/logs/metrics.csv: cannot write ({words}); make room and run the command again"]
+
+
+def test_a_full_disk_in_a_background_thread_is_one_warning_line(capsys):
+    from nmt.cli import _thread_failure
+
+    def writer():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/tb/events.out")
+
+    thread = threading.Thread(target=writer, name="EventFileWriter")
+    previous, threading.excepthook = threading.excepthook, _thread_failure
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        threading.excepthook = previous
+    assert capsys.readouterr().err.splitlines() == ["nmt: warning: runs/x/tb/events.out: cannot write (disk full)"]
