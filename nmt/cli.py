@@ -246,12 +246,13 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, max_inp
             device) -> None:
     """Serve a non-translation run: labels for text lines, tags for sentences, forecasts for a series."""
     from nmt.io import refuse_same_file
-    from nmt.runs import load_run
+    from nmt.runs import load_run, refuse_run_files
     from nmt.translate import standard_input
 
     if input_path is None:
         standard_input()  # closed (nmt predict <&-): one line now, not an AttributeError after loading
     refuse_same_file(output_path, input_path, stdin=input_path is None)
+    refuse_run_files(output_path, [run_dir], checkpoint)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
     task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors,
                       max_input_tokens=max_input_tokens)  # a series task takes any options and has no such cap

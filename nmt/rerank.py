@@ -38,6 +38,7 @@ from nmt.data.text import BYTES_PER_TOKEN, iter_bounded_lines
 from nmt.ensemble import Ensemble, mean_probability
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
+from nmt.runs import refuse_run_files
 from nmt.score import DEFAULT_MAX_LENGTH
 from nmt.search_rules import length_penalty
 
@@ -207,6 +208,8 @@ def rerank_file(nbest_path: Path, input_path: Path, run_dirs: Sequence[Path], ch
     from nmt.score import input_token_limit
 
     refuse_same_file(output_path, nbest_path, input_path, ref_path)
+    refuse_run_files(output_path, [*run_dirs, *channel_dirs], checkpoint)
+    refuse_run_files(output_path, (), channel_checkpoint)
     if ref_path is None and (len(weights) != 1 or len(alphas) != 1):
         raise UserError("--ref", "several weights or alphas are tried only against a reference (--ref)")
     if not channel_dirs and any(w != 0 for w in weights):

@@ -25,7 +25,7 @@ import yaml
 
 import nmt
 from nmt.errors import RecipeError, RunError, UserError, shorten
-from nmt.io import atomic_write_text
+from nmt.io import atomic_write_text, same_file
 
 RUN_FORMAT = 1
 FITTED = "fitted"
@@ -232,3 +232,27 @@ def load_weights(task, path: Path) -> None:
         raise RunError(path, "not an nmt checkpoint (no state_dict)")
     check_weights_fit(task, state["state_dict"], path)
     task.load_state_dict(state["state_dict"])
+
+
+# What a run directory holds of its own (the layout at the top of this module); an output of a command
+# that reads the run must not replace any of it.
+RUN_FILES = ("run.json", "recipe.yaml")
+RUN_FOLDERS = ("checkpoints", FITTED, LEGACY_FITTED, "logs", "tb", "corpus", "onnx")
+
+
+def refuse_run_files(output: Path | None, run_dirs, checkpoint: str | None = None) -> None:
+    """Refuse an ``output`` that is a file of one of ``run_dirs`` (its checkpoints, fitted tokenizers or labels,
+    recipe, logs) or the ``checkpoint`` path being loaded: ``nmt predict -o RUN/checkpoints/best.ckpt``
+    replaced the run's model with its own predictions. A new file elsewhere in a run folder is allowed."""
+    if output is None:
+        return
+    target = Path(os.path.realpath(output))
+    for run_dir in run_dirs:
+        try:
+            inside = target.relative_to(os.path.realpath(run_dir))
+        except ValueError:
+            continue
+        if inside.parts and (inside.parts[0] in RUN_FOLDERS or inside.as_posix() in RUN_FILES):
+            raise UserError(output, f"is a file of the run {run_dir} ({inside.as_posix()}); write the output elsewhere")
+    if checkpoint is not None and checkpoint not in NAMED_CHECKPOINTS and same_file(checkpoint, output):
+        raise UserError(output, f"is the checkpoint being loaded ({checkpoint}); write the output elsewhere")

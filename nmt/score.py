@@ -35,7 +35,7 @@ from nmt.data.parallel import PairCollator
 from nmt.data.text import BYTES_PER_TOKEN, iter_bounded_lines
 from nmt.errors import DataError, UserError
 from nmt.io import open_output, refuse_same_file
-from nmt.runs import load_run, load_run_recipe
+from nmt.runs import load_run, load_run_recipe, refuse_run_files
 from nmt.tasks.seq2seq import Seq2SeqData
 
 CHUNK_LINES = 2000
@@ -124,6 +124,7 @@ def score_files(run_dir: Path, src_path: Path, tgt_path: Path, checkpoint: str =
     line per pair to ``output_path`` (default stdout), the corpus line to stderr. Returns the corpus
     (log-probability, target tokens)."""
     refuse_same_file(output_path, src_path, tgt_path)
+    refuse_run_files(output_path, [run_dir], checkpoint)
     max_tokens = input_token_limit(run_dir, max_input_tokens)
     max_bytes = max_tokens * BYTES_PER_TOKEN
     if Path(src_path).is_file() and Path(tgt_path).is_file():  # counted before the model is loaded; a pipe

@@ -26,7 +26,7 @@ from nmt.data.text import BYTES_PER_TOKEN, capped_lines
 from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import UserError
 from nmt.io import describe, open_output, refuse_same_file
-from nmt.runs import load_run
+from nmt.runs import load_run, refuse_run_files
 
 CHUNK_LINES = 2000
 
@@ -313,6 +313,7 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
     if input_path is None:
         standard_input()  # before the model is loaded
     refuse_same_file(output_path, input_path, stdin=input_path is None)
+    refuse_run_files(output_path, [run_dir] if isinstance(run_dir, (str, Path)) else run_dir, checkpoint)
     if plot_attention is not None:
         check_plot_dir(plot_attention)
     want_attention = alignments or plot_attention is not None
