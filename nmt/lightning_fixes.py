@@ -3,13 +3,16 @@ internals, so each class names the Lightning version it was written and checked 
 
 On a Lightning upgrade, read these first: a fix may have become unnecessary, or may need the new
 version's internals. The tests that hold them are in ``tests/reliability`` (crash recovery,
-mid-epoch resume, outputs, safe loading).
+mid-epoch resume, outputs, safe loading, resume safety).
 """
 from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
+import signal
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.loops.fit_loop import _FitLoop
+from pytorch_lightning.loops.loop import _Loop
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -40,7 +45,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         """Resume with ``weights_only=True`` whatever Lightning asks for: a checkpoint never runs code."""
-        return runs.load_checkpoint(Path(path))
+        return relocated(runs.load_checkpoint(Path(path)), Path(path).parent)
+
+
+def relocated(checkpoint: dict, ckpt_dir: Path) -> dict:
+    """``checkpoint`` with its ModelCheckpoints' paths moved to ``ckpt_dir``, where it was loaded from.
+
+    For Lightning 2.6 (checked with 2.6.6), whose ``ModelCheckpoint.load_state_dict`` drops the best
+    score and kept files when the saved ``dirpath`` differs from its own: a run directory moved or
+    copied elsewhere forgot its best score, and the first validation after the resume replaced
+    ``best.ckpt`` however worse. nmt keeps every checkpoint beside ``last.ckpt``, so a saved
+    ``dirpath`` other than the directory it is loaded from can only mean the run moved."""
+    new = os.path.realpath(ckpt_dir)
+    for state in (checkpoint.get("callbacks") or {}).values():
+        old = state.get("dirpath") if isinstance(state, dict) else None
+        if not isinstance(old, str) or old == new:
+            continue
+
+        def moved(path, old=old):
+            return new + path[len(old):] if isinstance(path, str) and path.startswith(old + os.sep) else path
+
+        state["dirpath"] = new
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = moved(state[key])
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {moved(path): score for path, score in state["best_k_models"].items()}
+    return checkpoint
 
 
 class LastCheckpoint(Checkpoint):
@@ -51,19 +82,25 @@ class LastCheckpoint(Checkpoint):
     improvement. It reads the fit loop's batch progress, an internal. Saved after every
     validation inside an epoch, at the end of every finished epoch, at a stop inside an epoch
     (max_steps, max_time, early stopping: Lightning still calls ``on_train_epoch_end`` then) and at a
-    SIGTERM, so a run stopped before its first validation still leaves weights to translate with
-    and to resume from. Saved at an epoch's end, the checkpoint resumes at the start of the next
-    epoch; saved inside one, it resumes at the next batch of that epoch's order
-    (``BucketedDataModule.state_dict``). A ``Checkpoint``, so Lightning runs it after the
-    best-score ModelCheckpoint listed before it, and the saved state holds the best score so far.
+    SIGTERM or Ctrl-C (:class:`InterruptAsSigterm`), so a run stopped before its first validation
+    still leaves weights to translate with and to resume from. Saved at an epoch's end, the
+    checkpoint resumes at the start of the next epoch (:class:`_EpochEndResumingFitLoop`); saved
+    inside one, it resumes at the next batch of that epoch's order (``BucketedDataModule.state_dict``).
+    A ``Checkpoint``, so Lightning runs it after the best-score ModelCheckpoint listed before it,
+    and the saved state holds the best score so far.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.saved_step: int | None = None  # the global step of the last save in this process
+        self.inside_epoch = False  # the save under way is of a stop inside an epoch, from on_train_epoch_end
 
-    def save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # full, to resume from; said, so Lightning logs nothing
+    def save(self, trainer, inside_epoch: bool = False) -> None:
+        self.inside_epoch = inside_epoch
+        try:  # full, to resume from; said, so Lightning logs nothing
+            trainer.save_checkpoint(self.path, weights_only=False)
+        finally:
+            self.inside_epoch = False
         self.saved_step = trainer.global_step
         for logger in trainer.loggers:
             logger.after_save_checkpoint(self)
@@ -81,8 +118,19 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer, pl_module):
         # A stop inside the epoch (max_steps, max_time, early stopping) saves the step it reached,
         # unless a validation at that very step has just saved it.
-        if self.epoch_finished(trainer) or self.saved_step != trainer.global_step:
+        if self.epoch_finished(trainer):
             self.save(trainer)
+        elif self.saved_step != trainer.global_step:
+            self.save(trainer, inside_epoch=True)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # Lightning counts the epoch processed before on_train_epoch_end, even at a stop inside it: a
+        # resume then took the epoch for finished and skipped the rest of its batches. Saved as a
+        # validation inside the epoch saves it, the resume goes on with the epoch's next batch.
+        if self.inside_epoch:
+            for progress in checkpoint["loops"]["fit_loop"]["epoch_progress"].values():
+                if progress["processed"] > progress["completed"]:
+                    progress["processed"] -= 1
 
     def on_exception(self, trainer, pl_module, exception):
         # SIGTERM (a scheduler's preemption, a kill): Lightning raises it after the current batch, so
@@ -90,6 +138,62 @@ class LastCheckpoint(Checkpoint):
         if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
                 and self.saved_step != trainer.global_step and trainer.global_step > 0):
             self.save(trainer)
+
+
+class InterruptAsSigterm:
+    """Within the block, Ctrl-C (SIGINT) stops ``trainer.fit`` as SIGTERM does: after the current batch,
+    with ``last.ckpt`` saved at the step reached (:class:`LastCheckpoint`); ``received`` says it came.
+
+    For Lightning 2.6 (checked with 2.6.6), which turns a KeyboardInterrupt, raised wherever it lands
+    (inside a backward pass or an optimizer step), into exit 1 without a checkpoint, while
+    ``metrics.csv`` kept the steps past the last one, logged again after the resume. Lightning's loops
+    check the SIGTERM flag of its signal connector (an internal) after each batch; this sets it. Before
+    fit has installed its handlers, after it has restored them, and at a second Ctrl-C, the
+    KeyboardInterrupt comes at once, as Python's own handler raises it."""
+
+    def __init__(self, trainer):
+        self.trainer, self.received, self.previous = trainer, False, None
+
+    def __enter__(self) -> "InterruptAsSigterm":
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):  # nobody else's handler
+            self.previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _interrupt(self, signum, frame) -> None:
+        connector = self.trainer._signal_connector
+        if self.received or not connector._original_handlers:  # a second Ctrl-C, or fit is not running
+            raise KeyboardInterrupt
+        self.received = connector.received_sigterm = True
+
+
+class _EpochEndResumingFitLoop(_FitLoop):
+    """Lightning's fit loop, but a checkpoint saved at an epoch's end resumes at the next epoch's start
+    whether or not ``max_steps`` is set.
+
+    For Lightning 2.6 (checked with 2.6.6), whose ``_FitLoop.restarting`` setter restarts the loop
+    whenever ``max_steps`` is set, even from a finished epoch: the resume then replayed that epoch as
+    one with all its batches done, trained nothing in it, counted it once more and saved that
+    (``LastCheckpoint.on_train_epoch_end``), so each later resume ran one epoch short of
+    ``max_epochs``. A checkpoint saved inside an epoch restarts it, as before."""
+
+    @_Loop.restarting.setter
+    def restarting(self, restarting: bool) -> None:
+        progress = self.epoch_progress.current
+        unfinished = progress.ready != progress.processed or progress.started != progress.processed
+        _Loop.restarting.fset(self, restarting and unfinished)
+
+
+def resume_finished_epochs(trainer) -> None:
+    """Give ``trainer`` the :class:`_EpochEndResumingFitLoop`, with its own training epoch loop."""
+    loop = _EpochEndResumingFitLoop(trainer, min_epochs=trainer.fit_loop.min_epochs,
+                                    max_epochs=trainer.fit_loop.max_epochs)
+    loop.epoch_loop = trainer.fit_loop.epoch_loop
+    trainer.fit_loop = loop
 
 
 class BestCheckpoints(ModelCheckpoint):

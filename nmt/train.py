@@ -19,10 +19,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nmt import runs
 from nmt.runs import is_rank_zero
-from nmt.errors import RecipeError, RunError, UserError
+from nmt.errors import RecipeError, RunError, UserError, shorten
 from nmt.io import atomic_write_text
-from nmt.lightning_fixes import AtomicCheckpointIO, BestCheckpoints, CheckpointAlignedCSVLogger, LastCheckpoint, \
-    quiet_lightning
+from nmt.lightning_fixes import AtomicCheckpointIO, BestCheckpoints, CheckpointAlignedCSVLogger, \
+    InterruptAsSigterm, LastCheckpoint, quiet_lightning, resume_finished_epochs
 from nmt.recipe import Recipe
 
 
@@ -103,10 +103,12 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
     kwargs = {"num_sanity_val_steps": 0, "use_distributed_sampler": False, "log_every_n_steps": 20,
               **recipe.spec.trainer}
     try:
-        return pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
-                          plugins=[AtomicCheckpointIO()], **kwargs)
+        trainer = pl.Trainer(default_root_dir=run_dir, logger=loggers, callbacks=callbacks,
+                             plugins=[AtomicCheckpointIO()], **kwargs)
     except (ValueError, TypeError, pl.utilities.exceptions.MisconfigurationException) as exc:
         raise RecipeError(f"{recipe.path}: trainer", str(exc).splitlines()[0]) from None
+    resume_finished_epochs(trainer)
+    return trainer
 
 
 def kept_checkpoints(keep: int, ckpt_dir: Path, task) -> list[Callback]:
@@ -145,6 +147,12 @@ class TrainingStopped(UserError):
     as a scheduler expects of a process it terminated."""
 
     exit_code = 128 + signal.SIGTERM
+
+
+class TrainingInterrupted(TrainingStopped):
+    """Training was stopped by Ctrl-C (SIGINT), as by SIGTERM; exit 130 (128 + SIGINT), as a shell expects."""
+
+    exit_code = 128 + signal.SIGINT
 
 
 LOCK_NAME, HOLDER_NAME = ".lock", ".lock.holder"  # in the run directory
@@ -330,6 +338,10 @@ def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool) -> None:
         if saved.raw.get(section) != recipe.raw.get(section):
             raise RecipeError(f"{run_dir}: {section}", "differs from the run being resumed; "
                               "use another --run-dir for a different model or data")
+    if recipe.spec.seed != saved.spec.seed:  # it draws the batch order, which a mid-epoch resume goes on with
+        raise RecipeError(f"{run_dir}: seed", f"{recipe.spec.seed!r} differs from the run being resumed "
+                          f"({saved.spec.seed!r}), whose batch order it draws; use the run's seed or another "
+                          "--run-dir (with --init-from to start from this run's weights)")
     for key in ("name", "scheduler"):  # last.ckpt holds this optimizer's and schedule's state
         ours, theirs = getattr(recipe.spec.optim, key), getattr(saved.spec.optim, key)
         if ours != theirs:
@@ -350,8 +362,23 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, start: InitialRun | None, wri
     return prepared
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """``last.ckpt`` to resume from, or None for a first start; a run whose other checkpoints outlived
+    it is refused: started over from step 0, it would overwrite them with a second training's."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        return last
+    if has_checkpoint(run_dir):
+        kept = shorten(", ".join(sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))))
+        raise RunError(last, f"missing, while the run holds checkpoints ({kept}) that starting over would "
+                             "overwrite; restore last.ckpt (a copy of best.ckpt goes on from the best validation) "
+                             "or train into a new --run-dir")
+    return None
+
+
 def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None) -> Path:
     check_resumable(recipe, run_dir, fresh)
+    last = resume_checkpoint(run_dir)
     pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
     trainer = build_trainer(recipe, run_dir, recipe.task_cls)  # before any file is written: bad arguments fail here
     if is_rank_zero():
@@ -365,17 +392,19 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None)
     train_set = getattr(datamodule, "train_set", None)
     if train_set is not None and len(train_set) == 0:  # Lightning would say "No training batches" and exit 0
         raise task.no_training_example()
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.exists() and trainer.is_global_zero:
+    if last is not None and trainer.is_global_zero:
         click.echo(f"nmt: resuming {run_dir} from {last}", err=True)
     # Lightning warns that a mid-epoch resume restarts the epoch; BucketedDataModule resumes it instead.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    ctrl_c = InterruptAsSigterm(trainer)
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        with ctrl_c:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
     except SIGTERMException:
+        last = run_dir / "checkpoints" / "last.ckpt"
         kept = f"last.ckpt holds step {trainer.global_step}" if last.exists() else "no checkpoint was written yet"
-        raise TrainingStopped(run_dir, f"training stopped by SIGTERM ({kept}); "
-                                       "run the same nmt train again to resume") from None
+        stopped, by = (TrainingInterrupted, "Ctrl-C (SIGINT)") if ctrl_c.received else (TrainingStopped, "SIGTERM")
+        raise stopped(run_dir, f"training stopped by {by} ({kept}); run the same nmt train again to resume") from None
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_score
         score = f"{task.monitor} {float(best):.4g}" if best is not None else "no validation yet"
