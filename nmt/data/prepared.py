@@ -19,7 +19,8 @@ the rest through memory maps, so its memory hardly grows with the corpus.
 
 The manifest's fingerprint is compared with the inputs before every use: a changed training file,
 a refitted tokenizer or other filters rebuild the corpus; it is never reused by mistake. A damaged
-shard (a size other than the manifest's) is an error naming it.
+file (a size other than the manifest's, a token id outside the vocabulary, a record outside the shards)
+is an error naming it.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import numpy as np
 
 from nmt.data.buckets import LengthIndex
 from nmt.data.shards import FORMAT, MANIFEST, MAX_LENGTH, RECORD, SIDES, TEXT_RECORD, PreparedCorpus, read_manifest
-from nmt.data.text import EncodingErrors, _decode, no_usable_example, open_binary
+from nmt.data.text import BYTES_PER_TOKEN, MAX_LINE_BYTES, EncodingErrors, _decode, no_usable_example, open_binary
 from nmt.errors import DataError
 from nmt.io import atomic_write_text
 
@@ -129,9 +130,11 @@ def _load_worker_tokenizers(spec: CorpusSpec, parent: int | None = None) -> None
         _worker_tokenizers[prefix] = spec.tokenizer_cls.load(spec.tokenizer_dir, prefix)
 
 
-def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_line: int, token_dtype: type) -> Chunk:
+def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_line: int, token_dtype: type,
+                 too_long: np.ndarray | None = None) -> Chunk:
     """Tokenise whole lines of ``data`` (from line ``first_line``, 0-based, of file ``name``) as
-    :func:`nmt.data.text.iter_lines` reads them: a trailing ``\\r\\n`` or ``\\n`` removed, a BOM dropped."""
+    :func:`nmt.data.text.iter_lines` reads them: a trailing ``\\r\\n`` or ``\\n`` removed, a BOM dropped.
+    The lines numbered ``too_long`` (emptied by :func:`read_chunks`) count as longer than any max_length."""
     try:
         text = data.decode("utf-8", errors=spec.encoding_errors)
     except UnicodeDecodeError as exc:
@@ -154,6 +157,8 @@ def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_li
         tokens = tokens[np.repeat(stored, lengths)]
     tokens = tokens.astype(token_dtype)
     chunk = Chunk(tokens, np.minimum(lengths, MAX_LENGTH + 1).astype(np.uint16))
+    if too_long is not None and len(too_long):
+        chunk.lengths[too_long] = MAX_LENGTH + 1
     if spec.keep_text:
         encoded = [line.encode("utf-8") for line in lines]
         chunk.text = b"".join(encoded)
@@ -179,26 +184,52 @@ def _encode_job(args) -> Chunk:
     return encode_chunk(*args)
 
 
-def read_chunks(path: Path) -> Iterator[bytes]:
-    """Whole lines of ``path`` (plain or gzip) in blocks of about CHUNK_BYTES."""
+def read_chunks(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[bytes, np.ndarray]]:
+    """Whole lines of ``path`` (plain or gzip) in blocks of about CHUNK_BYTES, each with the numbers
+    (0-based, in the block) of its lines longer than ``max_line_bytes``, which the block holds empty:
+    they are too long to train on (see :func:`encode_chunk`). A line longer than a block is skipped
+    as it is read, never held whole (nor split into tokens: many times its size)."""
     with open_binary(path) as stream:
-        rest = b""
-        while True:
-            try:
-                block = stream.read(CHUNK_BYTES)
-            except (EOFError, OSError) as exc:
-                raise DataError(str(path), f"cannot read compressed file ({exc})") from None
-            if not block:
-                if rest:
-                    yield rest
-                return
+        rest, skipping = b"", False  # skipping: the bytes read are of a line too long to keep
+        while block := _read_block(stream, path):
+            long_first = False
+            if skipping:
+                newline = block.find(b"\n")
+                if newline < 0:
+                    continue
+                block, long_first, skipping = b"\n" + block[newline + 1:], True, False  # stands for the line
             block = rest + block
             cut = block.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than a block: keep reading
-                rest = block
-                continue
             rest = block[cut:]
-            yield block[:cut]
+            if len(rest) > max_line_bytes:
+                rest, skipping = b"", True
+            if cut:
+                yield _empty_long_lines(block[:cut], max_line_bytes, long_first)
+        if skipping or rest:
+            yield (b"\n", np.zeros(1, np.int64)) if skipping else _empty_long_lines(rest, max_line_bytes, False)
+
+
+def _read_block(stream, path: Path) -> bytes:
+    try:
+        return stream.read(CHUNK_BYTES)
+    except (EOFError, OSError) as exc:
+        raise DataError(str(path), f"cannot read compressed file ({exc})") from None
+
+
+def _empty_long_lines(data: bytes, max_line_bytes: int, long_first: bool) -> tuple[bytes, np.ndarray]:
+    """``data`` with its lines longer than ``max_line_bytes`` emptied, and their numbers (the first line
+    among them with ``long_first``: it stands for a line skipped as it was read)."""
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+    if not data.endswith(b"\n"):  # the file's last line, without a newline
+        ends = np.append(ends, len(data))
+    long = np.flatnonzero(np.diff(ends, prepend=-1) - 1 > max_line_bytes)
+    if len(long):  # rare: kept lines are copied once more
+        pieces, kept_from = [], 0
+        for k in long.tolist():
+            pieces.append(data[kept_from:ends[k - 1] + 1 if k else 0])
+            kept_from = int(ends[k])
+        data = b"".join(pieces) + data[kept_from:]
+    return data, (np.concatenate([[0], long]) if long_first else long)  # line 0 is empty: not in long
 
 
 @dataclass
@@ -258,8 +289,9 @@ def tokenize_side(spec: CorpusSpec, side: int, writer: SideWriter, workers: int,
 
     def jobs():  # numbered as they are read: a chunk's first line follows the lines before it
         for k, path in enumerate(paths):
-            for data in read_chunks(path):
-                yield spec, prefix, data, str(path), counts[k], writer.token_dtype
+            # a line of more bytes than the tokens data.max_length allows (as nmt translate bounds its input)
+            for data, too_long in read_chunks(path, spec.max_length * BYTES_PER_TOKEN):
+                yield spec, prefix, data, str(path), counts[k], writer.token_dtype, too_long
                 counts[k] += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
     if workers <= 1:
@@ -339,8 +371,8 @@ def prepare_corpus(spec: CorpusSpec, directory: Path, workers: int | None = None
 
 
 def _build(spec: CorpusSpec, building: Path, workers: int) -> dict:
-    vocab = max(len(spec.tokenizer_cls.load(spec.tokenizer_dir, prefix)) for prefix in set(spec.prefixes))
-    token_dtype = np.uint16 if vocab <= 1 << 16 else np.uint32
+    sizes = {prefix: len(spec.tokenizer_cls.load(spec.tokenizer_dir, prefix)) for prefix in set(spec.prefixes)}
+    token_dtype = np.uint16 if max(sizes.values()) <= 1 << 16 else np.uint32
     tokenize_started = time.perf_counter()
     writers, counts = [], []
     shown = [time.perf_counter()]
@@ -370,6 +402,7 @@ def _build(spec: CorpusSpec, building: Path, workers: int) -> dict:
         raise no_usable_example(list(spec.parts[0]), spec.max_length, spec.encoding_errors)
     read = manifest["pairs_read"]
     manifest.update({"token_dtype": np.dtype(token_dtype).name, "workers": workers,
+                     "vocab_size": {side: sizes[prefix] for side, prefix in zip(SIDES, spec.prefixes)},
                      "shards": {side: w.shards for side, w in zip(SIDES, writers)},
                      "text_shards": ({side: w.text_shards for side, w in zip(SIDES, writers)}
                                      if spec.keep_text else None),

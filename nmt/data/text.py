@@ -24,6 +24,9 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 #: Bytes read of a line per allowed token: generous for any tokenizer (a piece is rarely more than a
 #: few characters of up to 4 bytes), yet a 10 MB line is never held whole.
 BYTES_PER_TOKEN = 64
+#: Bytes :func:`iter_lines` reads of a line: more than any model takes (data.max_length is at most
+#: 65,000 tokens, at BYTES_PER_TOKEN bytes each), far less than a stray line of a few hundred MB.
+MAX_LINE_BYTES = 4 << 20
 _SKIP_BLOCK = 1 << 16
 
 
@@ -56,15 +59,22 @@ def open_text(path: StrPath, encoding_errors: EncodingErrors = "strict") -> Text
     return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors=encoding_errors)
 
 
-def iter_lines(path: StrPath, encoding_errors: EncodingErrors = "strict") -> Iterator[str]:
+def iter_lines(path: StrPath, encoding_errors: EncodingErrors = "strict", max_bytes: int | None = MAX_LINE_BYTES,
+               cut: set[int] | None = None) -> Iterator[str]:
     """Yield the lines of ``path`` one at a time, without their trailing ``\\n`` or ``\\r\\n``.
 
     Lines are decoded one by one from bytes so that an invalid byte is reported with its own line
     number (a text stream decodes in blocks and cannot say which line a bad byte came from). The
     file is streamed, so a huge input can be translated in chunks without reading it whole.
+
+    A line longer than ``max_bytes`` is cut to its first ``max_bytes`` bytes and its number added to
+    ``cut``; the rest is skipped unread into memory (see :func:`capped_lines`). Such a line is too long
+    to train on (training drops it), and whole it would cost many times its size: a 100 MB line split
+    into words is over a GB. ``max_bytes=None`` reads every line whole.
     """
     with open_binary(path) as stream:
-        yield from iter_stream(stream, str(path), encoding_errors)
+        lines = stream if max_bytes is None else capped_lines(stream, max_bytes, set() if cut is None else cut)
+        yield from iter_stream(lines, str(path), encoding_errors)
 
 
 def iter_stream(stream: BinaryIO, name: str, encoding_errors: EncodingErrors = "strict") -> Iterator[str]:
@@ -133,8 +143,9 @@ def iter_bounded_lines(path: StrPath, max_bytes: int, option: str,
 
 
 def read_lines(path: StrPath, encoding_errors: EncodingErrors = "strict") -> list[str]:
-    """Read every line of a plain or gzip UTF-8 file (see :func:`iter_lines`)."""
-    return list(iter_lines(path, encoding_errors))
+    """Read every line of a plain or gzip UTF-8 file whole (see :func:`iter_lines`): validation sets and
+    references, which a cut line would score wrongly."""
+    return list(iter_lines(path, encoding_errors, max_bytes=None))
 
 
 def read_parallel(
