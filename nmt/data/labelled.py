@@ -12,15 +12,26 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Annotated, Union
 
 import torch
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 from torch.utils.data import Dataset
 
 from nmt.data.text import EncodingErrors, StrPath, iter_lines
-from nmt.errors import DataError
+from nmt.errors import DataError, quote, shorten
 
-Column = Union[str, int]
+
+
+def _column_number(column: Union[str, int]) -> Union[str, int]:
+    # A negative number would count from the end (Python's indexing): -2 of a two-column file is the label.
+    if isinstance(column, int) and column < 0:
+        raise PydanticCustomError("column_number", "expected a header name or a 0-based column number >= 0")
+    return column
+
+
+Column = Annotated[Union[str, int], AfterValidator(_column_number)]  # a header name, or a 0-based column number
 
 
 # --- records as read from files -------------------------------------------------------------
@@ -88,14 +99,31 @@ def read_tsv(path: StrPath, text_column: Column = "sentence", label_column: Colu
 
 
 def _column_index(column: Column, names: list[str], where: str) -> int:
+    """The 0-based index of ``column`` (a header name or number) among the header's ``names``."""
     if isinstance(column, int):
+        if column < 0:
+            raise DataError(where, f"column {column}: expected a 0-based column number >= 0")
         if column >= len(names):
             raise DataError(where, f"no column {column} (the header has {len(names)})")
         return column
     stripped = [n.strip() for n in names]
     if column not in stripped:
-        raise DataError(where, f"no column {column!r} (columns: {', '.join(stripped)})")
+        raise DataError(where, f"no column {quote(column)} (columns: {_column_list(stripped)})")
     return stripped.index(column)
+
+
+def _column_list(names: list[str]) -> str:
+    """The header's names for a message: a few, each cut short. A header that is the whole file (CR line
+    endings read as one line) would otherwise be a message of megabytes; that case is said outright."""
+    listed = shorten(", ".join(n.replace("\r", "\\r") for n in names[:COLUMNS_LISTED]), COLUMNS_CHARS)
+    if listed.endswith("...") or len(names) > COLUMNS_LISTED:
+        listed += f" ({len(names)} columns)"
+    if any("\r" in n for n in names):
+        listed += "; the file has CR (\\r) line endings, not \\n: convert them (tr '\\r' '\\n')"
+    return listed
+
+
+COLUMNS_LISTED, COLUMNS_CHARS = 20, 200  # at most this many header names, and characters of them, in an error
 
 
 CONLLU_COLUMNS = ("id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc")
@@ -134,6 +162,8 @@ def read_conllu(path: StrPath, tag_column: str = "upos",
             raise DataError(f"{path}:{lineno}", f"bad word id {token_id!r}")
         if not words:
             first = f"{path}:{lineno}"
+        if not fields[at].strip():  # a word without a tag would leave tagging output a tag short
+            raise DataError(f"{path}:{lineno}", f"empty {tag_column} tag")
         words.append(fields[1])
         tags.append(fields[at])
         lines.append(lineno)

@@ -9,7 +9,9 @@ one split (inputs may reach back into earlier rows, never forward); :class:`Wind
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,8 +20,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from nmt.data.text import open_text
-from nmt.errors import DataError
+from nmt.data.text import iter_stream, open_binary
+from nmt.errors import DataError, shorten
 
 SPLITS = ("train", "valid", "test")
 
@@ -42,59 +44,92 @@ class Series:
         return f"{self.path}:{self.rows[index]}" if self.rows else str(self.path)
 
 
+#: Bytes of one CSV line: a number takes a few dozen bytes, so this holds a row of tens of thousands of
+#: columns, yet a file without line breaks (/dev/zero, a 200 MB line of commas) is refused after 1 MiB,
+#: never held whole.
+MAX_LINE_BYTES = 1 << 20
+
+
 def read_series(path, columns: Sequence[str], time_column: str | None = None,
                 means: dict[str, Sequence[str]] | None = None, start: str | None = None, end: str | None = None,
-                encoding_errors: str = "strict", stream=None) -> Series:
+                encoding_errors: str = "strict", stream=None, max_line_bytes: int = MAX_LINE_BYTES) -> Series:
     """Read ``columns`` (plus derived ``means``: name -> columns averaged per row) from a CSV with a header.
 
     With ``time_column``, rows outside ``start <= time < end`` are dropped (ISO dates compare as
-    text, numbers as numbers) and the rows must be in increasing time order. ``stream`` (an open text stream, e.g.
-    stdin) is read instead of opening ``path``, which then only names it in errors. Every kept value must be a finite number:
-    a missing column, an empty cell, NaN or Inf is a :class:`DataError` naming ``path:line``.
+    text, numbers as numbers) and the rows must be in increasing time order. ``stream`` (an open binary stream,
+    e.g. stdin's buffer) is read instead of opening ``path``, which then only names it in errors. Lines are decoded
+    one by one (an invalid byte names its line) and a line over ``max_line_bytes`` is a :class:`DataError`.
+    Every kept value must be a finite number: a missing column, an empty cell, NaN or Inf is a
+    :class:`DataError` naming ``path:line``.
     """
     means = dict(means or {})
     needed = [c for c in columns if c not in means] + [c for cols in means.values() for c in cols]
-    with (open_text(path, encoding_errors) if stream is None else _borrowed(stream)) as stream:
-        reader = csv.reader(stream)
+    with (open_binary(path) if stream is None else _borrowed(stream)) as binary:
+        reader = csv.reader(_csv_lines(binary, str(path), encoding_errors, max_line_bytes))
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise DataError(f"{path}:1", "file is empty; expected a header row of column names") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"invalid UTF-8 ({exc.reason}); pass --encoding-errors replace") from None
         for name in needed + ([time_column] if time_column else []):
             if name not in header:
-                raise DataError(f"{path}:1", f"missing column '{name}'; the header has: {', '.join(header)}")
+                raise DataError(f"{path}:1", f"missing column '{name}'; the header has: "
+                                             f"{shorten(', '.join(header), 200)}")
         index = {name: header.index(name) for name in dict.fromkeys(needed)}
         time_index = header.index(time_column) if time_column else None
-        values, times, rows = [], [], []
         try:
-            for record in reader:
-                line = reader.line_num
-                if not record or all(not f.strip() for f in record):
-                    continue  # blank lines (a trailing newline) are not rows
-                if len(record) != len(header):
-                    raise DataError(f"{path}:{line}", f"{len(record)} fields, expected {len(header)} as in the header")
-                time = record[time_index].strip() if time_index is not None else ""
-                if (start is not None and _key(time) < _key(start)) or (end is not None and _key(time) >= _key(end)):
-                    continue
-                if times and time_index is not None and _key(time) <= _key(times[-1]):
-                    raise DataError(f"{path}:{line}", f"time '{time}' does not follow '{times[-1]}'; "
-                                                      "rows must be in increasing time order")
-                parsed = {name: _number(record[i], f"{path}:{line}", name) for name, i in index.items()}
-                for name, cols in means.items():
-                    parsed[name] = sum(parsed[c] for c in cols) / len(cols)
-                values.append([parsed[c] for c in columns])
-                times.append(time)
-                rows.append(line)
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"invalid UTF-8 ({exc.reason}); pass --encoding-errors replace") from None
+            values, times, rows = _read_rows(reader, path, header, columns, means, index, time_index, start, end)
         except csv.Error as exc:
             raise DataError(f"{path}:{reader.line_num}", f"malformed CSV ({exc})") from None
     if not values:
         span = f" between {start or 'the start'} and {end or 'the end'}" if start or end else ""
         raise DataError(path, f"no data rows{span}")
     return Series(str(path), list(columns), np.asarray(values, dtype=np.float64), times, rows)
+
+
+def _read_rows(reader, path, header, columns, means, index, time_index, start, end):
+    """The kept rows after the header: (values, times, line numbers)."""
+    values, times, rows = [], [], []
+    for record in reader:
+        line = reader.line_num
+        if not record or all(not f.strip() for f in record):
+            continue  # blank lines (a trailing newline) are not rows
+        if len(record) != len(header):
+            raise DataError(f"{path}:{line}", f"{len(record)} fields, expected {len(header)} as in the header")
+        time = record[time_index].strip() if time_index is not None else ""
+        if (start is not None and _key(time) < _key(start)) or (end is not None and _key(time) >= _key(end)):
+            continue
+        if times and time_index is not None and _key(time) <= _key(times[-1]):
+            raise DataError(f"{path}:{line}", f"time '{time}' does not follow '{times[-1]}'; "
+                                              "rows must be in increasing time order")
+        parsed = {name: _number(record[i], f"{path}:{line}", name) for name, i in index.items()}
+        for name, cols in means.items():
+            parsed[name] = sum(parsed[c] for c in cols) / len(cols)
+        values.append([parsed[c] for c in columns])
+        times.append(time)
+        rows.append(line)
+    return values, times, rows
+
+
+def _csv_lines(binary, name: str, encoding_errors: str, max_bytes: int) -> Iterator[str]:
+    """The decoded lines of a binary stream for :mod:`csv`. A lone CR ends a line too (old Mac exports
+    read as before, when the file was opened with universal newlines); the csv reader counts the pieces."""
+    for line in iter_stream(_capped_lines(binary, name, max_bytes), name, encoding_errors):
+        yield from line.split("\r") if "\r" in line else (line,)
+
+
+def _capped_lines(binary, name: str, max_bytes: int) -> Iterator[bytes]:
+    """Raw lines of at most ``max_bytes``; a longer one is an error at once. (The text commands'
+    :func:`~nmt.data.text.capped_lines` cuts a long line and skips its rest, which never ends on /dev/zero;
+    a series row cut short is no row, so there is nothing to skip to.)"""
+    for line_no in itertools.count(1):
+        raw = binary.readline(max_bytes + 1)
+        if not raw:
+            return
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            hint = ("; the file has CR (\\r) line endings, not \\n: convert them (tr '\\r' '\\n')"
+                    if b"\r" in raw else "")
+            raise DataError(f"{name}:{line_no}", f"line is longer than {max_bytes} bytes{hint}")
+        yield raw
 
 
 def _key(time: str) -> tuple:

@@ -20,6 +20,7 @@ from torch import nn
 
 from nmt.contracts import EncoderOutput
 from nmt.data.labelled import Column, Example, LabelledText, LabelVocab, parse_vectors, read_tsv
+from nmt.data.prepared import MAX_LENGTH
 from nmt.data.scaling import Scaler
 from nmt.errors import DataError
 from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolve_data_path
@@ -48,7 +49,9 @@ class ClassifyData(Section):
     label_column: Column = "label"
     input: Literal["tokens", "vectors"] = "tokens"  # vectors: "v1,v2,... v1,v2,..." per line, one per step
     tokenizer: TokenizerSection = {"name": "whitespace"}  # only for tokens
-    max_length: PositiveInt = 200  # training examples longer than this (tokens or steps) are skipped
+    # training examples longer than this (tokens or steps) are skipped; bounded as in translation, since
+    # nmt predict reads lines of up to 4 x this many tokens by default
+    max_length: int = Field(200, gt=0, le=MAX_LENGTH)
     batch_tokens: PositiveInt = 4000  # padded tokens per training batch
     max_sentences: Optional[PositiveInt] = None
     valid_batch_tokens: PositiveInt = 8000
@@ -62,6 +65,22 @@ class ClassifyModel(Section):
     # final: the encoder's pooled summary (an RNN's last forward and first backward states; a Transformer's mean)
     pooling: Literal["final", "mean", "max", "attention"] = "attention"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the pooled vector, before the output layer
+
+
+def training_steps(rows: list[LabelledText]) -> np.ndarray:
+    """Every time step [N,F] of the training vectors, for the feature scaler. An empty text is allowed, as
+    in token input (it trains on one padding step); the number of features is the first non-empty row's."""
+    sequences = [parse_vectors(r.text, r.where) for r in rows]
+    first = next((k for k, steps in enumerate(sequences) if steps), None)
+    if first is None:
+        raise DataError(rows[0].where, "empty text, as is every training text; "
+                                       "expected time steps of comma-separated numbers")
+    dim = len(sequences[first][0])
+    for row, steps in zip(rows, sequences):
+        if steps and len(steps[0]) != dim:  # parse_vectors checked the steps within a row against its first
+            raise DataError(row.where, f"time steps have differing numbers of features "
+                                       f"({len(steps[0])} here, {dim} on {rows[first].where})")
+    return np.asarray([v for steps in sequences for v in steps], dtype=np.float64)
 
 
 # --- pooling --------------------------------------------------------------------------------
@@ -114,12 +133,7 @@ class ClassifyTask(LabelTask):
         if recipe.data.input == "vectors":
             path = fitted_dir(run_dir) / FEATURES_FILE
             if not path.exists():
-                sequences = [parse_vectors(r.text, r.where) for r in rows]
-                dims = {len(v) for seq in sequences for v in seq}
-                if len(dims) != 1:
-                    where = next(r.where for r, s in zip(rows, sequences) if s and len(s[0]) != len(sequences[0][0]))
-                    raise DataError(where, f"time steps have differing numbers of features ({sorted(dims)})")
-                steps = np.asarray([v for seq in sequences for v in seq], dtype=np.float64)  # [N,F]: every time step
+                steps = training_steps(rows)  # [N,F]: every time step
                 # A spread below 1e-8 in a feature is rounding noise: the feature is treated as constant.
                 Scaler.fit(steps, min_std=1e-8).save(path)
         else:

@@ -25,11 +25,11 @@ from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
 from nmt.recipe import AttentionSection, DecoderSection, EncoderSection, Recipe, Section
 from nmt.registry import register
-from nmt.tasks.series import Loss, SeriesData, SeriesTask
+from nmt.tasks.series import MAX_WINDOW_ROWS, Loss, SeriesData, SeriesTask
 
 
 class ForecastData(SeriesData):
-    horizon: PositiveInt = 24  # rows forecast after the lookback window
+    horizon: int = Field(24, gt=0, le=MAX_WINDOW_ROWS)  # rows forecast after the lookback window
 
 
 class ForecastModel(Section):

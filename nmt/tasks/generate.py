@@ -17,12 +17,12 @@ from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
 from nmt.recipe import EncoderSection, Recipe, Section
 from nmt.registry import register
-from nmt.tasks.series import Loss, SeriesData, SeriesTask, format_value
+from nmt.tasks.series import MAX_WINDOW_ROWS, Loss, SeriesData, SeriesTask, format_value
 
 
 class GenerateData(SeriesData):
     lookback: PositiveInt = 1  # one row in: must be 1
-    horizon: PositiveInt = 24  # rows generated after it
+    horizon: int = Field(24, gt=0, le=MAX_WINDOW_ROWS)  # rows generated after it
 
 
 class GenerateModel(Section):

@@ -16,6 +16,7 @@ import inspect
 from pathlib import Path
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 from torch import nn
@@ -26,6 +27,10 @@ from nmt.errors import RecipeError
 from nmt.recipe import EncoderSection, Recipe, Section
 from nmt.registry import register
 from nmt.tasks.series import Loss, SeriesData, SeriesTask, format_value, last_state_detached
+
+#: Rows per forward pass when ``nmt predict`` runs a recurrent encoder over a whole series (see
+#: :meth:`RegressTask.every_step_predictions`): memory for one piece, whatever the length of the series.
+PREDICT_PIECE_ROWS = 4096
 
 
 class RegressData(SeriesData):
@@ -134,19 +139,50 @@ class RegressTask(SeriesTask):
     # --- nmt predict ----------------------------------------------------------------------
 
     def predict_series(self, series, inputs: torch.Tensor):
-        """``every_step``: one pass over the whole series, a row per input row. ``last``: a row per window,
+        """``every_step``: a row per input row (:meth:`every_step_predictions`). ``last``: a row per window,
         dated by the window's last input row, predicting the row ``offset`` later."""
+        offset = self.recipe.data.offset
         if self.every_step:
-            with torch.no_grad():
-                self.eval()
-                pred = self.run(inputs.unsqueeze(0).to(self.device))[0][0].cpu().numpy()  # [N, C_out]
-            offset = self.recipe.data.offset
-            pred = self.scaler.inverse(pred, self.targets)
+            pred = self.scaler.inverse(self.every_step_predictions(inputs), self.targets)  # [N, C_out]
             return (["time", "offset", *self.targets],
                     [[series.times[i] or i, offset, *map(format_value, row)] for i, row in enumerate(pred)])
         lookback = self.recipe.data.lookback
         windows = inputs.unfold(0, lookback, 1).transpose(1, 2)  # [W, L, C_in]
         pred = self.scaler.inverse(self.predict_windows(windows)[:, 0].numpy(), self.targets)  # [W, C_out]
         return (["time", "offset", *self.targets],
-                [[series.times[lookback - 1 + w] or lookback - 1 + w, self.recipe.data.offset,
+                [[series.times[lookback - 1 + w] or lookback - 1 + w, offset,
                   *map(format_value, row)] for w, row in enumerate(pred)])
+
+    def every_step_predictions(self, inputs: torch.Tensor) -> np.ndarray:
+        """A prediction [N, C_out] (z-scores) for each row of ``inputs`` [N, C_in], with bounded work per forward.
+
+        A unidirectional recurrent encoder runs over pieces of ``PREDICT_PIECE_ROWS`` rows, each from the state
+        the last one ended in: the same as one pass over the series, in memory for one piece. Any other encoder
+        (a Transformer's cost grows with the square of the length; a backward pass cannot be cut) reads
+        consecutive windows of ``data.lookback`` rows, the length it was trained on; the last window ends at
+        the last row, and a row in two windows keeps the prediction with more context before it."""
+        if self.carries_state():
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                state, pieces = None, []
+                for start in range(0, len(inputs), PREDICT_PIECE_ROWS):
+                    pred, state = self.run(inputs[start:start + PREDICT_PIECE_ROWS].unsqueeze(0).to(self.device), state)
+                    pieces.append(pred[0].float().cpu())  # [piece, C_out]
+            self.train(was_training)
+            return torch.cat(pieces).numpy()
+        lookback, rows = self.recipe.data.lookback, len(inputs)
+        starts = list(range(0, rows - lookback + 1, lookback))
+        if starts[-1] + lookback < rows:
+            starts.append(rows - lookback)
+        pred = self.predict_windows(torch.stack([inputs[s:s + lookback] for s in starts]))  # [W, L, C_out]
+        out = torch.empty(rows, pred.shape[-1])
+        for s, window in reversed(list(zip(starts, pred))):  # earlier windows overwrite the last one's overlap
+            out[s:s + lookback] = window
+        return out.numpy()
+
+    def carries_state(self) -> bool:
+        """Whether the encoder continues from a recurrent state and reads forward only (see check_recipe)."""
+        encoder_cls, encoder_cfg = self.recipe.components["model.encoder"]
+        return ("initial_state" in inspect.signature(encoder_cls.forward).parameters
+                and not getattr(encoder_cfg, "bidirectional", False))

@@ -10,7 +10,6 @@ user sees original units. Subclasses declare ``window_shape`` and ``forward``.
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -29,6 +28,11 @@ from nmt.tasks.base import Task
 
 Size = Union[int, FiniteFloat]  # NaN would pass the range check below
 SCALER_FILE = "scaler.json"  # in the run's fitted folder
+#: The most rows of a lookback window or a horizon. A year of hourly rows (8760) fits, and the long-horizon
+#: benchmarks stop at 720; every batch holds batch_size windows of this many rows, generate embeds each of its
+#: horizon steps and forecast's highway holds lookback x horizon weights (at most 10^8, 400 MB), so a typo of a
+#: few more zeros is a recipe error rather than tens of gigabytes asked of the device.
+MAX_WINDOW_ROWS = 10_000
 
 
 class SplitSizes(Section):
@@ -56,7 +60,7 @@ class SeriesData(Section):
     start: Optional[str] = None  # keep rows with start <= time < end (needs time_column)
     end: Optional[str] = None
     split: SplitSizes = SplitSizes(train=0.7, valid=0.1, test=0.2)
-    lookback: PositiveInt = 24  # input rows per window
+    lookback: int = Field(24, gt=0, le=MAX_WINDOW_ROWS)  # input rows per window
     stride: PositiveInt = 1  # between training windows
     scale: bool = True  # z-scores fitted on the training rows
     batch_size: PositiveInt = 64
@@ -202,24 +206,27 @@ class SeriesTask(Task):
     # --- nmt predict ----------------------------------------------------------------------
 
     def predict_file(self, input_path, output_path, encoding_errors: str = "strict", **options) -> None:
-        """A series CSV (with the training columns) in; a CSV of predictions in original units out.
+        """A series CSV (with the model's input columns) in; a CSV of predictions in original units out.
 
         Rows before the recipe's ``data.start`` are dropped, as in training: the model never saw that
         era (MSFT's 1986 prices are a hundredth of its 2012 ones). ``data.end`` is not applied: what
         comes after the data the model was trained on is what a prediction is for."""
         from nmt.io import open_output
+        from nmt.translate import standard_input
 
         name = str(input_path) if input_path else "<stdin>"
-        stream = None if input_path else sys.stdin
+        stream = None if input_path else standard_input()  # bytes: decoded line by line, as for a file
         data = self.recipe.data
-        series = read_series(input_path or name, self.all_columns, data.time_column, means=data.means,
+        # Only the model's inputs: targets that are not inputs are what the user wants predicted.
+        means = {k: v for k, v in data.means.items() if k in self.columns}
+        series = read_series(input_path or name, self.columns, data.time_column, means=means,
                              start=getattr(data, "start", None), encoding_errors=encoding_errors, stream=stream)
         needed = self.rows_needed()
         if len(series) < needed:
             raise DataError(series.where(len(series) - 1),
                             f"series too short: {len(series)} rows, the model needs at least {needed}")
         scaled = torch.as_tensor(self.scaler.transform(series.values, series.columns), dtype=torch.float32)
-        header, rows = self.predict_series(series, scaled[:, self.input_idx])
+        header, rows = self.predict_series(series, scaled)  # [N, C_in]
         with open_output(output_path) as out:
             writer = csv.writer(out, lineterminator="\n")
             writer.writerow(header)

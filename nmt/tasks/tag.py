@@ -21,6 +21,7 @@ from pydantic import Field, PositiveInt
 from nmt import registry
 from nmt.contracts import build_encoder
 from nmt.data.labelled import Example, TaggedSentence, read_conllu
+from nmt.data.prepared import MAX_LENGTH
 from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolve_data_path
 from nmt.registry import register
 from nmt.runs import fitted_dir
@@ -35,7 +36,9 @@ class TagData(Section):
     format: Literal["conllu"] = "conllu"  # .conllu or .conllu.gz
     tag_column: Literal["upos", "xpos", "deprel"] = "upos"
     tokenizer: TokenizerSection = {"name": "whitespace"}
-    max_length: PositiveInt = 250  # training sentences longer than this (in pieces) are skipped
+    # training sentences longer than this (in pieces) are skipped; bounded as in translation, since
+    # nmt predict reads lines of up to 4 x this many pieces by default
+    max_length: int = Field(250, gt=0, le=MAX_LENGTH)
     batch_tokens: PositiveInt = 4000  # padded pieces per training batch
     max_sentences: Optional[PositiveInt] = None
     valid_batch_tokens: PositiveInt = 8000
