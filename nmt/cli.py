@@ -254,6 +254,9 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, max_inp
     refuse_same_file(output_path, input_path, stdin=input_path is None)
     refuse_run_files(output_path, [run_dir], checkpoint)
     task = load_run(run_dir, checkpoint=checkpoint, device=device)
+    if probabilities and not task.label_probabilities:  # it was ignored: the user got no probabilities, no word
+        raise UserError("--probabilities", f"gives each label's probability for classification runs; "
+                                           f"{run_dir} is a '{task.recipe.spec.task}' run")
     task.predict_file(input_path, output_path, probabilities=probabilities, encoding_errors=encoding_errors,
                       max_input_tokens=max_input_tokens)  # a series task takes any options and has no such cap
 

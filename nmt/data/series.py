@@ -74,6 +74,11 @@ def read_series(path, columns: Sequence[str], time_column: str | None = None,
             if name not in header:
                 raise DataError(f"{path}:1", f"missing column '{name}'; the header has: "
                                              f"{shorten(', '.join(header), 200)}")
+        for name in dict.fromkeys(needed + ([time_column] if time_column else [])):
+            if header.count(name) > 1:  # header.index would silently take the first
+                where = ", ".join(str(i + 1) for i, h in enumerate(header) if h == name)
+                raise DataError(f"{path}:1", f"column '{name}' appears {header.count(name)} times in the header "
+                                             f"(columns {where}); rename them apart")
         index = {name: header.index(name) for name in dict.fromkeys(needed)}
         time_index = header.index(time_column) if time_column else None
         try:

@@ -25,6 +25,7 @@ class Task(pl.LightningModule):
     ModelConfig: ClassVar[type[BaseModel]]
     monitor: ClassVar[str] = "val/loss"  # the metric that picks the best checkpoint
     monitor_mode: ClassVar[str] = "min"
+    label_probabilities: ClassVar[bool] = False  # nmt predict --probabilities: each label's probability
 
     def __init__(self, recipe: Recipe, run_dir: Path):
         super().__init__()

@@ -107,6 +107,7 @@ class ClassifyTask(LabelTask):
 
     DataConfig = ClassifyData
     ModelConfig = ClassifyModel
+    label_probabilities = True
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:

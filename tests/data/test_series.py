@@ -42,6 +42,18 @@ def test_missing_column_and_bad_order(tmp_path):
         read_series(ragged, ["a"], "t")
 
 
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path):
+    """Before, the first of the two was read, silently, whichever the user meant."""
+    path = tmp_path / "dup.csv"
+    path.write_text("time,load,load\n1,2,3\n2,4,5\n")
+    with pytest.raises(DataError) as caught:
+        read_series(path, ["load"], time_column="time")
+    assert caught.value.message == (f"{path}:1: column 'load' appears 2 times in the header (columns 2, 3); "
+                                    "rename them apart")
+    path.write_text("time,load,other,other\n1,2,3,4\n")
+    assert read_series(path, ["load"], time_column="time").values.tolist() == [[2.0]]  # unread duplicates are fine
+
+
 def test_splits_are_chronological_and_windows_stay_inside():
     bounds = split_rows(100, {"train": 0.6, "valid": 0.2, "test": 0.2})
     assert bounds == {"train": (0, 60), "valid": (60, 80), "test": (80, 100)}

@@ -97,6 +97,19 @@ def test_a_line_over_max_input_tokens_tags_the_words_within_them(tag_run):
     assert len(cut.split()) == 3 and cut == prefix
 
 
+def test_probabilities_for_a_tagging_run_are_refused_not_ignored(tag_run, capsys):
+    """--probabilities gives each label's probability for classification; a tagging run printed its tags
+    without them and said nothing."""
+    run_dir, _ = tag_run
+    (run_dir / "one.txt").write_text("a b\n")
+    capsys.readouterr()
+    code = main(["predict", "--run", str(run_dir), "-i", str(run_dir / "one.txt"), "--probabilities", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", out
+    assert err.splitlines() == [f"nmt: --probabilities: gives each label's probability for classification runs; "
+                                f"{run_dir} is a 'tag' run"], err
+
+
 def test_unknown_dev_tag_names_file_and_line(tmp_path):
     data = write_tag_task(tmp_path / "data", n_train=20, n_dev=2)
     with open(data / "dev.conllu", "a") as f:
