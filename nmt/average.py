@@ -113,6 +113,8 @@ def average_run(run_dir: Path, which: str, n: int, output: Path | None = None) -
     for name in ("last.ckpt", "best.ckpt"):  # training resumes from one, translates with the other
         if same_file(output, run_dir / "checkpoints" / name):
             raise RunError(output, f"is the run's {name}; write the average to another file")
+    if os.path.realpath(output) != os.path.realpath(run_dir / "checkpoints" / "averaged.ckpt"):
+        runs.refuse_run_files(output, [run_dir])  # the run's other files (run.json, a kept step-N.ckpt ...)
     averaged = average_checkpoints(paths)
     with atomic_open(output, "wb") as f:
         torch.save(averaged, f)

@@ -132,6 +132,21 @@ def test_too_few_checkpoints_name_what_exists_and_the_key(kept_run: Path, capsys
     assert "is the run's last.ckpt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("inside", ["run.json", "recipe.yaml", "fitted/READY", "kept-step"])
+def test_an_average_over_a_file_of_the_run_is_refused_and_the_file_kept(kept_run: Path, capsys, inside: str):
+    """nmt average -o RUN/run.json (or a kept step-N.ckpt, which a later --last then averaged again) exited 0
+    and broke the run."""
+    run = kept_run / "run"
+    target = run / "checkpoints" / f"step-{steps(run, 'step-')[0]}.ckpt" if inside == "kept-step" else run / inside
+    before = target.read_bytes()
+    capsys.readouterr()
+    assert main(["average", str(run), "--last", "2", "-o", str(target)]) == 2
+    rel = target.relative_to(run).as_posix()
+    assert capsys.readouterr().err.splitlines() == [f"nmt: {target}: is a file of the run {run} ({rel}); "
+                                                    "write the output elsewhere"]
+    assert target.read_bytes() == before
+
+
 def test_a_run_with_the_default_keeps_none_to_average(tmp_path: Path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
