@@ -67,6 +67,18 @@ def test_paired_bootstrap_tells_an_improvement_from_noise(systems, capsys):
     assert lines[3].startswith("  signature: nrefs:1|bs:300|seed:12345|")
 
 
+def test_a_metric_named_twice_is_scored_once_under_its_own_name(systems, capsys):
+    """With several --hyp, "bleu,bleu,chrf" labelled chrF's scores as bleu and dropped chrF."""
+    code, out, err = run_cli(capsys, "evaluate", "--hyp", "base.txt", "--hyp", "better.txt", "--ref", "ref.txt",
+                             "--metrics", "bleu,bleu,chrf", "--samples", "100", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert [key for key in result if key not in ("test", "baseline")] == ["bleu", "chrf"]
+    for name in ("bleu", "chrf"):
+        expected = score(systems["base"], [systems["ref"]], (name,))[name].score
+        assert result[name]["systems"][0]["score"] == round(expected, 2), (name, result[name])
+
+
 def test_approximate_randomization(systems, capsys):
     code, out, err = run_cli(capsys, "evaluate", "--hyp", "base.txt", "--hyp", "better.txt", "--ref", "ref.txt",
                              "--metrics", "bleu", "--paired", "ar", "--samples", "500", "--json")
@@ -86,6 +98,9 @@ def test_approximate_randomization(systems, capsys):
     (["--hyp", "base.txt", "--metrics", ","], "nmt: --metrics: expected one or more of bleu, chrf, ter"),
     (["--hyp", "base.txt", "--metrics", " ", "--json"], "nmt: --metrics: expected one or more of bleu, chrf, ter"),
     (["--hyp", "base.txt", "--hyp", "better.txt", "--metrics", ""], "nmt: --metrics: expected one or more"),
+    (["--hyp", "base.txt", "--hyp", "better.txt", "--samples", "200000"],  # 300 lines: 60M sample-lines, gigabytes
+     "nmt: --samples: 200,000 bootstrap samples of 300 lines would hold 60,000,000 sample-lines at once, more than "
+     "50,000,000 (gigabytes); use at most 166,666 or --paired ar"),
 ])
 def test_bad_comparisons_are_one_line(systems, capsys, argv, message):
     Path("short.txt").write_text("a\nb\n")
