@@ -209,7 +209,7 @@ def claimed(run_dir: Path):
     first_start = not runs.is_run(run_dir)
     kept = None if first_start else KeptRecipe(run_dir)
     try:
-        yield
+        yield HOLDER_NAME not in ours  # an nmt train held it before: what it left is nmt's, not the user's
     except BaseException:
         if first_start and not has_checkpoint(run_dir):
             undo_start(run_dir, existed, before)
@@ -265,8 +265,8 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False, init_from: 
     start = InitialRun.check(init_from, recipe) if init_from is not None and not runs.is_run(run_dir) else None
     if not is_rank_zero():
         return _train(recipe, run_dir, fresh, start)
-    with claimed(run_dir):
-        return _train(recipe, run_dir, fresh, start)
+    with claimed(run_dir) as held_before:
+        return _train(recipe, run_dir, fresh, start, held_before)
 
 
 class InitialRun:
@@ -314,20 +314,21 @@ def prepare_recipe(recipe: Recipe, run_dir: Path, workers: int | None = None, fo
     if not hasattr(recipe.task_cls, "corpus_spec"):
         raise RecipeError(f"{recipe.path}: task", f"task '{recipe.spec.task}' reads its training data into memory; "
                                                   "nmt prepare is for parallel corpora (task seq2seq)")
-    with claimed(run_dir):
-        check_resumable(recipe, run_dir, fresh=False)
+    with claimed(run_dir) as held_before:
+        check_resumable(recipe, run_dir, fresh=False, held_before=held_before)
         # an existing run keeps its recipe.yaml: preparing trains nothing, so the recipe of its
         # checkpoints is still the one it was trained with
         return prepare_run_dir(recipe, run_dir, None, write_recipe=not runs.is_run(run_dir), workers=workers,
                                force=force, announce=True).manifest
 
 
-def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool) -> None:
+def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool, held_before: bool = False) -> None:
     """An existing run in ``run_dir`` may be resumed by ``recipe``: same task, data and model, and the
     optimizer and schedule whose state its last checkpoint holds. A first start does not replace a
-    recipe.yaml there that is not a run's (a user's own recipe beside it)."""
+    recipe.yaml there that is not a run's (a user's own recipe beside it); one that an nmt train killed
+    before it wrote run.json left (``held_before``: its lock holder's file is there) is replaced."""
     if not runs.is_run(run_dir):
-        if (run_dir / "recipe.yaml").exists():
+        if (run_dir / "recipe.yaml").exists() and not held_before:
             raise RecipeError(run_dir, "holds a recipe.yaml that is not a run's, which the run would replace "
                                        "with its own; pick another --run-dir (e.g. a folder inside it)")
         return
@@ -376,8 +377,8 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None) -> Path:
-    check_resumable(recipe, run_dir, fresh)
+def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None, held_before: bool = False) -> Path:
+    check_resumable(recipe, run_dir, fresh, held_before)
     last = resume_checkpoint(run_dir)
     pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
     trainer = build_trainer(recipe, run_dir, recipe.task_cls)  # before any file is written: bad arguments fail here

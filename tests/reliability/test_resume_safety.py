@@ -111,7 +111,12 @@ def ctrl_c_at_step(monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(train_module.Throughput, "on_train_batch_end", on_train_batch_end)
-    return sent
+    # A process started in the background by a non-interactive shell (a CI job, `cmd &`) inherits SIGINT
+    # ignored, which nmt leaves alone (no terminal can send it one): give this one Python's own handler,
+    # as a terminal's process has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield sent
+    signal.signal(signal.SIGINT, previous)
 
 
 def logged_steps(run_dir: Path) -> list[int]:

@@ -49,6 +49,22 @@ def test_second_train_on_a_run_directory_in_use_is_refused(tmp_path, capsys, rel
     assert code == 0, err[-2000:]
 
 
+def test_a_first_start_killed_before_run_json_does_not_block_the_next(tmp_path, capsys, reliability_data,
+                                                                       monkeypatch):
+    """SIGKILL between the run's recipe.yaml and its run.json left a recipe.yaml the next start took for the
+    user's own and refused, so the folder could not be trained into again. The lock holder's file, which only
+    nmt train writes, says whose it is."""
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(Path("r.yaml"), quick_recipe(reliability_data))
+    run_dir = Path("runs/x")
+    run_dir.mkdir(parents=True)
+    (run_dir / ".lock.holder").write_text("999999 elsewhere\n")  # as a killed start leaves them
+    (run_dir / "recipe.yaml").write_text(Path("r.yaml").read_text())
+    code, _, err = run_cli(capsys, "train", recipe, "--run-dir", run_dir)
+    assert code == 0, err[-2000:]
+    assert runs.is_run(run_dir) and (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
 @pytest.mark.parametrize("fresh", [False, True], ids=["retry", "retry-fresh"])
 def test_failed_start_on_bad_data_leaves_nothing_behind(tmp_path, capsys, reliability_data, fresh, monkeypatch):
     monkeypatch.chdir(tmp_path)
