@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from nmt import runs
 from nmt.runs import is_rank_zero
 from nmt.errors import RecipeError, RunError, UserError, shorten
-from nmt.io import atomic_write_text
+from nmt.io import atomic_write_text, same_file
 from nmt.lightning_fixes import AtomicCheckpointIO, BestCheckpoints, CheckpointAlignedCSVLogger, \
     InterruptAsSigterm, LastCheckpoint, quiet_lightning, resume_finished_epochs
 from nmt.recipe import Recipe
@@ -331,6 +331,11 @@ def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool, held_before: boo
         if (run_dir / "recipe.yaml").exists() and not held_before:
             raise RecipeError(run_dir, "holds a recipe.yaml that is not a run's, which the run would replace "
                                        "with its own; pick another --run-dir (e.g. a folder inside it)")
+        foreign = foreign_files(run_dir, recipe.path)
+        if foreign:
+            raise RecipeError(run_dir, f"holds files that are not a run's ({shorten(', '.join(foreign))}); a run "
+                                       "and what its recipe scripts write beside it (test.hyp, dev.pred ...) could "
+                                       "replace them: pick an empty or new --run-dir")
         return
     if fresh and is_rank_zero():  # other ranks start after rank 0 has written the run
         raise RecipeError(run_dir, "already holds a run; drop --fresh to resume it or pick another --run-dir")
@@ -349,6 +354,15 @@ def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool, held_before: boo
             raise RecipeError(f"{run_dir}: optim.{key}", f"{ours!r} differs from the run being resumed ({theirs!r}), "
                               "whose last checkpoint holds that one's state; use another --run-dir "
                               "(with --init-from to start from this run's weights)")
+
+
+def foreign_files(run_dir: Path, recipe_path: Path | None) -> list[str]:
+    """The names in a folder a first start would make a run of that are not a run's own (``runs.RUN_FILES``,
+    ``RUN_FOLDERS``, the lock), a hidden file (a temporary of an interrupted write) or the recipe being trained."""
+    own = {*runs.RUN_FILES, *runs.RUN_FOLDERS, LOCK_NAME, HOLDER_NAME}
+    recipe_name = recipe_path.name if recipe_path is not None and same_file(recipe_path.parent, run_dir) else None
+    return sorted(name for name in os.listdir(run_dir) if name not in own and not name.startswith(".")
+                  and name != recipe_name)
 
 
 def prepare_run_dir(recipe: Recipe, run_dir: Path, start: InitialRun | None, write_recipe: bool = True, **options):

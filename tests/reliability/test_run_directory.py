@@ -49,6 +49,26 @@ def test_second_train_on_a_run_directory_in_use_is_refused(tmp_path, capsys, rel
     assert code == 0, err[-2000:]
 
 
+def test_a_first_start_into_a_folder_of_other_files_is_refused_and_they_are_kept(tmp_path, capsys, reliability_data,
+                                                                                monkeypatch):
+    """RUN_DIR=~/mine recipes/.../run.sh trained into a folder of the user's files, then wrote its test.txt and
+    test.pred over theirs. Only a run's own names, hidden files and the recipe being trained may be there."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("mine")
+    run_dir.mkdir()
+    (run_dir / "test.txt").write_text("my notes\n")
+    (run_dir / ".hidden").write_text("x\n")
+    recipe = write_recipe(run_dir / "r.yaml", quick_recipe(reliability_data))
+    code, _, err = run_cli(capsys, "train", recipe, "--run-dir", run_dir)
+    assert code == 2 and error_lines(err) == [
+        "nmt: mine: holds files that are not a run's (test.txt); a run and what its recipe scripts write beside it "
+        "(test.hyp, dev.pred ...) could replace them: pick an empty or new --run-dir"], err
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hidden", "r.yaml", "test.txt"]  # nothing added, nothing lost
+    (run_dir / "test.txt").unlink()
+    code, _, err = run_cli(capsys, "train", recipe, "--run-dir", run_dir)  # the recipe itself may sit there
+    assert code == 0, err[-2000:]
+
+
 def test_a_first_start_killed_before_run_json_does_not_block_the_next(tmp_path, capsys, reliability_data,
                                                                        monkeypatch):
     """SIGKILL between the run's recipe.yaml and its run.json left a recipe.yaml the next start took for the
