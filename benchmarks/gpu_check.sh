@@ -50,6 +50,11 @@
 # or one call with every part (the default PARTS) and DEADLINE=540, timeout_s 590: the recipe run takes
 # the overrides of the same call's rows (AUTO_ARGS=1), and static is skipped where the time left is short.
 set -uo pipefail
+# OUT and RUN_ROOT name folders from where the script is called, not from the checkout it moves to below
+# (a relative RUN_ROOT made it replace gpu-check-ende inside the checkout).
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+OUT="$(absolute "${OUT:-gpu-check}")"
+RUN_ROOT="$(absolute "${RUN_ROOT:-/tmp/gpu-check-runs}")"
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"            # cuda or cpu
 PARTS="${PARTS:-speed tests static recipe translate}"
@@ -67,8 +72,11 @@ SIZES="${SIZES:-4200 16800 67200}"  # batch sizes (tokens) measured beside the r
 PROFILE="${PROFILE:-nmt bf16 $([ "$DEVICE" = cuda ] && echo bf16-shared bf16-bf16cell || echo bf16-stepwise bf16-f32cell)}"
 STATIC="${STATIC:-16 24 32 48 81}"  # padded lengths of the static-shape rows (data.pad_lengths)
 DEADLINE="${DEADLINE:-540}"         # seconds for the whole script (one device call: 10 minutes at most)
-OUT="${OUT:-gpu-check}"
-RUN_ROOT="${RUN_ROOT:-/tmp/gpu-check-runs}"
+for part in $PARTS; do  # a mistyped part ran nothing and exited 0, which a 15-minute device call cannot afford
+  case "$part" in speed|tests|static|recipe|translate|ensemble) ;;
+    *) echo "gpu_check.sh: PARTS: unknown part '$part' (speed, tests, static, recipe, translate, ensemble)" >&2; exit 2 ;;
+  esac
+done
 run_dir="$RUN_ROOT/gpu-check-ende"  # this script's own names: it replaces them, nothing else there
 start=$(date +%s)
 mkdir -p "$OUT" "$RUN_ROOT"

@@ -3,6 +3,10 @@ same device call: float32 where bf16 is slower, the fastest teacher forcing way,
 larger batch, each only where its rows say so."""
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from conftest import load_benchmark
@@ -64,3 +68,27 @@ def test_the_command_prints_the_overrides_and_the_reasons(gpu_args, tmp_path, ca
     overrides, *reasons = capsys.readouterr().out.splitlines()
     assert overrides == "model.compile=loop"
     assert reasons[0].startswith("teacher forcing shared") and reasons[1].startswith("compiled loop")
+
+
+GPU_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+def test_gpu_check_refuses_an_unknown_part_before_it_writes_anything(tmp_path):
+    """PARTS="speeed" ran nothing and exited 0: a device call of the session's few minutes spent on nothing."""
+    done = subprocess.run([str(GPU_CHECK)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PARTS": "speed speeed", "OUT": "out", "RUN_ROOT": "runs"})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == ["gpu_check.sh: PARTS: unknown part 'speeed' (speed, tests, static, recipe, "
+                                        "translate, ensemble)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_writes_relative_folders_where_it_is_called(tmp_path):
+    """A relative OUT or RUN_ROOT was taken inside the checkout the script moves to, where the recipe part
+    replaces RUN_ROOT/gpu-check-ende."""
+    done = subprocess.run([str(GPU_CHECK)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PARTS": "tests", "OUT": "out", "RUN_ROOT": "runs", "DEVICE": "cpu"})  # GPU tests: none here
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "table.tsv").read_text().startswith("device\ttorch ")
+    assert (tmp_path / "runs").is_dir()
+    assert not (GPU_CHECK.parents[1] / "out").exists() and not (GPU_CHECK.parents[1] / "runs" / "gpu-check-ende").exists()
