@@ -25,19 +25,28 @@
 #     (it asks for torch < 2.3, and imports every transform's module, spacy and fasttext among them)
 # STEPS=300 updates a run (a multiple of 50); ROUNDS=2; THREADS=1 (OMP_NUM_THREADS of all);
 # WORK=/tmp/toolkits-side-by-side (replaced at each call; a folder it did not make is refused); NMT_DATA=<data root> (default ../shared/data
-# beside the checkout).
+# beside the checkout); a relative WORK or NMT_DATA is taken from the folder the script is called from.
 set -euo pipefail
+say() { echo "toolkits_side_by_side: $*" >&2; }
+# WORK and NMT_DATA as the caller wrote them are relative to the caller's folder: made absolute before the cd
+# below (the default data root, ../shared/data, is the checkout's neighbour, relative to the repository root)
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+WORK="$(absolute "${WORK:-/tmp/toolkits-side-by-side}")"
+if [ -n "${NMT_DATA:-}" ]; then NMT_DATA="$(absolute "$NMT_DATA")"; fi
 cd "$(dirname "$0")/.."
 JOEY_PYTHON="${JOEY_PYTHON:-}"
 ONMT_PYTHON="${ONMT_PYTHON:-}"
 STEPS="${STEPS:-300}"
 ROUNDS="${ROUNDS:-2}"
 THREADS="${THREADS:-1}"
-WORK="${WORK:-/tmp/toolkits-side-by-side}"
+# numbers checked as digits before any arithmetic: there a word (STEPS=abc) is read as a variable's name
+for knob in STEPS ROUNDS THREADS; do
+  [[ "${!knob}" =~ ^[0-9]{1,9}$ ]] && (( 10#${!knob} >= 1 )) || { say "$knob must be a positive integer, got '${!knob}'"; exit 2; }
+  printf -v "$knob" '%d' "$((10#${!knob}))"  # 0300 is 300, not octal
+done
 data_root="${NMT_DATA:-../shared/data}"
 recipe=recipes/translation/multi30k/en-de.yaml
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
-say() { echo "toolkits_side_by_side: $*" >&2; }
 (( STEPS >= 100 && STEPS % 50 == 0 )) || { say "STEPS must be a multiple of 50 from 100 (all log every 50 updates), got $STEPS"; exit 2; }
 
 # WORK is replaced at each call: only a folder this script made (its mark inside), or an empty or new one

@@ -3,21 +3,24 @@
 # accuracy beside two baselines measured on the same split: the majority class, and logistic
 # regression on the 64 flattened pixels (scikit-learn).
 #   BUDGET=00:00:05:00 RUN_DIR=runs/digits_rows recipes/classification/digits_rows/run.sh [key=value ...]
+#   DIGITS_DATA=runs/digits_rows_data: where prepare.py writes the split (train/dev/test.tsv). A name of
+#   its own, not a generic DATA that a shell may already hold for something else; a folder holding other
+#   train/dev/test.tsv files is refused there, never overwritten.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUDGET="${BUDGET:-00:00:05:00}"
 RUN_DIR="${RUN_DIR:-runs/digits_rows}"
-DATA="${DATA:-runs/digits_rows_data}"
+DIGITS_DATA="${DIGITS_DATA:-runs/digits_rows_data}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # small RNN steps; extra threads only contend
 
-python "$HERE/prepare.py" "$DATA"
+python "$HERE/prepare.py" "$DIGITS_DATA"
 start=$(date +%s)
-nmt train "$HERE/digits_rows.yaml" --run-dir "$RUN_DIR" "data.root=$(cd "$DATA" && pwd)" "trainer.max_time=$BUDGET" "$@"
+nmt train "$HERE/digits_rows.yaml" --run-dir "$RUN_DIR" "data.root=$(cd "$DIGITS_DATA" && pwd)" "trainer.max_time=$BUDGET" "$@"
 trained=$(date +%s)
-cut -f2 "$DATA/test.tsv" | tail -n +2 > "$RUN_DIR/test.txt"
+cut -f2 "$DIGITS_DATA/test.tsv" | tail -n +2 > "$RUN_DIR/test.txt"
 nmt predict --run "$RUN_DIR" -i "$RUN_DIR/test.txt" -o "$RUN_DIR/test.pred"
 
-python - "$DATA" "$RUN_DIR" "$((trained - start))" <<'PY'
+python - "$DIGITS_DATA" "$RUN_DIR" "$((trained - start))" <<'PY'
 import sys
 from pathlib import Path
 import numpy as np

@@ -11,9 +11,16 @@ BUDGET="${BUDGET:-00:00:05:00}"
 RUN_DIR="${RUN_DIR:-runs/etth1_next_day}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # small RNN steps: extra threads only oversubscribe a shared CPU
 
-IFS=: read -r d h m s <<< "$BUDGET"
-half=$(( (10#$d * 86400 + 10#$h * 3600 + 10#$m * 60 + 10#$s) / 2 ))
-HALF=$(printf "00:%02d:%02d:%02d" $((half / 3600)) $((half % 3600 / 60)) $((half % 60)))
+# Checked here, before the first training: the split below needs all four fields (Lightning's max_time form)
+if ! [[ "$BUDGET" =~ ^([0-9]{1,5}):([0-9]{1,5}):([0-9]{1,5}):([0-9]{1,5})$ ]]; then
+  echo "run.sh: BUDGET must be DD:HH:MM:SS (Lightning's max_time, e.g. 00:00:05:00), got '$BUDGET'" >&2; exit 2
+fi
+d=$((10#${BASH_REMATCH[1]})) h=$((10#${BASH_REMATCH[2]})) m=$((10#${BASH_REMATCH[3]})) s=$((10#${BASH_REMATCH[4]}))
+# half each, carried back into days, hours and minutes (Lightning refuses 108 hours), and at least a second:
+# a max_time of 00:00:00:00 would stop a training at step 0
+half=$(( (d * 86400 + h * 3600 + m * 60 + s) / 2 ))
+(( half >= 1 )) || half=1
+HALF=$(printf "%02d:%02d:%02d:%02d" $((half / 86400)) $((half % 86400 / 3600)) $((half % 3600 / 60)) $((half % 60)))
 
 start=$(date +%s)
 nmt train "$HERE/generate.yaml" --run-dir "$RUN_DIR/generate" "trainer.max_time=$HALF" "$@"

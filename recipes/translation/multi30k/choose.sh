@@ -4,6 +4,8 @@
 #   e.g.   PREFIX=runs/big recipes/translation/multi30k/choose.sh en-de \
 #            "six=--run runs/q16-a --run runs/q16-b --run runs/q17-a --run runs/q17-b --run runs/q18-a --run runs/q18-b --checkpoint averaged" \
 #            "four=--run runs/q16-a --run runs/q16-b --run runs/q18-a --run runs/q18-b --checkpoint averaged"
+#   A candidate's options are split into words as a shell would (quotes keep a word with spaces whole, no
+#   globbing): "a=--run 'runs/my run' --checkpoint best".
 #   PREFIX=runs/choose-<pair> (the dev and test outputs: PREFIX.dev.NAME.hyp, PREFIX.dev-alphaA.NAME.hyp,
 #   PREFIX.<test set>.hyp); BEAM=5; ALPHAS="0.6 0.8 1.0 1.2" length penalties (GNMT alpha); NMT_DATA=<data root>
 # Each candidate is scored on the dev set at the first of ALPHAS, in the order given (a tie keeps the
@@ -25,7 +27,16 @@ for candidate in "$@"; do
     exit 2
   fi
   names+=("$name"); options[$name]="${candidate#*=}"
+  if ! python -c 'import shlex, sys; shlex.split(sys.argv[1])' "${options[$name]}" 2>/dev/null; then
+    echo "choose.sh: candidate '$candidate': unbalanced quotes in its options" >&2; exit 2
+  fi
 done
+# words NAME: the candidate's options as the array `words`, split like a shell's words (shlex): a quoted run
+# directory with a space stays one word, and nothing is globbed, as unquoted ${options[NAME]} would be
+words() {
+  mapfile -d '' -t words < <(python -c 'import shlex, sys; print(*(w + "\0" for w in shlex.split(sys.argv[1])), sep="", end="")' \
+                                    "${options[$1]}")
+}
 mkdir -p "$(dirname "$prefix")"
 
 bleu() {  # bleu HYP REF: the BLEU score alone
@@ -36,16 +47,16 @@ dev_src="$data_root/multi30k/val.$src.gz"; dev_ref="$data_root/multi30k/val.$tgt
 choice="" best=-1
 printf '\n%-18s %s\n' "candidate" "dev BLEU (beam $beam, alpha $alpha)"
 for name in "${names[@]}"; do
-  # shellcheck disable=SC2086  # the candidate's options are words
-  nmt translate ${options[$name]} --beam "$beam" --alpha "$alpha" -i "$dev_src" -o "$prefix.dev.$name.hyp"
+  words "$name"
+  nmt translate "${words[@]}" --beam "$beam" --alpha "$alpha" -i "$dev_src" -o "$prefix.dev.$name.hyp"
   score=$(bleu "$prefix.dev.$name.hyp" "$dev_ref")
   printf '%-18s %s\n' "$name" "$score"
   if better "$score" "$best"; then choice=$name best=$score; fi
 done
 echo "chosen on dev: $choice ($best)"
+words "$choice"
 for a in "${alphas[@]:1}"; do  # the chosen system's length penalty, on dev too
-  # shellcheck disable=SC2086
-  nmt translate ${options[$choice]} --beam "$beam" --alpha "$a" -i "$dev_src" -o "$prefix.dev-alpha$a.$choice.hyp"
+  nmt translate "${words[@]}" --beam "$beam" --alpha "$a" -i "$dev_src" -o "$prefix.dev-alpha$a.$choice.hyp"
   score=$(bleu "$prefix.dev-alpha$a.$choice.hyp" "$dev_ref")
   echo "with alpha $a: $score"
   if better "$score" "$best"; then alpha=$a best=$score; fi
@@ -56,8 +67,7 @@ printf '\n%-18s %-8s %s\n' "test set" "metric" "score (sacrebleu signature; $cho
 for test in test_2016_flickr test_2017_flickr; do
   ref="$data_root/multi30k/$test.$tgt.gz"
   [ -f "$ref" ] || { echo "skipping $test: $ref not found"; continue; }
-  # shellcheck disable=SC2086
-  nmt translate ${options[$choice]} --beam "$beam" --alpha "$alpha" -i "$data_root/multi30k/$test.$src.gz" -o "$prefix.$test.hyp"
+  nmt translate "${words[@]}" --beam "$beam" --alpha "$alpha" -i "$data_root/multi30k/$test.$src.gz" -o "$prefix.$test.hyp"
   test_scores "$test" "$prefix.$test.hyp" "$ref"
 done
 echo "system: nmt translate ${options[$choice]} --beam $beam --alpha $alpha"
