@@ -173,8 +173,11 @@ def test_ensemble_stops_its_members_on_ctrl_c(tmp_path):
     hang = tmp_path / "pids"
     hang.mkdir()
     env = fake_nmt(tmp_path, RUN_PREFIX=str(tmp_path / "ens"), NMT_DATA=str(tmp_path), FAKE_NMT_HANG=str(hang))
+    # A CI job started in the background inherits SIGINT ignored, which bash cannot trap: give the script
+    # SIGINT's default, as a terminal's foreground job has.
     script = subprocess.Popen(["bash", str(ENSEMBLE), "en-de"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 20
         while len(list(hang.iterdir())) < 2 and time.monotonic() < deadline:
