@@ -252,11 +252,41 @@ class WindowDataset(Dataset):
         return torch.stack(xs), torch.stack(ys)
 
 
+class WindowSampler(DistributedSampler):
+    """This device's share of the training windows, reshuffled each epoch from ``seed + epoch``, resumable mid-epoch.
+
+    A :class:`DistributedSampler` on one device too (one replica): an epoch's order depends on the seed and the
+    epoch alone, not on how many epochs this process has drawn, so a resumed process draws the order the
+    stopped one had (a DataLoader's own shuffling draws from one generator, so it began again at epoch 0's
+    order). Lightning calls ``set_epoch`` on ``dataloader.sampler`` every epoch."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, num_replicas: int | None = None, rank: int | None = None):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed:  # DistributedSampler would ask the missing process group for them
+            num_replicas, rank = num_replicas or 1, rank or 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.batch_size = batch_size
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next pass over ``epoch`` skip the batches a resumed run has already trained on."""
+        self._resume = (epoch, batches_done)
+
+    def __iter__(self) -> Iterator[int]:
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        self._resume = None  # one pass only: the epochs after it run whole
+        # Every batch but an epoch's last holds batch_size windows, so the trained ones are a prefix.
+        return itertools.islice(super().__iter__(), skip * self.batch_size, None)
+
+
 class WindowDataModule(pl.LightningDataModule):
     """Shuffled training windows and ordered validation windows.
 
-    Under DDP (the Trainer runs with ``use_distributed_sampler=False``) the training loader shards
-    itself with an explicit :class:`DistributedSampler`; every rank validates on all windows."""
+    The training loader shards itself with a :class:`WindowSampler` (the Trainer runs with
+    ``use_distributed_sampler=False``); every rank validates on all windows. Like
+    :class:`~nmt.data.batching.BucketedDataModule`, its ``state_dict`` (saved in every checkpoint) records
+    how far training got in the current epoch's order, so a run resumed from a mid-epoch checkpoint trains
+    the rest of that epoch's batches, each once, instead of starting the epoch over."""
 
     def __init__(self, train: WindowDataset, valid: WindowDataset, batch_size: int, valid_batch_size: int,
                  seed: int, num_workers: int = 0):
@@ -264,14 +294,30 @@ class WindowDataModule(pl.LightningDataModule):
         self.train_set, self.valid_set = train, valid
         self.batch_size, self.valid_batch_size = batch_size, valid_batch_size
         self.seed, self.num_workers = seed, num_workers
+        self._train_sampler: WindowSampler | None = None
+        self._resume: dict = {}
 
     def train_dataloader(self) -> DataLoader:
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        sampler = DistributedSampler(self.train_set, shuffle=True, seed=self.seed) if distributed else None
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
-                          generator=generator if sampler is None else None, num_workers=self.num_workers,
+        sampler = WindowSampler(self.train_set, self.batch_size, self.seed)
+        if self._resume:
+            sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
+            self._resume = {}
+        self._train_sampler = sampler
+        # The generator only seeds the workers; without one the DataLoader would draw from torch's global RNG.
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
+                          generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=False)
+
+    def state_dict(self) -> dict:
+        if self._train_sampler is None or self.trainer is None:
+            return {}
+        # Batches whose training step ran in this epoch (the loader has already fetched ahead, so
+        # counting what it yielded would skip a batch on resume).
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self._train_sampler.epoch, "batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.valid_set, batch_size=self.valid_batch_size, shuffle=False,

@@ -13,6 +13,7 @@ has no built-in TBPTT). Memory holds one piece's graph, whatever the window leng
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -130,11 +131,33 @@ class RegressTask(SeriesTask):
                 self.clip_gradients(optimizer, gradient_clip_val=self.recipe.model.clip_norm,
                                     gradient_clip_algorithm="norm")
             optimizer.step()
+            self.step_schedule()
             state = last_state_detached(state)
             losses.append(loss.detach())
         loss = torch.stack(losses).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
         return loss
+
+    def step_schedule(self) -> None:
+        """Advance the per-step schedule (warmup, inverse_sqrt, cosine) after an optimiser step under TBPTT.
+
+        Lightning steps an ``interval: "step"`` scheduler after each automatic optimiser step only; under manual
+        optimisation it never does, so the rate stayed at its first step's. Plateau is stepped by hand after each
+        validation (``Task.step_plateau``) and is not among ``lr_schedulers()``."""
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    def total_steps(self, cfg) -> int | None:
+        """Optimiser steps the cosine schedule spans. Under TBPTT an ``every_step`` batch takes one optimiser step per
+        piece, which Lightning's estimate (one per batch) does not know; ``trainer.max_steps`` counts optimiser steps."""
+        total = super().total_steps(cfg)
+        trainer, k = self.trainer, self.recipe.model.tbptt_steps
+        if total is None or cfg.total_steps is not None or not k or trainer.max_epochs == -1:
+            return total  # no cosine, the recipe's own length, no TBPTT, or max_steps alone (already optimiser steps)
+        pieces = math.ceil(self.recipe.data.lookback / k) if self.every_step else 1  # see training_step
+        by_epochs = int(trainer.num_training_batches) * max(trainer.max_epochs, 1) * pieces
+        return by_epochs if trainer.max_steps == -1 else min(by_epochs, trainer.max_steps)
 
     # --- nmt predict ----------------------------------------------------------------------
 
