@@ -24,6 +24,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loops.fit_loop import _FitLoop
 from pytorch_lightning.loops.loop import _Loop
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -133,15 +134,16 @@ class LastCheckpoint(Checkpoint):
                     progress["processed"] -= 1
 
     def on_exception(self, trainer, pl_module, exception):
-        # SIGTERM (a scheduler's preemption, a kill): Lightning raises it after the current batch, so
-        # the state is whole. Any other exception may leave it broken (a NaN loss): not saved.
+        # SIGTERM (a scheduler's preemption, a kill): Lightning raises it after the current batch, at a
+        # step boundary (_StepBoundarySignalConnector), so the state is whole. Any other exception may leave it broken (a NaN loss): not saved.
         if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
                 and self.saved_step != trainer.global_step and trainer.global_step > 0):
             self.save(trainer)
 
 
 class InterruptAsSigterm:
-    """Within the block, Ctrl-C (SIGINT) stops ``trainer.fit`` as SIGTERM does: after the current batch,
+    """Within the block, Ctrl-C (SIGINT) stops ``trainer.fit`` as SIGTERM does: after the current batch
+    (with gradient accumulation, after the next optimizer step: :class:`_StepBoundarySignalConnector`),
     with ``last.ckpt`` saved at the step reached (:class:`LastCheckpoint`); ``received`` says it came.
 
     For Lightning 2.6 (checked with 2.6.6), which turns a KeyboardInterrupt, raised wherever it lands
@@ -169,6 +171,37 @@ class InterruptAsSigterm:
         if self.received or not connector._original_handlers:  # a second Ctrl-C, or fit is not running
             raise KeyboardInterrupt
         self.received = connector.received_sigterm = True
+
+
+class _StepBoundarySignalConnector(_SignalConnector):
+    """Lightning's signal connector, but a SIGTERM (or Ctrl-C, :class:`InterruptAsSigterm`) that comes
+    while gradients are being accumulated stops training at the next optimizer step, not at once.
+
+    For Lightning 2.6 (checked with 2.6.6), whose loops stop at the first check of
+    ``trainer.received_sigterm`` (this connector's flag: after every batch, inside a validation, at an
+    epoch's end): with ``accumulate_grad_batches=3``, a stop after batch 5 saved ``last.ckpt`` at step
+    1 with five batches done, the resume began at batch 5, the gradients of batches 3 and 4 were lost
+    and the weights differed from an uninterrupted run's. The flag reads False while the batch just
+    trained left gradients to accumulate (at most N-1 batches more: an epoch's last batch always
+    steps), so ``last.ckpt`` is saved at a step boundary. Reads the epoch loop's ``_should_accumulate``,
+    an internal."""
+
+    @property
+    def received_sigterm(self) -> bool:
+        return self._received and not self._accumulating()
+
+    @received_sigterm.setter
+    def received_sigterm(self, received: bool) -> None:
+        self._received = received
+
+    def _accumulating(self) -> bool:
+        trainer = self.trainer
+        return trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+def stop_at_step_boundaries(trainer) -> None:
+    """Give ``trainer`` the :class:`_StepBoundarySignalConnector` (before ``fit`` installs its handlers)."""
+    trainer._signal_connector = _StepBoundarySignalConnector(trainer)
 
 
 class _EpochEndResumingFitLoop(_FitLoop):

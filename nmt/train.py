@@ -22,7 +22,7 @@ from nmt.runs import is_rank_zero
 from nmt.errors import RecipeError, RunError, UserError, shorten
 from nmt.io import atomic_write_text, same_file
 from nmt.lightning_fixes import AtomicCheckpointIO, BestCheckpoints, CheckpointAlignedCSVLogger, \
-    InterruptAsSigterm, LastCheckpoint, quiet_lightning, resume_finished_epochs
+    InterruptAsSigterm, LastCheckpoint, quiet_lightning, resume_finished_epochs, stop_at_step_boundaries
 from nmt.recipe import Recipe
 
 
@@ -70,6 +70,39 @@ class WallClock(Callback):
         self.before = float(state_dict.get("minutes", 0.0))
 
 
+class CosineSpan(Callback):
+    """Refuses a resume whose cosine schedule would span other steps than the one in ``last.ckpt``.
+
+    The schedule's state, saved whole, brings back the span of the run's start (``T_max``): with a
+    higher ``trainer.max_steps`` the learning rate went past its minimum and climbed again. Checked
+    when the checkpoint is loaded (after the data module's state, before the optimizer's), so
+    nothing of the run has changed yet."""
+
+    SPAN_KEYS = ("optim.total_steps", "optim.warmup_steps", "trainer.max_steps", "trainer.max_epochs",
+                 "trainer.accumulate_grad_batches", "trainer.limit_train_batches")
+
+    def __init__(self, recipe: Recipe, saved: Recipe, run_dir: Path):
+        self.recipe, self.saved, self.run_dir = recipe, saved, run_dir
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        spans = [s["T_max"] for state in checkpoint.get("lr_schedulers") or []
+                 for s in [state, *state.get("_schedulers", [])] if isinstance(s, dict) and "T_max" in s]
+        cfg = self.recipe.spec.optim
+        wanted = max(pl_module.total_steps(cfg) - cfg.warmup_steps, 1)  # as step_schedule makes it
+        if spans and spans[0] != wanted:
+            key = next((k for k in self.SPAN_KEYS if self.setting(self.recipe, k) != self.setting(self.saved, k)),
+                       "trainer.max_steps")
+            raise RecipeError(f"{self.run_dir}: {key}", f"changes the length of the cosine schedule, whose state in "
+                              f"last.ckpt keeps the old one ({spans[0]} steps after the warm-up, {wanted} now): its "
+                              f"learning rate would rise again past the old end; use the run's {key}, or another "
+                              "--run-dir (with --init-from to start from this run's weights)")
+
+    @staticmethod
+    def setting(recipe: Recipe, key: str):
+        section, _, field = key.partition(".")
+        return getattr(recipe.spec.optim, field) if section == "optim" else recipe.spec.trainer.get(field)
+
+
 def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
     """Lightning's Trainer for ``recipe``; ``task`` (a Task class or instance) gives the monitored score.
 
@@ -108,6 +141,7 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
     except (ValueError, TypeError, pl.utilities.exceptions.MisconfigurationException) as exc:
         raise RecipeError(f"{recipe.path}: trainer", str(exc).splitlines()[0]) from None
     resume_finished_epochs(trainer)
+    stop_at_step_boundaries(trainer)
     return trainer
 
 
@@ -258,11 +292,12 @@ def train_recipe(recipe: Recipe, run_dir: Path, fresh: bool = False, init_from: 
     """Train ``recipe`` into ``run_dir``; an existing run there is resumed from its last checkpoint.
 
     ``init_from``: a new run starts from that trained run's best weights and fitted tokenizer (fine-tuning
-    on new data); a resumed run continues from its own ``last.ckpt`` and ignores it.
+    on new data); a resumed run continues from its own ``last.ckpt`` and ignores it. A run that holds no
+    checkpoint yet (killed before its first) starts from them again, not from random weights.
     Rank 0 holds the run directory's lock throughout; the other ranks of a distributed run start
     after it has written the run, and wait for its artifacts."""
     run_dir = Path(run_dir)
-    start = InitialRun.check(init_from, recipe) if init_from is not None and not runs.is_run(run_dir) else None
+    start = InitialRun.check(init_from, recipe) if init_from is not None and not has_checkpoint(run_dir) else None
     if not is_rank_zero():
         return _train(recipe, run_dir, fresh, start)
     with claimed(run_dir) as held_before:
@@ -283,25 +318,33 @@ class InitialRun:
     def check(cls, run_dir: Path, recipe: Recipe) -> "InitialRun":
         run_dir = Path(run_dir)
         saved = runs.load_run_recipe(run_dir)
-        for key in ("task", "data.tokenizer"):
-            section, _, field = key.partition(".")
-            ours, theirs = recipe.raw.get(section), saved.raw.get(section)
-            if field:
-                ours, theirs = (ours or {}).get(field), (theirs or {}).get(field)
-            if key == "data.tokenizer" and isinstance(ours, dict) and isinstance(theirs, dict):
-                # subword sampling is how training draws pieces, not what the vocabulary is
-                ours, theirs = ({k: v for k, v in d.items() if k != "sampling"} for d in (ours, theirs))
-            if ours != theirs:
+        for key in ("task", "data.tokenizer", "data.joint_vocab"):
+            if cls.setting(recipe, key) != cls.setting(saved, key):
                 raise RecipeError(f"{recipe.path}: {key}", f"differs from the run it starts from (--init-from "
                                   f"{run_dir}), whose tokenizer and weights it reuses; use that run's {key}")
         return cls(run_dir, runs.checkpoint_path(run_dir, "best"))
 
+    @staticmethod
+    def setting(recipe: Recipe, key: str):
+        """What ``key`` makes of the vocabulary in ``recipe``."""
+        if key == "data.joint_vocab":  # validated, so that a default and its explicit value agree
+            return getattr(recipe.data, "joint_vocab", None)
+        section, _, field = key.partition(".")
+        value = recipe.raw.get(section)
+        if not field:
+            return value
+        value = (value or {}).get(field)
+        if key == "data.tokenizer" and isinstance(value, dict):
+            # subword sampling is how training draws pieces, not what the vocabulary is
+            value = {k: v for k, v in value.items() if k != "sampling"}
+        return value
+
     def copy_fitted(self, run_dir: Path) -> None:
-        """The fitted folder of the initial run, before ``prepare_run`` (which then fits nothing)."""
+        """The fitted folder of the initial run, before ``prepare_run`` (which then fits nothing). Copied again
+        over one a run without checkpoints holds: it may have been fitted on the new data (``nmt prepare``)."""
         target = runs.fitted_dir(run_dir)
-        if not (target / runs.READY).exists():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(runs.fitted_dir(self.run_dir), target)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(runs.fitted_dir(self.run_dir), target)
 
     def load_weights(self, task) -> None:
         runs.load_weights(task, self.checkpoint)
@@ -348,12 +391,24 @@ def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool, held_before: boo
         raise RecipeError(f"{run_dir}: seed", f"{recipe.spec.seed!r} differs from the run being resumed "
                           f"({saved.spec.seed!r}), whose batch order it draws; use the run's seed or another "
                           "--run-dir (with --init-from to start from this run's weights)")
+    check_same_optimizer(recipe, saved, run_dir)
+
+
+def check_same_optimizer(recipe: Recipe, saved: Recipe, run_dir: Path) -> None:
+    """The resumed run's optimizer, schedule and weight averaging are the ones whose state ``last.ckpt`` holds."""
     for key in ("name", "scheduler"):  # last.ckpt holds this optimizer's and schedule's state
         ours, theirs = getattr(recipe.spec.optim, key), getattr(saved.spec.optim, key)
         if ours != theirs:
             raise RecipeError(f"{run_dir}: optim.{key}", f"{ours!r} differs from the run being resumed ({theirs!r}), "
                               "whose last checkpoint holds that one's state; use another --run-dir "
                               "(with --init-from to start from this run's weights)")
+    ours, theirs = recipe.spec.optim.ema_decay, saved.spec.optim.ema_decay
+    if (ours is None) != (theirs is None):  # an EMA run's checkpoint holds the average as its weights
+        was = "with" if theirs is not None else "without"
+        raise RecipeError(f"{run_dir}: optim.ema_decay", f"{ours!r} differs from the run being resumed ({theirs!r}), "
+                          f"whose last checkpoint was saved {was} weight averaging: its weights and optimizer state "
+                          f"do not go on {'without' if was == 'with' else 'with'} it; set optim.ema_decay as the run "
+                          "had it (on or off) or use another --run-dir (with --init-from to start from its weights)")
 
 
 def foreign_files(run_dir: Path, recipe_path: Path | None) -> list[str]:
@@ -394,8 +449,12 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
 def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None, held_before: bool = False) -> Path:
     check_resumable(recipe, run_dir, fresh, held_before)
     last = resume_checkpoint(run_dir)
+    if last is not None and early_stopped(recipe, run_dir, last):
+        return run_dir
     pl.seed_everything(recipe.spec.seed, workers=True, verbose=False)
     trainer = build_trainer(recipe, run_dir, recipe.task_cls)  # before any file is written: bad arguments fail here
+    if last is not None and recipe.spec.optim.scheduler == "cosine":  # before prepare_run_dir replaces the recipe
+        trainer.callbacks.append(CosineSpan(recipe, runs.load_run_recipe(run_dir), run_dir))
     if is_rank_zero():
         prepare_run_dir(recipe, run_dir, start)
     else:
@@ -421,8 +480,33 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None,
         stopped, by = (TrainingInterrupted, "Ctrl-C (SIGINT)") if ctrl_c.received else (TrainingStopped, "SIGTERM")
         raise stopped(run_dir, f"training stopped by {by} ({kept}); run the same nmt train again to resume") from None
     if trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_score
-        score = f"{task.monitor} {float(best):.4g}" if best is not None else "no validation yet"
-        click.echo(f"nmt: finished {recipe.name} at step {trainer.global_step}: best {score}; "
-                   f"run directory {run_dir}", err=True)
+        say_finished(recipe, run_dir, trainer.global_step, trainer.checkpoint_callback.best_model_score)
     return run_dir
+
+
+def say_finished(recipe: Recipe, run_dir: Path, step: int, best, why: str = "") -> None:
+    score = f"{recipe.task_cls.monitor} {float(best):.4g}" if best is not None else "no validation yet"
+    click.echo(f"nmt: finished {recipe.name} at step {step}{why}: best {score}; run directory {run_dir}", err=True)
+
+
+def early_stopped(recipe: Recipe, run_dir: Path, last: Path) -> bool:
+    """Whether early stopping has already ended the run: ``last.ckpt`` waited ``early_stopping.patience``
+    validations without a better score. If so, says so and trains nothing: resumed, Lightning trained
+    on to the next validation and stopped again, so each rerun of the command trained more."""
+    patience = recipe.spec.early_stopping.patience
+    if not patience:
+        return False
+    checkpoint = runs.load_checkpoint(last)
+    states = {key: state for key, state in (checkpoint.get("callbacks") or {}).items() if isinstance(state, dict)}
+    waited = max((int(state.get("wait_count", 0)) for key, state in states.items()
+                  if key.startswith("EarlyStopping")), default=0)
+    if waited < patience:
+        return False
+    if is_rank_zero():
+        monitor = recipe.task_cls.monitor
+        best = next((state.get("best_model_score") for key, state in states.items()
+                     if key.startswith("ModelCheckpoint") and state.get("monitor") == monitor), None)
+        say_finished(recipe, run_dir, checkpoint["global_step"], best,
+                     f" (early stopping had stopped it: {waited} validations without a better {monitor}, "
+                     f"early_stopping.patience {patience}; raise it to train on)")
+    return True
