@@ -3,7 +3,7 @@ internals, so each class names the Lightning version it was written and checked 
 
 On a Lightning upgrade, read these first: a fix may have become unnecessary, or may need the new
 version's internals. The tests that hold them are in ``tests/reliability`` (crash recovery,
-mid-epoch resume, outputs, safe loading, resume safety).
+mid-epoch resume, outputs, safe loading, resume safety, resume state).
 """
 from __future__ import annotations
 
@@ -135,7 +135,8 @@ class LastCheckpoint(Checkpoint):
 
     def on_exception(self, trainer, pl_module, exception):
         # SIGTERM (a scheduler's preemption, a kill): Lightning raises it after the current batch, at a
-        # step boundary (_StepBoundarySignalConnector), so the state is whole. Any other exception may leave it broken (a NaN loss): not saved.
+        # step boundary (_StepBoundarySignalConnector), so the state is whole. Any other exception may
+        # leave it broken (a NaN loss): not saved.
         if (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING
                 and self.saved_step != trainer.global_step and trainer.global_step > 0):
             self.save(trainer)
@@ -183,8 +184,8 @@ class _StepBoundarySignalConnector(_SignalConnector):
     1 with five batches done, the resume began at batch 5, the gradients of batches 3 and 4 were lost
     and the weights differed from an uninterrupted run's. The flag reads False while the batch just
     trained left gradients to accumulate (at most N-1 batches more: an epoch's last batch always
-    steps), so ``last.ckpt`` is saved at a step boundary. Reads the epoch loop's ``_should_accumulate``,
-    an internal."""
+    steps), so ``last.ckpt`` is saved at a step boundary. Replaces the trainer's ``_signal_connector``
+    and reads the epoch loop's ``_should_accumulate``, both internals."""
 
     @property
     def received_sigterm(self) -> bool:

@@ -75,8 +75,8 @@ class CosineSpan(Callback):
 
     The schedule's state, saved whole, brings back the span of the run's start (``T_max``): with a
     higher ``trainer.max_steps`` the learning rate went past its minimum and climbed again. Checked
-    when the checkpoint is loaded (after the data module's state, before the optimizer's), so
-    nothing of the run has changed yet."""
+    when the checkpoint is loaded (after the data module's state, before the optimizer's): no step
+    has run, and the run's recipe.yaml is put back (:class:`KeptRecipe`)."""
 
     SPAN_KEYS = ("optim.total_steps", "optim.warmup_steps", "trainer.max_steps", "trainer.max_epochs",
                  "trainer.accumulate_grad_batches", "trainer.limit_train_batches")
@@ -326,7 +326,7 @@ class InitialRun:
 
     @staticmethod
     def setting(recipe: Recipe, key: str):
-        """What ``key`` makes of the vocabulary in ``recipe``."""
+        """``key``'s value in ``recipe``, as far as the reused tokenizer and weights depend on it."""
         if key == "data.joint_vocab":  # validated, so that a default and its explicit value agree
             return getattr(recipe.data, "joint_vocab", None)
         section, _, field = key.partition(".")
@@ -371,6 +371,8 @@ def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool, held_before: boo
     recipe.yaml there that is not a run's (a user's own recipe beside it); one that an nmt train killed
     before it wrote run.json left (``held_before``: its lock holder's file is there) is replaced."""
     if not runs.is_run(run_dir):
+        if not is_rank_zero():  # rank 0 checks the folder it creates; another node's rank may start first
+            return
         if (run_dir / "recipe.yaml").exists() and not held_before:
             raise RecipeError(run_dir, "holds a recipe.yaml that is not a run's, which the run would replace "
                                        "with its own; pick another --run-dir (e.g. a folder inside it)")
