@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from nmt.data.buckets import Batches, LengthIndex, bucket_by_length, epoch_batches, equalize
+from nmt.data.epoch_resume import ResumableEpochs
 from nmt.errors import DataError
 
 __all__ = ["BucketedDataModule", "TokenBatchSampler", "bucket_by_length", "length_index"]
@@ -106,7 +107,7 @@ class TokenBatchSampler(Sampler[list[int]]):
         return len(self.global_batches()) // self.num_replicas
 
 
-class BucketedDataModule(pl.LightningDataModule):
+class BucketedDataModule(ResumableEpochs, pl.LightningDataModule):
     """Training and validation batches under a token budget, bucketed by length.
 
     Works for any dataset with ``lengths()`` and a collate function (``valid_collator``, if given,
@@ -126,8 +127,6 @@ class BucketedDataModule(pl.LightningDataModule):
         self.valid_collator = collator if valid_collator is None else valid_collator
         self.batch_tokens, self.max_sentences = batch_tokens, max_sentences
         self.valid_batch_tokens, self.seed, self.num_workers = valid_batch_tokens, seed, num_workers
-        self._train_sampler: TokenBatchSampler | None = None
-        self._resume: dict = {}
 
     def _loader(self, dataset, max_tokens: int, shuffle: bool, collator) -> DataLoader:
         sampler = TokenBatchSampler(length_index(dataset), max_tokens=max_tokens, max_sentences=self.max_sentences,
@@ -137,22 +136,8 @@ class BucketedDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.train_set, self.batch_tokens, shuffle=True, collator=self.collator)
-        self._train_sampler = loader.batch_sampler
-        if self._resume:
-            self._train_sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
-            self._resume = {}
+        self.follow(loader.batch_sampler)
         return loader
-
-    def state_dict(self) -> dict:
-        if self._train_sampler is None or self.trainer is None:
-            return {}
-        # Batches whose training step ran in this epoch (the loader itself has already fetched
-        # ahead, so counting what it yielded would skip a batch on resume).
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self._train_sampler.epoch, "batches_done": int(done)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.valid_set, self.valid_batch_tokens, shuffle=False, collator=self.valid_collator)

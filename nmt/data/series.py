@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from nmt.data.epoch_resume import ResumableEpochs
 from nmt.data.text import iter_stream, open_binary
 from nmt.errors import DataError, shorten
 
@@ -279,7 +280,7 @@ class WindowSampler(DistributedSampler):
         return itertools.islice(super().__iter__(), skip * self.batch_size, None)
 
 
-class WindowDataModule(pl.LightningDataModule):
+class WindowDataModule(ResumableEpochs, pl.LightningDataModule):
     """Shuffled training windows and ordered validation windows.
 
     The training loader shards itself with a :class:`WindowSampler` (the Trainer runs with
@@ -294,30 +295,13 @@ class WindowDataModule(pl.LightningDataModule):
         self.train_set, self.valid_set = train, valid
         self.batch_size, self.valid_batch_size = batch_size, valid_batch_size
         self.seed, self.num_workers = seed, num_workers
-        self._train_sampler: WindowSampler | None = None
-        self._resume: dict = {}
 
     def train_dataloader(self) -> DataLoader:
-        sampler = WindowSampler(self.train_set, self.batch_size, self.seed)
-        if self._resume:
-            sampler.resume_at(self._resume["epoch"], self._resume["batches_done"])
-            self._resume = {}
-        self._train_sampler = sampler
+        sampler = self.follow(WindowSampler(self.train_set, self.batch_size, self.seed))
         # The generator only seeds the workers; without one the DataLoader would draw from torch's global RNG.
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler,
                           generator=torch.Generator().manual_seed(self.seed), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=False)
-
-    def state_dict(self) -> dict:
-        if self._train_sampler is None or self.trainer is None:
-            return {}
-        # Batches whose training step ran in this epoch (the loader has already fetched ahead, so
-        # counting what it yielded would skip a batch on resume).
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self._train_sampler.epoch, "batches_done": int(done)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._resume = dict(state_dict)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.valid_set, batch_size=self.valid_batch_size, shuffle=False,
