@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,3 +116,14 @@ def test_one_hypothesis_keeps_its_output(systems, capsys):
     code, out, err = run_cli(capsys, "evaluate", "--hyp", "base.txt", "--ref", "ref.txt", "--metrics", "bleu", "--json")
     assert code == 0, err
     assert json.loads(out)["bleu"]["score"] == round(score(systems["base"], [systems["ref"]], ("bleu",))["bleu"].score, 2)
+
+
+def test_a_hypothesis_without_line_ends_is_refused_not_read_forever(tmp_path):
+    """`nmt evaluate --hyp /dev/zero` skipped the rest of its first line block by block, for ever: the readers
+    that refuse a long line (evaluate, score, rerank) now stop reading at it."""
+    (tmp_path / "ref.txt").write_text("a\n")
+    done = subprocess.run([sys.executable, "-m", "nmt.cli", "evaluate", "--hyp", "/dev/zero", "--ref", "ref.txt"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == ["nmt: /dev/zero:1: line is longer than 1048576 bytes; raise --max-line-bytes "
+                                        "to read it"]

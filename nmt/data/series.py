@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nmt.data.epoch_resume import ResumableEpochs
-from nmt.data.text import iter_stream, open_binary
+from nmt.data.text import capped_lines, iter_stream, open_binary
 from nmt.errors import DataError, shorten
 
 SPLITS = ("train", "valid", "test")
@@ -117,25 +117,17 @@ def _read_rows(reader, path, header, columns, means, index, time_index, start, e
 
 
 def _csv_lines(binary, name: str, encoding_errors: str, max_bytes: int) -> Iterator[str]:
-    """The decoded lines of a binary stream for :mod:`csv`. A lone CR ends a line too (old Mac exports
-    read as before, when the file was opened with universal newlines); the csv reader counts the pieces."""
-    for line in iter_stream(_capped_lines(binary, name, max_bytes), name, encoding_errors):
+    """The decoded lines of a binary stream for :mod:`csv`, each at most ``max_bytes``: a longer one is an error
+    at once (a series row cut short is no row; ``/dev/zero`` has no end to skip to). A lone CR ends a line too
+    (old Mac exports read as before, when the file was opened with universal newlines); the csv reader counts
+    the pieces."""
+    cut: set[int] = set()
+    lines = capped_lines(binary, max_bytes, cut, skip_rest=False)
+    for number, line in enumerate(iter_stream(lines, name, encoding_errors), start=1):
+        if cut:
+            hint = "; the file has CR (\\r) line endings, not \\n: convert them (tr '\\r' '\\n')" if "\r" in line else ""
+            raise DataError(f"{name}:{number}", f"line is longer than {max_bytes} bytes{hint}")
         yield from line.split("\r") if "\r" in line else (line,)
-
-
-def _capped_lines(binary, name: str, max_bytes: int) -> Iterator[bytes]:
-    """Raw lines of at most ``max_bytes``; a longer one is an error at once. (The text commands'
-    :func:`~nmt.data.text.capped_lines` cuts a long line and skips its rest, which never ends on /dev/zero;
-    a series row cut short is no row, so there is nothing to skip to.)"""
-    for line_no in itertools.count(1):
-        raw = binary.readline(max_bytes + 1)
-        if not raw:
-            return
-        if len(raw) > max_bytes and not raw.endswith(b"\n"):
-            hint = ("; the file has CR (\\r) line endings, not \\n: convert them (tr '\\r' '\\n')"
-                    if b"\r" in raw else "")
-            raise DataError(f"{name}:{line_no}", f"line is longer than {max_bytes} bytes{hint}")
-        yield raw
 
 
 def _key(time: str) -> tuple:

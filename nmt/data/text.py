@@ -102,19 +102,23 @@ def _decode(raw: bytes, where: str, encoding_errors: EncodingErrors) -> str:
         ) from None
 
 
-def capped_lines(stream: BinaryIO, max_bytes: int, cut: set[int]) -> Iterator[bytes]:
+def capped_lines(stream: BinaryIO, max_bytes: int, cut: set[int], skip_rest: bool = True) -> Iterator[bytes]:
     """The raw lines of ``stream``, each cut to its first ``max_bytes`` bytes (at a character
     boundary); the rest of a longer line is skipped block by block, never held. The numbers of the
-    lines cut are added to ``cut``."""
+    lines cut are added to ``cut``. ``skip_rest=False``, for a caller that refuses such a line: the cut
+    line is the last one read (skipping its rest would never end on ``/dev/zero``)."""
     for line_no in itertools.count(1):
         raw = stream.readline(max_bytes + 1)
         if not raw:
             return
         if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            cut.add(line_no)
+            if not skip_rest:
+                yield _whole_characters(raw[:max_bytes]) + b"\n"
+                return
             while (rest := stream.readline(_SKIP_BLOCK)) and not rest.endswith(b"\n"):
                 pass
             raw = _whole_characters(raw[:max_bytes]) + b"\n"
-            cut.add(line_no)
         yield raw
 
 
@@ -135,8 +139,8 @@ def iter_bounded_lines(path: StrPath, max_bytes: int, option: str,
     line, and ``option`` (the one that raises the limit); it is never held whole."""
     cut: set[int] = set()
     with open_binary(path) as stream:
-        for number, line in enumerate(iter_stream(capped_lines(stream, max_bytes, cut), str(path), encoding_errors),
-                                      start=1):
+        lines = capped_lines(stream, max_bytes, cut, skip_rest=False)
+        for number, line in enumerate(iter_stream(lines, str(path), encoding_errors), start=1):
             if cut:
                 raise DataError(f"{path}:{number}", f"line is longer than {max_bytes} bytes; raise {option} to read it")
             yield line
