@@ -299,9 +299,14 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None,
     # Lightning warns that a mid-epoch resume restarts the epoch; BucketedDataModule resumes it instead.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     ctrl_c = InterruptAsSigterm(trainer)
+    logs_before = set((run_dir / "tb").glob("*"))
     try:
         with ctrl_c:
             trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
+    except RecipeError:  # refused as the checkpoint loads (CosineSpan): no step ran, so no log of it stays
+        for opened in set((run_dir / "tb").glob("*")) - logs_before:
+            opened.unlink(missing_ok=True)
+        raise
     except SIGTERMException:
         last = run_dir / "checkpoints" / "last.ckpt"
         kept = f"last.ckpt holds step {trainer.global_step}" if last.exists() else "no checkpoint was written yet"
