@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        _say(f"nmt: {exc.message}")
+        if not exc.quiet:
+            _say(f"nmt: {exc.message}")
         return exc.exit_code
     except KeyboardInterrupt:
         _say("nmt: interrupted")

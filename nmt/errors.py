@@ -38,6 +38,7 @@ class UserError(Exception):
     """A problem the user can fix: a recipe, a command line, a data file."""
 
     exit_code = 2
+    quiet = False  # said by another process of the same command (a distributed run's first one on this node)
 
     def __init__(self, where: str | None, what: str):
         self.where = str(where) if where is not None else None

@@ -274,6 +274,25 @@ def prepare_run_dir(recipe: Recipe, run_dir: Path, start: InitialRun | None, wri
     return prepared
 
 
+UNKNOWN_WARNING = 0.1  # a share of <unk> tokens in the training data worth a warning
+
+
+def warn_unknown(prepared, start: InitialRun | None) -> None:
+    """Warns when over UNKNOWN_WARNING of a side's prepared tokens are ``<unk>``: most often the vocabulary
+    of an ``--init-from`` run, which does not know the new data's words (they would all train as one)."""
+    manifest = getattr(prepared, "manifest", None) or {}
+    shares = {side: share for side, share in (manifest.get("unknown_share") or {}).items() if share > UNKNOWN_WARNING}
+    if not shares:
+        return
+    which = " and ".join(f"{share:.0%} of the {'source' if side == 'src' else 'target'} tokens"
+                         for side, share in shares.items())
+    if start is not None:
+        whose = f"the vocabulary copied from {start.run_dir} (--init-from), which does not know the new data's words"
+    else:
+        whose = "the run's tokenizer; a larger data.tokenizer.vocab_size or a subword tokenizer spells more words"
+    click.echo(f"nmt: warning: {prepared.directory}: {which} are <unk> under {whose}", err=True)
+
+
 def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None, held_before: bool = False) -> Path:
     check_resumable(recipe, run_dir, fresh, held_before)
     last = resume_checkpoint(run_dir)
@@ -284,7 +303,7 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None,
     if last is not None and recipe.spec.optim.scheduler == "cosine":  # before prepare_run_dir replaces the recipe
         trainer.callbacks.append(CosineSpan(recipe, runs.load_run_recipe(run_dir), run_dir))
     if is_rank_zero():
-        prepare_run_dir(recipe, run_dir, start)
+        warn_unknown(prepare_run_dir(recipe, run_dir, start), start)
     else:
         wait_for(runs.fitted_dir(run_dir) / runs.READY)
     task = recipe.task_cls.from_run(recipe, run_dir)
@@ -311,7 +330,9 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None,
         last = run_dir / "checkpoints" / "last.ckpt"
         kept = f"last.ckpt holds step {trainer.global_step}" if last.exists() else "no checkpoint was written yet"
         stopped, by = (TrainingInterrupted, "Ctrl-C (SIGINT)") if ctrl_c.received else (TrainingStopped, "SIGTERM")
-        raise stopped(run_dir, f"training stopped by {by} ({kept}); run the same nmt train again to resume") from None
+        error = stopped(run_dir, f"training stopped by {by} ({kept}); run the same nmt train again to resume")
+        error.quiet = trainer.local_rank != 0  # one line on a node's terminal, not one per process
+        raise error from None
     if trainer.is_global_zero:
         say_finished(recipe, run_dir, trainer.global_step, trainer.checkpoint_callback.best_model_score)
     return run_dir

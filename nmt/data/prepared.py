@@ -118,6 +118,7 @@ class Chunk:
     lengths: np.ndarray  # [lines] uint16 token counts, MAX_LENGTH + 1 for longer lines (stored empty)
     text: bytes | None = None
     text_lengths: np.ndarray | None = None
+    unknown: int = 0  # of ``tokens``, how many the vocabulary did not know
 
 
 _worker_tokenizers: dict = {}
@@ -156,7 +157,8 @@ def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_li
     if not stored.all():  # a line too long for training: its length is kept, its ids are not
         tokens = tokens[np.repeat(stored, lengths)]
     tokens = tokens.astype(token_dtype)
-    chunk = Chunk(tokens, np.minimum(lengths, MAX_LENGTH + 1).astype(np.uint16))
+    chunk = Chunk(tokens, np.minimum(lengths, MAX_LENGTH + 1).astype(np.uint16),
+                  unknown=int(np.count_nonzero(tokens == _worker_tokenizers[prefix].unk_id)))
     if too_long is not None and len(too_long):
         chunk.lengths[too_long] = MAX_LENGTH + 1
     if spec.keep_text:
@@ -243,6 +245,7 @@ class SideWriter:
     text_shards: list[dict] = field(default_factory=list)
     lengths: list[np.ndarray] = field(default_factory=list)
     text_lengths: list[np.ndarray] = field(default_factory=list)
+    unknown: int = 0
     _file = None
     _text_file = None
 
@@ -252,6 +255,7 @@ class SideWriter:
         chunk.tokens.tofile(self._file)
         self.shards[-1]["tokens"] += len(chunk.tokens)
         self.lengths.append(chunk.lengths)
+        self.unknown += chunk.unknown
         if chunk.text is not None:
             if self._text_file is None or self.text_shards[-1]["tokens"] >= SHARD_TOKENS:
                 name = f"{self.side}-text-{len(self.text_shards):05d}.bin"
@@ -404,6 +408,9 @@ def _build(spec: CorpusSpec, building: Path, workers: int) -> dict:
     manifest.update({"token_dtype": np.dtype(token_dtype).name, "workers": workers,
                      "vocab_size": {side: sizes[prefix] for side, prefix in zip(SIDES, spec.prefixes)},
                      "shards": {side: w.shards for side, w in zip(SIDES, writers)},
+                     # the share of the stored tokens that are <unk>: words the tokenizer cannot spell
+                     "unknown_share": {side: round(w.unknown / max(sum(s["tokens"] for s in w.shards), 1), 6)
+                                       for side, w in zip(SIDES, writers)},
                      "text_shards": ({side: w.text_shards for side, w in zip(SIDES, writers)}
                                      if spec.keep_text else None),
                      "seconds": {"tokenize": round(tokenize_seconds, 3)},

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import collections
 import csv
+import signal
 import socket
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,28 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     check_every_example_once_per_epoch(tmp_path / "run", world_size=2)
     check_whole_dev_set_scored(tmp_path / "run")
+
+
+def test_ddp_stopped_by_sigterm_says_so_once(tmp_path):
+    """A scheduler's SIGTERM reaches every process of the run; the terminal they share got the same line from
+    each (one per device). Now one line, from the first process, and the exit code of a stop by SIGTERM."""
+    recipe = ddp_recipe(tmp_path, devices=2, max_epochs=200)
+    proc = nmt_subprocess("train", recipe, "--run-dir", tmp_path / "run", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "run" / "ids.rank1.txt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the second process never trained"
+            time.sleep(0.2)
+        time.sleep(2)  # a few steps in both processes
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    stopped = [line for line in error_lines(err) if "training stopped by SIGTERM" in line]
+    assert len(stopped) == 1 and "last.ckpt holds step" in stopped[0], err[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
 def free_port() -> int:

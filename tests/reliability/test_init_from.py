@@ -68,3 +68,24 @@ def test_subword_sampling_may_differ_from_the_initial_run(tmp_path):
     second = small_recipe(data, data={"tokenizer": {**spm, "sampling": {"alpha": 0.1}}})
     start = InitialRun.check(tmp_path / "first", validate_recipe(second, tmp_path / "second.yaml"))
     assert start.checkpoint.name == "last.ckpt"
+
+
+def test_new_data_the_copied_vocabulary_does_not_know_is_warned_about(tmp_path, capsys, trained_run):
+    """Fine-tuned on words outside the initial run's vocabulary, every word trained as <unk> without a word."""
+    data = tmp_path / "unknown-data"
+    data.mkdir()
+    for split in ("train", "dev"):  # words the reverse corpus never has
+        words = [[f"neu{i % 37}", f"wort{(i * 7) % 23}", "und"] for i in range(120)]
+        (data / f"{split}.src").write_text("".join(" ".join(w) + "\n" for w in words))
+        (data / f"{split}.tgt").write_text("".join(" ".join(reversed(w)) + "\n" for w in words))
+    recipe = write_recipe(tmp_path / "unknown.yaml", small_recipe(
+        data, trainer={"max_steps": 2, "max_epochs": -1, "val_check_interval": 2}))
+    code, _, err = run_cli(capsys, "train", recipe, "--run-dir", tmp_path / "tuned", "--init-from", trained_run)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("nmt: warning:")]
+    assert warnings == [f"nmt: warning: {tmp_path / 'tuned' / 'corpus'}: 100% of the source tokens and 100% of the "
+                        f"target tokens are <unk> under the vocabulary copied from {trained_run} (--init-from), "
+                        "which does not know the new data's words"], err
+    # the same data with its own vocabulary: nothing to warn about
+    code, _, err = run_cli(capsys, "train", recipe, "--run-dir", tmp_path / "own")
+    assert code == 0 and "<unk>" not in err, err
