@@ -5,12 +5,8 @@ everything else) and what was expected, so a user never has to read a traceback.
 """
 from __future__ import annotations
 
-import collections.abc
 import copy
-import datetime
 import difflib
-import functools
-import inspect
 import os
 import re
 import types
@@ -20,10 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nmt import registry
 from nmt.errors import DataError, PluginError, RecipeError, quote, shorten
+from nmt.recipe_trainer import check_trainer_args
 from nmt.recipe_yaml import RecipeLoader, RecipeYAMLProblem, read_recipe_file  # noqa: F401 (read_recipe_file: API)
 
 
@@ -144,7 +141,7 @@ def validate_recipe(raw: dict, path: Path, overrides: list[str] = (), check_data
     recipe = Recipe(path=path, raw=raw, spec=spec, task_cls=task_cls, overrides=list(overrides))
     recipe.data = validate_section(task_cls.DataConfig, spec.data, "data", path, overrides)
     recipe.model = validate_section(task_cls.ModelConfig, spec.model, "model", path, overrides)
-    check_trainer_args(spec.trainer, path, overrides)
+    check_trainer_args(spec.trainer, lambda key: _where(path, key, overrides))
     recipe.components = resolve_components({"data": recipe.data, "model": recipe.model}, path, overrides)
     try:
         task_cls.check_recipe(recipe, check_data=check_data)
@@ -293,107 +290,6 @@ def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
             return []
         model = annotation
     return sorted(model.model_fields)
-
-
-OWNED_TRAINER_ARGS = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "plugins"}
-
-
-def check_trainer_args(trainer: dict, path: Path, overrides=()) -> None:
-    """The ``trainer:`` section goes to Lightning's Trainer: reject names it would not accept and values
-    of the wrong type (checked against ``Trainer.__init__``'s annotations), before a run directory exists."""
-    accepted = trainer_arg_types()
-    for key, value in trainer.items():
-        where = _where(path, f"trainer.{shorten(key)}", overrides)
-        if key in OWNED_TRAINER_ARGS:
-            raise RecipeError(where, "set by nmt from the run directory; remove it")
-        if key not in accepted:
-            close = difflib.get_close_matches(str(key)[:100], list(accepted), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise RecipeError(where, f"unknown Trainer argument{hint}")
-        adapter = _trainer_arg_adapter(key)
-        if adapter is None:
-            continue
-        try:  # strict: Lightning gets the value as written, so "3" is no integer here either
-            adapter.validate_python(value, strict=True)
-        except ValidationError:
-            raise RecipeError(where, f"expected {_describe_type(accepted[key])}, got {quote(value)}") from None
-        if key in POSITIVE_TRAINER_ARGS and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise RecipeError(where, f"expected a positive number, got {quote(value)}")
-    check_cpu_processes(trainer, path, overrides)
-
-
-# Trainer arguments that Lightning takes as any number and then divides by (a ZeroDivisionError mid-training)
-POSITIVE_TRAINER_ARGS = frozenset({"val_check_interval", "log_every_n_steps", "accumulate_grad_batches",
-                                   "check_val_every_n_epoch"})
-
-
-def check_cpu_processes(trainer: dict, path: Path, overrides=()) -> None:
-    """``trainer.devices: N`` on the CPU starts N training processes: at most one a core (and 2 anywhere,
-    so that a distributed run can be tried on a one-core machine)."""
-    devices, accelerator = trainer.get("devices"), trainer.get("accelerator", "auto")
-    if not isinstance(devices, int) or isinstance(devices, bool):
-        return
-    import torch
-
-    if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        if devices > max(2, cores):
-            raise RecipeError(_where(path, "trainer.devices", overrides),
-                              f"{devices} training processes on a CPU with {cores} cores; at most {max(2, cores)}")
-
-
-@functools.cache
-def trainer_arg_types() -> dict[str, Any]:
-    """Each ``Trainer.__init__`` parameter and its annotation (None where it cannot be resolved)."""
-    import pytorch_lightning as pl
-
-    try:
-        hints = typing.get_type_hints(pl.Trainer.__init__)
-    except Exception:  # unresolvable annotations in some Lightning version: check the names only
-        hints = {}
-    return {name: hints.get(name) for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self"}
-
-
-@functools.cache
-def _trainer_arg_adapter(name: str) -> TypeAdapter | None:
-    """A validator for one Trainer argument, built on first use (all of them take seconds)."""
-    annotation = trainer_arg_types().get(name)
-    if annotation is None:
-        return None
-    try:  # Lightning's own classes (an Accelerator object) match by isinstance
-        return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
-    except Exception:  # an annotation pydantic cannot check
-        return None
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "a boolean",
-               type(None): "null", datetime.timedelta: "a duration"}
-
-
-def _describe_type(annotation) -> str:
-    """``Optional[int]`` as 'an integer or null', for a recipe writer rather than a Python programmer."""
-    parts: list[str] = []
-
-    def walk(tp) -> None:
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if origin in (typing.Union, types.UnionType):
-            for arg in args:
-                walk(arg)
-        elif origin is typing.Literal:
-            parts.extend(repr(a) for a in args)
-        elif origin in (list, collections.abc.Iterable):
-            parts.append("a list")
-        elif origin is dict:
-            parts.append("a mapping")
-        elif tp in _TYPE_NAMES:
-            parts.append(_TYPE_NAMES[tp])
-        # Lightning's classes (Accelerator, Strategy ...) cannot be written in YAML: not listed
-
-    walk(annotation)
-    parts = list(dict.fromkeys(parts))
-    if "a number" in parts and "an integer" in parts:  # an integer is a number
-        parts.remove("an integer")
-    return " or ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else (parts[0] if parts else "another type")
 
 
 def component(kind: str, section: dict | None, key: str, path: Path, overrides=()) -> Component:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import reverse_recipe, write_reverse_corpus
-from nmt.data import prepared
+from nmt.data import tokenize_chunks
 from nmt.data.text import BYTES_PER_TOKEN, MAX_LINE_BYTES, iter_lines
 from nmt.recipe import validate_recipe
 
@@ -42,7 +42,7 @@ def test_iter_lines_reads_at_most_max_line_bytes_by_default(tmp_path):
 
 
 def test_a_line_longer_than_a_chunk_is_skipped_as_it_is_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepared, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(tokenize_chunks, "CHUNK_BYTES", 4096)
     lines = [b"w %d" % i for i in range(3000)]
     long = {5: 2 << 20, 1000: 700, 1500: 641, 2999: 3 << 20}  # line number: bytes (the last has no newline)
     for number, size in long.items():
@@ -51,7 +51,7 @@ def test_a_line_longer_than_a_chunk_is_skipped_as_it_is_read(tmp_path, monkeypat
     path = tmp_path / "t.txt"
     path.write_bytes(b"\n".join(lines))
 
-    chunks, peak = peak_bytes(lambda: list(prepared.read_chunks(path, 640)))
+    chunks, peak = peak_bytes(lambda: list(tokenize_chunks.read_chunks(path, 640)))
     assert peak < 256 << 10  # the file is 5 MB
     data, flagged, first = b"", [], 0
     for chunk, too_long in chunks:
@@ -72,7 +72,7 @@ def make_task(tmp_path: Path, data: Path, workers: int, **data_section):
 def test_pairs_with_a_line_over_the_byte_cap_are_dropped_wherever_it_falls(tmp_path, monkeypatch, chunk_bytes, workers):
     """A line of more bytes than data.max_length tokens may take (BYTES_PER_TOKEN each, as nmt translate
     bounds its input) is too long, on either side, inside a chunk or across many."""
-    monkeypatch.setattr(prepared, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(tokenize_chunks, "CHUNK_BYTES", chunk_bytes)
     data = write_reverse_corpus(tmp_path / "data", n_train=200, n_dev=10)
     cap = 10 * BYTES_PER_TOKEN
     sides = {side: (data / f"train.{side}").read_text().splitlines() for side in ("src", "tgt")}

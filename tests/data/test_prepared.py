@@ -11,7 +11,7 @@ import pytest
 
 from conftest import reverse_recipe, write_recipe, write_reverse_corpus
 from nmt.cli import main
-from nmt.data import prepared
+from nmt.data import prepared, tokenize_chunks
 from nmt.data.text import read_parallel
 from nmt.errors import DataError
 from nmt.recipe import load_recipe, validate_recipe
@@ -54,7 +54,7 @@ def seen_pairs(task) -> list[tuple[int, list[int], list[int]]]:
 def test_pairs_from_many_chunks_and_workers_are_the_lines_of_the_files(tmp_path, monkeypatch, tokenizer):
     """Gzip, a BOM, CRLF endings, a last line without newline, blank and long lines, two file pairs,
     chunks cut every few hundred bytes across two worker processes: the same pairs as line by line."""
-    monkeypatch.setattr(prepared, "CHUNK_BYTES", 300)
+    monkeypatch.setattr(tokenize_chunks, "CHUNK_BYTES", 300)
     data = write_reverse_corpus(tmp_path / "data", n_train=400, n_dev=10)
     src, tgt = read_parallel(data / "train.src", data / "train.tgt")
     src[3], tgt[7] = "", "   "  # dropped: empty
@@ -157,7 +157,7 @@ def test_a_truncated_shard_is_one_line_naming_it(tmp_path, tiny, capsys):
 
 
 def test_bad_utf8_deep_in_a_file_names_its_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepared, "CHUNK_BYTES", 256)
+    monkeypatch.setattr(tokenize_chunks, "CHUNK_BYTES", 256)
     data = write_reverse_corpus(tmp_path / "data", n_train=200, n_dev=10)
     task = make_task(tmp_path / "clean", data)
     raw = (data / "train.src").read_bytes().split(b"\n")
@@ -327,13 +327,13 @@ def test_no_more_worker_processes_than_chunks(tmp_path, tiny, monkeypatch):
     def recording_pool(max_workers, *args, **kwargs):
         pools.append(max_workers)
         return real_pool(max_workers, *args, **kwargs)
-    monkeypatch.setattr(prepared.concurrent.futures, "ProcessPoolExecutor", recording_pool)
+    monkeypatch.setattr(tokenize_chunks.concurrent.futures, "ProcessPoolExecutor", recording_pool)
     assert main(["prepare", str(recipe), "--run-dir", str(tmp_path / "one"), "--workers", str(MAX_PREPARE_WORKERS)]) == 0
     assert pools == []  # one chunk a side: tokenised in this process
 
     size = max((data / f"train.{side}").stat().st_size for side in ("src", "tgt"))
-    monkeypatch.setattr(prepared, "CHUNK_BYTES", size // 2 + 1)  # two chunks a side (three where lines cross the cut)
-    chunks = [len(list(prepared.read_chunks(data / f"train.{side}"))) for side in ("src", "tgt")]
+    monkeypatch.setattr(tokenize_chunks, "CHUNK_BYTES", size // 2 + 1)  # two chunks a side (three where lines cross the cut)
+    chunks = [len(list(tokenize_chunks.read_chunks(data / f"train.{side}"))) for side in ("src", "tgt")]
     assert main(["prepare", str(recipe), "--run-dir", str(tmp_path / "few"), "--workers", str(MAX_PREPARE_WORKERS)]) == 0
     assert pools == [min(n, MAX_PREPARE_WORKERS) for n in chunks]
     one, few = (tmp_path / name / "corpus" for name in ("one", "few"))
