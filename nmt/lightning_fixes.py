@@ -280,7 +280,10 @@ class CheckpointAlignedCSVLogger(CSVLogger):
 #: itself, the TPU line on every machine, and a logging-interval notice for short epochs (nmt logs
 #: throughput and validation scores on its own schedule). News (the GPU line, why fit stopped) stays.
 NOISE = ("litlogger", "TPU available", "isinstance(treespec, LeafSpec)", "is smaller than the logging interval",
-         "was configured so")  # `Trainer(val_check_interval=1.0)` was configured so validation will run ...
+         "was configured so",  # `Trainer(val_check_interval=1.0)` was configured so validation will run ...
+         # "It is recommended to use `self.log(..., sync_dist=True)` ...", once per metric and validation of a
+         # distributed run: the tasks gather the dev set's outputs themselves, so every rank logs the same totals
+         "when logging on epoch level in distributed setting")
 
 
 class _DropNoise(logging.Filter):
