@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import threading
+import types
 import warnings
 from pathlib import Path
 
@@ -175,34 +176,80 @@ class InterruptAsSigterm:
 
 
 class _StepBoundarySignalConnector(_SignalConnector):
-    """Lightning's signal connector, but a SIGTERM (or Ctrl-C, :class:`InterruptAsSigterm`) that comes
-    while gradients are being accumulated stops training at the next optimizer step, not at once.
+    """Lightning's signal connector, but a SIGTERM (or Ctrl-C, :class:`InterruptAsSigterm`) stops training
+    at an optimizer step's boundary, and every process of a distributed run stops at the same one.
 
     For Lightning 2.6 (checked with 2.6.6), whose loops stop at the first check of
     ``trainer.received_sigterm`` (this connector's flag: after every batch, inside a validation, at an
-    epoch's end): with ``accumulate_grad_batches=3``, a stop after batch 5 saved ``last.ckpt`` at step
-    1 with five batches done, the resume began at batch 5, the gradients of batches 3 and 4 were lost
-    and the weights differed from an uninterrupted run's. The flag reads False while the batch just
-    trained left gradients to accumulate (at most N-1 batches more: an epoch's last batch always
-    steps), so ``last.ckpt`` is saved at a step boundary. Replaces the trainer's ``_signal_connector``
-    and reads the epoch loop's ``_should_accumulate``, both internals."""
+    epoch's end):
+
+    - with ``accumulate_grad_batches=3``, a stop after batch 5 saved ``last.ckpt`` at step 1 with five
+      batches done, the resume began at batch 5, the gradients of batches 3 and 4 were lost and the
+      weights differed from an uninterrupted run's. The flag reads False while the batch just trained
+      left gradients to accumulate (at most N-1 batches more: an epoch's last batch always steps);
+    - in a distributed run each process read its own flag, set whenever the signal reached it, and the
+      signal handler itself broadcast from rank 0, a collective call paired with whatever collective the
+      other processes were in: a SIGTERM to the run (or to one process of it) left it hanging for ever,
+      some processes stopped and the others waiting for them (``test_distributed.py``). Here the handler
+      only records the signal; the processes agree on it at the start of each training batch (an
+      all-reduce, :func:`_agree_on_sigterm`, in place of Lightning's broadcast from rank 0 there), and
+      every check reads what they agreed.
+
+    Replaces the trainer's ``_signal_connector`` and reads the epoch loop's ``_should_accumulate``, both
+    internals."""
+
+    _received = False  # the signal reached this process
+    _agreed = False  # a distributed run's processes agreed that one of them received it
 
     @property
     def received_sigterm(self) -> bool:
-        return self._received and not self._accumulating()
+        stop = self._agreed if _distributed(self.trainer) else self._received
+        return stop and not self._accumulating()
 
     @received_sigterm.setter
     def received_sigterm(self, received: bool) -> None:
         self._received = received
+
+    def _sigterm_notifier_fn(self, signum, frame) -> None:
+        """Lightning's, without its broadcast: passes the signal on to the processes this one launched."""
+        if not self._received:
+            launcher = self.trainer.strategy.launcher
+            if launcher is not None:
+                launcher.kill(signum)
+        self._received = True
+
+    def agree(self) -> bool:
+        """Whether any process of the run received the signal; every process must call it at once."""
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self._received)], device=self.trainer.strategy.root_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._agreed = bool(flag.item())
+        return self._agreed
 
     def _accumulating(self) -> bool:
         trainer = self.trainer
         return trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop._should_accumulate()
 
 
+def _distributed(trainer) -> bool:
+    import torch.distributed as dist
+
+    return trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def _agree_on_sigterm(epoch_loop) -> None:
+    """In place of the training epoch loop's ``_broadcast_sigterm_tensor``, which Lightning calls at the start
+    of each training batch in a distributed run: all processes stop there together, or none does."""
+    if epoch_loop.trainer._signal_connector.agree() and epoch_loop.trainer.received_sigterm:
+        raise SIGTERMException()
+
+
 def stop_at_step_boundaries(trainer) -> None:
     """Give ``trainer`` the :class:`_StepBoundarySignalConnector` (before ``fit`` installs its handlers)."""
     trainer._signal_connector = _StepBoundarySignalConnector(trainer)
+    epoch_loop = trainer.fit_loop.epoch_loop
+    epoch_loop._broadcast_sigterm_tensor = types.MethodType(_agree_on_sigterm, epoch_loop)
 
 
 class _EpochEndResumingFitLoop(_FitLoop):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,33 @@ def nmt_subprocess(*argv, env: dict | None = None, **kwargs) -> subprocess.Popen
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([*NMT, *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=full_env, **kwargs)
+
+
+def wait_until(condition, timeout: float, proc: subprocess.Popen, interval: float = 0.05) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` seconds, checked until ``proc`` ends and once after."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def stop_when(proc: subprocess.Popen, condition, settle: float, timeout: float = 300,
+              sig: int = signal.SIGTERM, send=None) -> str:
+    """Send ``sig`` to ``proc`` (or ``send(sig)``) ``settle`` seconds after ``condition()`` holds; its stderr once
+    it ended (it is killed, with any process of its session, if it outlives ``timeout`` or the test fails)."""
+    try:
+        assert wait_until(condition, timeout, proc), "the process ended before it could be stopped"
+        time.sleep(settle)
+        (send or proc.send_signal)(sig)
+        return proc.communicate(timeout=timeout)[1]
+    finally:
+        if proc.poll() is None:
+            if os.getpgid(proc.pid) == proc.pid:  # started in a session of its own: its children too
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
 
 
 ROWS: dict[str, tuple[str, str, int, str]] = {}  # case -> (case, command, exit code, message), for docs/bad-inputs.md

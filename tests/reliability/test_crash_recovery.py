@@ -18,7 +18,7 @@ import torch
 from conftest import write_recipe
 from nmt.cli import main
 from nmt.runs import load_checkpoint
-from reliability_support import error_lines, nmt_subprocess, reliability_data, small_recipe  # noqa: F401
+from reliability_support import error_lines, nmt_subprocess, reliability_data, small_recipe, wait_until  # noqa: F401
 
 
 NOISE_BLEU = 6.0  # dev BLEU of this tiny model moves this much between validations of one run
@@ -38,17 +38,6 @@ def dev_bleu(run_dir: Path, data_dir: Path) -> float:
                    device="cpu")
     hypotheses = output.read_text().splitlines()
     return metrics.score(hypotheses, [(data_dir / "dev.tgt").read_text().splitlines()], ("bleu",))["bleu"].score
-
-
-def wait_until(predicate, timeout: float, proc: subprocess.Popen) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)
-    return False
 
 
 def assert_checkpoints_whole(run_dir: Path) -> None:

@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import collections
 import csv
+import os
 import signal
 import socket
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import reverse_recipe, write_recipe, write_reverse_corpus
-from reliability_support import error_lines, nmt_subprocess
+from reliability_support import error_lines, nmt_subprocess, stop_when
 
 N_TRAIN, N_DEV = 300, 40
 
 PLUGIN = textwrap.dedent("""
     '''Test plugin: seq2seq that appends "epoch id" for every training example to ids.rank<R>.txt.'''
+    import os
+
     import nmt
     from nmt.tasks.seq2seq import Seq2SeqTask
 
     @nmt.register("task", "seq2seq_record_ids")
     class RecordIds(Seq2SeqTask):
-        '''Like seq2seq, and records which examples each rank trains on.'''
+        '''Like seq2seq, and records which examples each rank trains on (and its process id).'''
 
         def training_step(self, batch, batch_idx):
+            pid = self.run_dir / f"pid.rank{self.global_rank}"
+            if not pid.exists():
+                pid.write_text(str(os.getpid()))
             with open(self.run_dir / f"ids.rank{self.global_rank}.txt", "a") as f:
                 f.write("".join(f"{self.current_epoch} {i}\\n" for i in batch["ids"].tolist()))
             return super().training_step(batch, batch_idx)
@@ -72,26 +77,29 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert "sync_dist" not in err, err[-3000:]
 
 
-def test_ddp_stopped_by_sigterm_says_so_once(tmp_path):
-    """A scheduler's SIGTERM reaches every process of the run; the terminal they share got the same line from
-    each (one per device). Now one line, from the first process, and the exit code of a stop by SIGTERM."""
+@pytest.mark.parametrize("to", ["first", "second", "all"])
+def test_ddp_stopped_by_sigterm_stops_every_process_once(tmp_path, to):
+    """SIGTERM to the command (its first process passes it on), to one other process of the run, or to all of
+    them (a scheduler's stop, Ctrl-C). Lightning 2.6.6's processes read the signal each on its own, and its
+    handler broadcast from rank 0: sent to the second process, the run hung for ever, and sent to the first or
+    all, now and then. Now every process stops at the same batch: last.ckpt saved, exit 143, and one line on
+    the terminal they share, not one per process."""
     recipe = ddp_recipe(tmp_path, devices=2, max_epochs=200)
-    proc = nmt_subprocess("train", recipe, "--run-dir", tmp_path / "run", cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "run" / "ids.rank1.txt").exists() and proc.poll() is None:
-            assert time.monotonic() < deadline, "the second process never trained"
-            time.sleep(0.2)
-        time.sleep(2)  # a few steps in both processes
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    run_dir = tmp_path / "run"
+    proc = nmt_subprocess("train", recipe, "--run-dir", run_dir, cwd=tmp_path, start_new_session=True)
+
+    def send(sig: int) -> None:
+        if to == "all":
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid if to == "first" else int((run_dir / "pid.rank1").read_text()), sig)
+
+    # a few steps after the second process began training
+    err = stop_when(proc, (run_dir / "pid.rank1").exists, settle=2, timeout=240, send=send)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     stopped = [line for line in error_lines(err) if "training stopped by SIGTERM" in line]
     assert len(stopped) == 1 and "last.ckpt holds step" in stopped[0], err[-3000:]
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
 def free_port() -> int:

@@ -8,23 +8,13 @@ from __future__ import annotations
 
 import signal
 import textwrap
-import time
 
 import torch
 
 from conftest import write_recipe, write_reverse_corpus
 from nmt.recipe import validate_recipe
 from nmt.train import train_recipe
-from reliability_support import nmt_subprocess, small_recipe
-
-
-def wait_until(condition, timeout: float, proc) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+from reliability_support import nmt_subprocess, small_recipe, wait_until
 
 
 def weights(run_dir):

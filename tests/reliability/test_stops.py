@@ -3,8 +3,6 @@ is an error, not a run that trains nothing and exits 0 (issue 12)."""
 from __future__ import annotations
 
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,8 @@ import yaml
 
 from conftest import write_recipe
 from nmt.runs import load_checkpoint
-from reliability_support import check, error_lines, nmt_subprocess, reliability_data, run_cli, small_recipe  # noqa: F401
+from reliability_support import (check, error_lines, nmt_subprocess, reliability_data, run_cli,  # noqa: F401
+                                 small_recipe, stop_when)
 
 
 def last_step(run_dir: Path) -> int:
@@ -117,18 +116,8 @@ def test_sigterm_keeps_the_current_step_and_says_so(tmp_path, capsys, reliabilit
                                                              trainer={"max_epochs": 50, "val_check_interval": 1.0}))
     run_dir = tmp_path / "run"
     proc = nmt_subprocess("train", recipe, "--run-dir", run_dir)
-    try:
-        deadline = time.monotonic() + 120
-        while not list((run_dir / "tb").glob("events.*")) and proc.poll() is None:  # fit has begun
-            assert time.monotonic() < deadline, "training never started"
-            time.sleep(0.05)
-        time.sleep(1.0)  # some steps into the first epoch
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # some steps into the first epoch, after fit has begun
+    err = stop_when(proc, lambda: any((run_dir / "tb").glob("events.*")), settle=1.0, timeout=120)
     assert proc.returncode == 143, err[-2000:]
     lines = error_lines(err)
     assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "run the same nmt train again" in lines[0], err[-2000:]
