@@ -149,7 +149,8 @@ def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_s
     """Forced decoding: how probable the run finds each --tgt line as the translation of its --src line.
 
     Prints one total log-probability (natural log, EOS included) per line, or a JSON object per line
-    with --json; the corpus NLL per target token and perplexity (as val/loss and val/ppl) go to stderr."""
+    with --json; one "corpus:" line on stderr gives the NLL per target token and the perplexity, computed
+    as training's val/loss and val/ppl are."""
     from nmt.score import score_files
 
     score_files(run_dir, src_path, tgt_path, checkpoint=checkpoint, as_json=as_json, output_path=output_path,
@@ -230,7 +231,8 @@ def evaluate(hyps: tuple[Path, ...], refs: tuple[Path, ...], metrics: str, paire
 
 
 @cli.command()
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A classification, tagging, regression, forecasting or generation run written by nmt train.")
 @click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("-i", "--input", "input_path", type=click.Path(dir_okay=False, path_type=Path),
               callback=dash_is_standard, help="Text lines, sentences or a series CSV, by task [default: stdin; also -].")
@@ -240,11 +242,12 @@ def evaluate(hyps: tuple[Path, ...], refs: tuple[Path, ...], metrics: str, paire
 @click.option("--max-input-tokens", type=Bounded(int, 1, MAX_INPUT_TOKENS),
               help="Text lines: longer lines are cut to this many tokens (steps of a numeric line), with a "
                    "warning; tagging tags the words within them [default: 4 x the recipe's data.max_length].")
-@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS)
+@click.option("--encoding-errors", default="strict", show_default=True, type=ENCODING_ERRORS,
+              help="What to do with bytes that are not UTF-8.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def predict(run_dir, checkpoint, input_path, output_path, probabilities, max_input_tokens, encoding_errors,
             device) -> None:
-    """Serve a non-translation run: labels for text lines, tags for sentences, forecasts for a series."""
+    """Predict with a non-translation run: labels for text lines, tags for sentences, forecasts for a series."""
     from nmt.io import refuse_same_file
     from nmt.runs import load_run, refuse_run_files
     from nmt.translate import standard_input
@@ -277,7 +280,7 @@ def predict(run_dir, checkpoint, input_path, output_path, probabilities, max_inp
               help="Run the decoder step through torch.compile, compiled before the server answers (seconds to "
                    "a minute); then each search is faster.")
 def serve(run_dir, host, port, checkpoint, device, batch_size, batch_wait_ms, compile_step) -> None:
-    """Serve a translation run over HTTP until Ctrl-C.
+    """Serve a translation run over HTTP until Ctrl-C or SIGTERM.
 
     \b
     POST /translate  {"sentences": [...], "beam": 5, "nbest": 1, "alpha": 0.6, ...}: the same
@@ -294,7 +297,8 @@ def serve(run_dir, host, port, checkpoint, device, batch_size, batch_wait_ms, co
 @cli.command()
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="A translation run directory written by nmt train.")
-@click.option("--format", "export_format", default="onnx", show_default=True, type=click.Choice(["onnx"]))
+@click.option("--format", "export_format", default="onnx", show_default=True, type=click.Choice(["onnx"]),
+              help="The export's format: ONNX graphs of the encoder and the decoder step, for onnxruntime.")
 @click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the export goes; an earlier export there is replaced [default: RUN/onnx].")
@@ -362,19 +366,23 @@ def plugins() -> None:
 def bench(what: str, args: tuple[str, ...], run_dir: Path | None, device: str) -> None:
     """Measure speed or memory, printing ratios of variants measured side by side in one run.
 
+    Each runs a script of benchmarks/ with ARGS; `nmt bench WHAT -- --help` lists all of its options.
+
     \b
     translate-speed   batched beam search vs one sentence at a time, and greedy (--run; ARGS: [--sentences 300]
                       [--beam 5])
     streaming-memory  peak memory of nmt translate on 10k and 100k lines (--run)
     train-speed       training tokens/s of a recipe: bucketed, bf16, unbucketed, the decoder's other ways and,
                       for translation, operations per target position; classify, tag: one pass, adversarial
-                      (ARGS: recipe.yaml [--steps N] [--compile] [--batch-tokens N ...] [--static L ...];
-                      --compile: the compiled step and the compiled loop, model.compile true and loop)
+                      (ARGS: recipe.yaml [--steps N] [--warmup N] [--compile] [--batch-tokens N ...]
+                      [--static L ...] [--profile VARIANT ...]; --compile: the compiled step and the compiled
+                      loop, model.compile true and loop)
     tbptt-memory      peak memory of truncated vs full BPTT as sequences grow (ARGS: [--lengths A B])
     serve-load        nmt serve on loopback under concurrent clients: throughput, p50/p99 latency (--run;
-                      ARGS: [--requests 500] [--clients 32] [--beam 5])
+                      ARGS: [--requests 500] [--clients 32] [--beam 5] [--compile] [--timeout 300])
     data-scale        nmt prepare and nmt train on generated corpora of 1M and 10M pairs: preparation speed,
-                      peak memory, training tokens/s (ARGS: [--sizes 1000000 10000000] [--steps 60])"""
+                      peak memory, training tokens/s (ARGS: [--sizes 1000000 10000000] [--steps 60]
+                      [--workdir DIR] [--workers 2] [--log-every 10] [--seed 0])"""
     from nmt.bench import run_benchmark
 
     run_benchmark(what, run_dir=run_dir, device=device, args=args)
@@ -431,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:  # SIGTERM while an output was written: its temporary file is gone
         _say("nmt: terminated (SIGTERM); the output was not written, an older one is unchanged")
         return exc.code
+    except SystemExit as exc:  # nmt never calls sys.exit inside a command: plugin (or library) code did
+        if debug:
+            raise
+        _say(f"nmt: error: sys.exit({exc.code!r}) at {_caller_outside_nmt(exc)} ended the command before it "
+             "finished (run with --debug for the traceback)")
+        return 1
     except BrokenPipeError:
         return 0
     except OSError as exc:
@@ -452,6 +466,20 @@ def _thread_failure(args) -> None:
         _say(f"nmt: warning: {where}: cannot write ({describe(args.exc_value)})")
     else:
         threading.__excepthook__(args)
+
+
+def _caller_outside_nmt(exc: BaseException) -> str:
+    """``file:line`` of the innermost frame of ``exc``'s traceback outside nmt, the standard library and the
+    installed packages: the plugin that raised it, where there is one."""
+    import sysconfig
+    import traceback
+
+    ours = (str(Path(nmt.__file__).parent), sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+            sysconfig.get_paths()["platlib"])
+    frames = traceback.extract_tb(exc.__traceback__)
+    outside = [f for f in frames if not f.filename.startswith(ours) and not f.filename.startswith("<")]
+    frame = (outside or frames or [None])[-1]
+    return f"{frame.filename}:{frame.lineno}" if frame is not None else "an unknown place"
 
 
 def _failure(exc: Exception, debug: bool) -> int:

@@ -17,7 +17,7 @@ import stat
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -196,12 +196,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 @contextmanager
 def open_output(path: Path | None) -> Iterator[IO]:
-    """Standard output, or ``path`` through :func:`atomic_open`."""
+    """Standard output, or ``path`` through :func:`atomic_open`.
+
+    While standard output is the output, whatever else prints to it (a plugin's ``print()`` inside the
+    model) goes to stderr instead: it would have come between the lines, which must answer the input's."""
     if path is None:
-        if sys.stdout is None or getattr(sys.stdout, "closed", False):
+        out = sys.stdout
+        if out is None or getattr(out, "closed", False):
             raise UserError("<stdout>", "standard output is closed")
-        yield sys.stdout
-        sys.stdout.flush()
+        with redirect_stdout(sys.stderr):
+            yield out
+        out.flush()
         return
     with atomic_open(path, "w") as f:
         yield f

@@ -227,3 +227,25 @@ def test_a_full_disk_in_a_background_thread_is_one_warning_line(capsys):
     finally:
         threading.excepthook = previous
     assert capsys.readouterr().err.splitlines() == ["nmt: warning: runs/x/tb/events.out: cannot write (disk full)"]
+
+
+def test_sys_exit_in_plugin_code_is_one_line_naming_it(tmp_path, capsys):
+    """Plugin code that calls sys.exit() while a command runs ended nmt with its code (0: success) and no word,
+    a fresh run directory gone, a translation never written."""
+    from conftest import reverse_recipe, write_recipe, write_reverse_corpus
+    from nmt.cli import main
+
+    plugin = tmp_path / "exits.py"
+    plugin.write_text("import sys\nimport nmt\nfrom nmt.tasks.seq2seq import Seq2SeqTask\n\n\n"
+                      "@nmt.register('task', 'seq2seq_exits')\nclass Exits(Seq2SeqTask):\n"
+                      "    '''Gives up at its first step.'''\n\n"
+                      "    def training_step(self, batch, batch_idx):\n        sys.exit(0)\n")
+    data = write_reverse_corpus(tmp_path / "data", n_train=40, n_dev=5)
+    recipe = write_recipe(tmp_path / "r.yaml", reverse_recipe(data, task="seq2seq_exits",
+                                                              trainer={"max_steps": 2}))
+    capsys.readouterr()
+    code = main(["--plugin", str(plugin), "train", str(recipe), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("nmt: ")]
+    assert code == 1 and lines == [f"nmt: error: sys.exit(0) at {plugin}:11 ended the command before it finished "
+                                   "(run with --debug for the traceback)"], err

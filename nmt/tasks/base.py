@@ -71,7 +71,9 @@ class Task(pl.LightningModule):
                                  getattr(data, "max_length", None), getattr(data, "encoding_errors", "strict"))
 
     def predict_file(self, input_path, output_path, **options) -> None:
-        raise UserError(f"task '{self.recipe.spec.task}'", "does not support nmt predict")
+        translates = hasattr(self, "decode_step")  # a translation run, the commonest mix-up
+        raise UserError(f"task '{self.recipe.spec.task}'", "does not support nmt predict" +
+                        ("; it translates: use nmt translate" if translates else ""))
 
     # --- optimisation ---------------------------------------------------------------------
 

@@ -161,3 +161,24 @@ def test_error_with_stderr_closed_still_exits_2(workdir):
     proc = subprocess.run([*NMT, "translate", "--run", "missing", "-i", "in.txt"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_close(2), timeout=300)
     assert proc.returncode == 2 and proc.stdout == b""
+
+
+def test_predict_with_a_translation_run_points_to_translate(workdir, capsys):
+    message = check(capsys, "nmt predict with a translation run", "predict", "--run", "run", "-i", "in.txt")
+    assert message == "nmt: task 'seq2seq': does not support nmt predict; it translates: use nmt translate"
+
+
+def test_what_plugin_code_prints_does_not_go_between_the_translations(workdir, capsys, monkeypatch):
+    """A plugin's print() inside the command went into standard output, between the lines that answer the input."""
+    import nmt.translate
+
+    monkeypatch.setattr(nmt.translate, "translate_lines", nmt.translate.translate_lines)  # put back after the test
+    (workdir / "noisy.py").write_text(
+        "import nmt.translate\n\n_translate_lines = nmt.translate.translate_lines\n\n\n"
+        "def translate_lines(*args, **kwargs):\n    print('plugin says hello')\n"
+        "    return _translate_lines(*args, **kwargs)\n\n\nnmt.translate.translate_lines = translate_lines\n")
+    (workdir / "in.txt").write_text("ab cd\nef\n")
+    code, out, err = run_cli(capsys, "--plugin", "noisy.py", *translate_argv())
+    assert code == 0, err
+    assert len(out.splitlines()) == 2 and "plugin says hello" not in out, out
+    assert "plugin says hello" in err
