@@ -16,8 +16,8 @@ import nmt
 from nmt.errors import UserError
 from nmt.io import SPACE_ERRNOS, Terminated, describe
 from nmt.metrics import MAX_LINE_BYTES
-from nmt.options import (CHECKPOINT_HELP, ENCODING_ERRORS, MAX_ALPHA, MAX_BEAM, MAX_INPUT_TOKENS,
-                         MAX_LENGTH_RATIO, MAX_PREPARE_WORKERS, Bounded, dash_is_standard, forced_decoding_options)
+from nmt.options import (CHECKPOINT_HELP, ENCODING_ERRORS, MAX_ALPHA, MAX_BEAM, MAX_INPUT_TOKENS, MAX_LENGTH_RATIO,
+                         MAX_PREPARE_WORKERS, Bounded, dash_is_standard, dash_is_stdin_file, forced_decoding_options)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(nmt.__version__, prog_name="nmt")
@@ -137,9 +137,11 @@ def translate(run_dirs, checkpoint, beam, nbest, alpha, batch_size, max_length_r
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="A translation run directory written by nmt train.")
 @click.option("--src", "src_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Source sentences, one per line (plain or .gz).")
+              callback=dash_is_stdin_file,
+              help="Source sentences, one per line (plain or .gz; - reads stdin).")
 @click.option("--tgt", "tgt_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Their translations to score, line for line with --src.")
+              callback=dash_is_stdin_file,
+              help="Their translations to score, line for line with --src (- reads stdin).")
 @click.option("--checkpoint", default="best", show_default=True, help=CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per line: {"line", "logprob", "tokens", "token_logprobs", "ppl"}.')
@@ -160,9 +162,11 @@ def score(run_dir, src_path, tgt_path, checkpoint, as_json, output_path, batch_s
 
 @cli.command()
 @click.option("--nbest", "nbest_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The n-best list of nmt translate --nbest K: 'i ||| hypothesis ||| score' lines.")
+              callback=dash_is_stdin_file,
+              help="The n-best list of nmt translate --nbest K: 'i ||| hypothesis ||| score' lines (- reads stdin).")
 @click.option("-i", "--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The source lines the list translates (plain or .gz).")
+              callback=dash_is_stdin_file,
+              help="The source lines the list translates (plain or .gz; - reads stdin).")
 @click.option("--run", "run_dirs", required=True, multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="A forward run (source to target); repeat it for an ensemble, as in nmt translate.")
 @click.option("--channel", "channel_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
@@ -198,9 +202,11 @@ def rerank(nbest_path, input_path, run_dirs, channel_dirs, checkpoint, channel_c
 
 @cli.command()
 @click.option("--hyp", "hyps", required=True, multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Hypotheses, one per line. Repeat it to compare systems: the first is the baseline.")
+              callback=dash_is_stdin_file,
+              help="Hypotheses, one per line (- reads stdin). Repeat it to compare systems: the first is the baseline.")
 @click.option("--ref", "refs", required=True, multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="References, one per line (repeat for several references).")
+              callback=dash_is_stdin_file,
+              help="References, one per line (repeat for several references; - reads stdin).")
 @click.option("--metrics", default="bleu,chrf,ter", show_default=True, help="Comma-separated: bleu, chrf, ter.")
 @click.option("--paired", type=click.Choice(["bs", "ar"]),
               help="With several --hyp: sacrebleu's paired significance test against the first, bootstrap "

@@ -69,6 +69,25 @@ def dash_is_standard(ctx, param, value: Path | None) -> Path | None:
     return None if value is not None and str(value) == "-" else value
 
 
+STDIN_FILE = Path("/dev/stdin")
+
+
+def dash_is_stdin_file(ctx, param, value):
+    """An input option without a stdin default (``--hyp``, ``--src``, ``--nbest`` ...): ``-`` is standard input,
+    read through /dev/stdin as the file it names. One option may take it: there is one standard input."""
+    values = value if isinstance(value, tuple) else (value,)
+    dashes = sum(1 for v in values if v is not None and str(v) == "-")
+    if not dashes:
+        return value
+    taken = ctx.meta.get("nmt.stdin")
+    if dashes > 1 or taken:
+        raise click.BadParameter(f"- (standard input) is already read by {taken or param.opts[-1]}; "
+                                 "give the other inputs as files")
+    ctx.meta["nmt.stdin"] = param.opts[-1]
+    mapped = tuple(STDIN_FILE if v is not None and str(v) == "-" else v for v in values)
+    return mapped if isinstance(value, tuple) else mapped[0]
+
+
 def forced_decoding_options(command):
     """-o, --batch-size (padded tokens), --max-input-tokens, --encoding-errors and --device: what nmt
     score and nmt rerank share, in this order in their help."""

@@ -127,3 +127,13 @@ def test_a_hypothesis_without_line_ends_is_refused_not_read_forever(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == ["nmt: /dev/zero:1: line is longer than 1048576 bytes; raise --max-line-bytes "
                                         "to read it"]
+
+
+def test_a_dash_hypothesis_is_standard_input(tmp_path):
+    """`sacrebleu ref < hyp` habits: nmt evaluate --hyp - read a file named '-' ("file not found")."""
+    ref = tmp_path / "ref.txt"
+    ref.write_text("the cat sat on the mat\na dog ran in the park\n")
+    argv = [sys.executable, "-m", "nmt.cli", "evaluate", "--ref", str(ref), "--metrics", "bleu", "--json"]
+    piped = subprocess.run([*argv, "--hyp", "-"], input=ref.read_text(), capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["bleu"]["score"] == 100.0

@@ -149,3 +149,20 @@ def test_score_lines_names_an_over_long_side_without_locations(trained_run):
     task = load_run(trained_run, device="cpu")
     with pytest.raises(DataError, match=r"target line 8: line has 4 tokens, more than --max-input-tokens \(3\)"):
         score_lines(task, ["a0 b1", "c2"], ["b1 a0", "c2 c2 c2 c2"], 4000, first_line=7, max_tokens=3)
+
+
+def test_dash_scores_standard_input(trained_run, reliability_data, capsys):
+    """--tgt - read a file named '-' ("file not found"), as did nmt evaluate --hyp - and nmt rerank -i -."""
+    import subprocess
+
+    from reliability_support import NMT
+
+    src, tgt = reliability_data / "dev.src", reliability_data / "dev.tgt"
+    from_files, _ = score_json(capsys, trained_run, src, tgt)
+    argv = [*NMT, "score", "--run", str(trained_run), "--src", str(src), "--device", "cpu", "--json"]
+    piped = subprocess.run([*argv, "--tgt", "-"], input=tgt.read_text(), capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(line) for line in piped.stdout.splitlines()] == from_files
+    twice = subprocess.run([*argv[:len(NMT) + 3], "--src", "-", "--tgt", "-", "--device", "cpu"], input="", capture_output=True,
+                           text=True, timeout=300)
+    assert twice.returncode == 2 and "standard input) is already read by --src" in twice.stderr, twice.stderr
