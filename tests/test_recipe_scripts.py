@@ -90,7 +90,7 @@ def test_ensemble_script_chooses_on_dev_and_tests_once(tmp_path):
 def test_choose_script_refuses_a_candidate_without_a_name(tmp_path):
     for args, said in ((["en-de", "--run runs/a"], "candidate '--run runs/a': expected NAME="),
                        (["en-de", "a=--run x", "a=--run y"], "candidate 'a=--run y': expected NAME="),
-                       (["en-de"], "no candidates")):
+                       (["en-de"], "no candidates"), ([], "usage: choose.sh PAIR NAME='nmt translate options'")):
         done = subprocess.run(["bash", str(CHOOSE), *args], env={**os.environ, "PREFIX": str(tmp_path / "p")},
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and said in done.stderr
@@ -105,3 +105,21 @@ def test_ensemble_script_names_a_member_that_kept_no_validation(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip() == (f"ensemble.sh: {tmp_path}/none-a kept no validation (checkpoints/step-<step>.ckpt): "
                                    "train it longer")
+
+
+def test_run_script_tests_on_the_data_root_it_trained_from(tmp_path):
+    """run.sh en-de data.root=X trained on X, then looked for the test sets under NMT_DATA (or the default)."""
+    data = stand_in_multi30k(tmp_path / "data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "NMT_DATA": str(elsewhere), "RUN_DIR": str(tmp_path / "run"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    tiny = [f"data.root={data}", "data.tokenizer={name: whitespace}", "data.joint_vocab=false",
+            "model.embedding.size=16", "model.embedding.tie_target=false", "model.encoder.hidden_size=16",
+            "model.decoder.hidden_size=32", "trainer.max_epochs=1", "data.batch_tokens=400"]
+    done = subprocess.run(["bash", str(SCRIPT.with_name("run.sh")), "en-de", *tiny], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipping" not in done.stdout, done.stdout
+    for test in ("test_2016_flickr", "test_2017_flickr"):
+        assert re.search(rf"^{test} +bleu +\d+\.\d\d  nrefs:1", done.stdout, re.M), done.stdout

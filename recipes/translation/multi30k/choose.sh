@@ -12,7 +12,8 @@
 # earlier); the best is the system, then its length penalty is chosen on dev among ALPHAS; only that
 # system reads the test sets.
 set -euo pipefail
-pair="${1:?usage: choose.sh PAIR NAME='nmt translate options' ...}"; shift
+[ $# -ge 1 ] || { echo "usage: choose.sh PAIR NAME='nmt translate options' [NAME='...' ...]" >&2; exit 2; }
+pair="$1"; shift
 src="${pair%-*}"; tgt="${pair#*-}"; src="${src%%+*}"
 [ $# -gt 0 ] || { echo "choose.sh: no candidates: give NAME='nmt translate options' (e.g. \"a='--run runs/a'\")" >&2; exit 2; }
 prefix="${PREFIX:-runs/choose-$pair}"; beam="${BEAM:-5}"

@@ -4,7 +4,8 @@
 #   usage: recipes/translation/multi30k/run.sh [en-de|de-en|en-fr|en+fr+cs-de] [extra overrides ...]
 #   (a many-to-one recipe is tested on its first source language: en+fr+cs-de on en->de)
 #   BUDGET=00:01:00:00 caps training time (DD:HH:MM:SS; default: the recipe's epochs and early stopping)
-#   RUN_DIR=... (default runs/multi30k-<pair>); BEAM=5; NMT_DATA=<data root>
+#   RUN_DIR=... (default runs/multi30k-<pair>); BEAM=5; NMT_DATA=<data root> (a data.root override wins, for the
+#   test sets too)
 #   GPU=1: the one-GPU variant of the recipe (the overrides below, before yours, so yours win): bf16,
 #   4x the token batch with the learning rate x2 (square-root rule). model.compile stays off until
 #   the train-speed rows of benchmarks/gpu_check.sh show it pays there (add model.compile=loop or
@@ -26,7 +27,8 @@ start=$(date +%s)
 nmt train "$here/$pair.yaml" --run-dir "$run_dir" "${overrides[@]}"
 trained=$(date +%s)
 # shellcheck source=common.sh
-. "$here/common.sh"  # data_root, test_scores
+. "$here/common.sh"  # run_data_root, test_scores
+data_root="$(run_data_root "$run_dir")"
 
 printf '\n%-18s %-8s %s\n' "test set" "metric" "score (sacrebleu signature)"
 for test in test_2016_flickr test_2017_flickr; do
