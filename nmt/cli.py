@@ -349,15 +349,44 @@ def average(run_dir: Path, last: int | None, best: int | None, output_path: Path
 
 
 @cli.command()
-def plugins() -> None:
-    """List every registered plugin: kind, name, origin and a one-line description."""
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+def plugins(names: tuple[str, ...]) -> None:
+    """List every registered plugin: kind, name, origin and a one-line description.
+
+    With NAMEs, the recipe keys each plugin of that name takes (a task's data.* and model.*, a component's
+    options): what each takes, its default and what its source says of it."""
     from nmt import registry
 
+    if names:
+        _plugin_keys(registry, names)
+        return
     rows = [(e.kind, e.name, e.origin, e.description) for e in registry.entries()]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("KIND", "NAME", "ORIGIN"))]
     click.echo(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'ORIGIN':<{widths[2]}}  DESCRIPTION")
     for kind, name, origin, description in rows:
         click.echo(f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {origin:<{widths[2]}}  {description}")
+
+
+def _plugin_keys(registry, names: tuple[str, ...]) -> None:
+    import difflib
+
+    from nmt.recipe_keys import plugin_keys
+
+    entries = registry.entries()
+    for name in names:
+        found = [e for e in entries if e.name == name]
+        if not found:
+            close = difflib.get_close_matches(name, sorted({e.name for e in entries}), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"nmt plugins {name}", f"no plugin of that name{hint}")
+        for entry in found:
+            click.echo(f"{entry.kind} {entry.name} ({entry.origin}): {entry.description}")
+            keys = plugin_keys(entry.kind, entry.cls)
+            width = max((len(k.path) for k in keys), default=0)
+            for key in keys:
+                note = f"  # {key.note}" if key.note else ""
+                default = key.default if key.default.startswith("required") else f"default {key.default}"
+                click.echo(f"  {key.path:<{width}}  {key.takes}; {default}{note}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

@@ -99,7 +99,9 @@ def _describe_type(annotation) -> str:
 
     def walk(tp) -> None:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if origin in (typing.Union, types.UnionType):
+        if origin is typing.Annotated:  # a bounded number inside Optional[...]: the number
+            walk(args[0])
+        elif origin in (typing.Union, types.UnionType):
             for arg in args:
                 walk(arg)
         elif origin is typing.Literal:

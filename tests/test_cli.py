@@ -249,3 +249,25 @@ def test_sys_exit_in_plugin_code_is_one_line_naming_it(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.startswith("nmt: ")]
     assert code == 1 and lines == [f"nmt: error: sys.exit(0) at {plugin}:11 ended the command before it finished "
                                    "(run with --debug for the traceback)"], err
+
+
+def test_plugins_with_a_name_lists_its_recipe_keys(capsys):
+    """Which keys a task or component takes was in its source only (the README lists a few)."""
+    from nmt.cli import main
+
+    capsys.readouterr()
+    assert main(["plugins", "gru", "forecast"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("encoder gru (") and "GRU encoder" in out[0]
+    assert any(line.split() == ["hidden_size", "an", "integer,", ">", "0,", "<=", "65536;", "default", "256", "#", "per",
+                                "direction"] for line in out), out
+    assert any(line.startswith("task forecast (") for line in out)
+    horizon = next(line for line in out if line.split()[0] == "data.horizon")
+    assert "> 0, <= 10000; default 24" in horizon and "# rows forecast after the lookback window" in horizon
+    assert any(line.split()[:2] == ["model.encoder", "a"] and "registered encoder" in line for line in out)
+    # every built-in's keys can be listed
+    from nmt import registry
+
+    assert main(["plugins", *sorted({e.name for e in registry.entries()})]) == 0
+    assert main(["plugins", "gur"]) == 2
+    assert capsys.readouterr().err.strip().endswith("nmt: nmt plugins gur: no plugin of that name; did you mean 'gru'?")
