@@ -150,6 +150,12 @@ def check_resumable(recipe: Recipe, run_dir: Path, fresh: bool, held_before: boo
     check_same_optimizer(recipe, saved, run_dir)
 
 
+# The optim keys whose values the optimizer's and schedules' state in last.ckpt holds (param_groups' lr and
+# weight_decay, the schedules' base and least learning rates, the plateau's factor and patience): Lightning
+# loads that state over the recipe's, so a resume with new values silently trained on with the old ones.
+HELD_OPTIM_KEYS = ("lr", "weight_decay", "min_lr", "plateau_factor", "plateau_patience", "warmup_steps")
+
+
 def check_same_optimizer(recipe: Recipe, saved: Recipe, run_dir: Path) -> None:
     """The resumed run's optimizer, schedule and weight averaging are the ones whose state ``last.ckpt`` holds."""
     for key in ("name", "scheduler"):  # last.ckpt holds this optimizer's and schedule's state
@@ -158,6 +164,13 @@ def check_same_optimizer(recipe: Recipe, saved: Recipe, run_dir: Path) -> None:
             raise RecipeError(f"{run_dir}: optim.{key}", f"{ours!r} differs from the run being resumed ({theirs!r}), "
                               "whose last checkpoint holds that one's state; use another --run-dir "
                               "(with --init-from to start from this run's weights)")
+    for key in HELD_OPTIM_KEYS:
+        ours, theirs = getattr(recipe.spec.optim, key), getattr(saved.spec.optim, key)
+        if ours != theirs:
+            raise RecipeError(f"{run_dir}: optim.{key}", f"{ours!r} differs from the run being resumed ({theirs!r}): "
+                              f"its last checkpoint's optimizer and schedule state would bring back {theirs!r} while "
+                              f"recipe.yaml said {ours!r}; use the run's optim.{key}, or another --run-dir (with "
+                              "--init-from to start from this run's weights)")
     ours, theirs = recipe.spec.optim.ema_decay, saved.spec.optim.ema_decay
     if (ours is None) != (theirs is None):  # an EMA run's checkpoint holds the average as its weights
         was = "with" if theirs is not None else "without"

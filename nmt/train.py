@@ -43,6 +43,15 @@ class Throughput(Callback):
         self.tokens, self.start = 0, None
 
 
+class FirstStep(Callback):
+    """Whether this process trained a batch: a failure before it leaves the run directory as it found it."""
+
+    seen = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen = True
+
+
 class WallClock(Callback):
     """Logs ``val/wall_minutes``, wall time since training began (kept across resumes), for curves over time."""
 
@@ -317,25 +326,34 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None,
         click.echo(f"nmt: resuming {run_dir} from {last}", err=True)
     # Lightning warns that a mid-epoch resume restarts the epoch; BucketedDataModule resumes it instead.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-    ctrl_c = InterruptAsSigterm(trainer)
+    ctrl_c, first_step = InterruptAsSigterm(trainer), FirstStep()
+    trainer.callbacks.append(first_step)
     logs_before = set((run_dir / "tb").glob("*"))
     try:
         with ctrl_c:
             trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last is not None else None)
-    except RecipeError:  # refused as the checkpoint loads (CosineSpan): no step ran, so no log of it stays
-        for opened in set((run_dir / "tb").glob("*")) - logs_before:
-            opened.unlink(missing_ok=True)
-        raise
-    except SIGTERMException:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        kept = f"last.ckpt holds step {trainer.global_step}" if last.exists() else "no checkpoint was written yet"
-        stopped, by = (TrainingInterrupted, "Ctrl-C (SIGINT)") if ctrl_c.received else (TrainingStopped, "SIGTERM")
-        error = stopped(run_dir, f"training stopped by {by} ({kept}); run the same nmt train again to resume")
-        error.quiet = trainer.local_rank != 0  # one line on a node's terminal, not one per process
-        raise error from None
+    except BaseException as exc:
+        if not first_step.seen and not isinstance(exc, SIGTERMException):
+            # failed before its first step (a refusal as the checkpoint loads, a bad trainer value Lightning
+            # checks in fit): the TensorBoard events file Lightning opened logs nothing; a run left as it was
+            for opened in set((run_dir / "tb").glob("*")) - logs_before:
+                opened.unlink(missing_ok=True)
+        if not isinstance(exc, SIGTERMException):
+            raise
+        raise stopped_error(trainer, run_dir, ctrl_c.received) from None
     if trainer.is_global_zero:
         say_finished(recipe, run_dir, trainer.global_step, trainer.checkpoint_callback.best_model_score)
     return run_dir
+
+
+def stopped_error(trainer, run_dir: Path, interrupted: bool) -> TrainingStopped:
+    """What a stop by SIGTERM (or Ctrl-C: ``interrupted``) says: where training got to, and how to go on."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = f"last.ckpt holds step {trainer.global_step}" if last.exists() else "no checkpoint was written yet"
+    stopped, by = (TrainingInterrupted, "Ctrl-C (SIGINT)") if interrupted else (TrainingStopped, "SIGTERM")
+    error = stopped(run_dir, f"training stopped by {by} ({kept}); run the same nmt train again to resume")
+    error.quiet = trainer.local_rank != 0  # one line on a node's terminal, not one per process
+    return error
 
 
 def say_finished(recipe: Recipe, run_dir: Path, step: int, best, why: str = "") -> None:

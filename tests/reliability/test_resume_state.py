@@ -198,3 +198,16 @@ def test_another_node_may_start_before_rank_0_has_created_the_run_directory(tmp_
     monkeypatch.setenv("NODE_RANK", "1")
     check_resumable(validate_recipe(small_recipe(reliability_data), tmp_path / "r.yaml"), tmp_path / "run", fresh=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_that_fails_before_its_first_step_leaves_the_run_as_it_was(tmp_path, capsys, reliability_data):
+    """Lightning checks some trainer values only inside fit (an integer val_check_interval above the batches of an
+    epoch), after it has opened a TensorBoard events file in the run: a failed resume left that file behind."""
+    run_dir = tmp_path / "run"
+    code, err = train(capsys, tiny_recipe(reliability_data), run_dir)
+    assert code == 0, err[-2000:]
+    before = files(run_dir)
+    code, err = train(capsys, tiny_recipe(reliability_data, trainer={"max_epochs": 2, "val_check_interval": 100000}),
+                      run_dir)
+    assert code != 0 and "val_check_interval" in err, err[-2000:]
+    assert files(run_dir) == before

@@ -180,6 +180,23 @@ def test_a_resume_with_another_optimizer_is_refused_naming_the_key(tmp_path, cap
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
+def test_a_resume_with_another_learning_rate_is_refused_not_ignored(tmp_path, capsys, reliability_data):
+    """The optimizer's state in last.ckpt brought back the old lr and weight_decay: the resume trained on with
+    them while recipe.yaml said the new ones. Refused, naming the key, the run as it was."""
+    run_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", write_recipe(tmp_path / "r.yaml", quick_recipe(reliability_data)),
+                   "--run-dir", run_dir)[0] == 0
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    saved = quick_recipe(reliability_data).get("optim", {})
+    for key, value in (("lr", 0.5), ("weight_decay", 0.3), ("warmup_steps", 7)):
+        recipe = quick_recipe(reliability_data, trainer={"max_steps": 6})
+        recipe.setdefault("optim", {})[key] = value
+        code, _, err = run_cli(capsys, "train", write_recipe(tmp_path / "other.yaml", recipe), "--run-dir", run_dir)
+        assert code == 2 and error_lines(err)[0].startswith(f"nmt: {run_dir}: optim.{key}: {value!r} differs from "
+                                                            "the run being resumed"), (saved, err)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def test_nmt_prepare_leaves_a_trained_runs_recipe_alone(tmp_path, capsys, reliability_data):
     """Preparing trains nothing: an existing run's recipe.yaml keeps the settings its checkpoints had."""
     run_dir = tmp_path / "run"
