@@ -7,6 +7,7 @@ import datetime
 import difflib
 import functools
 import inspect
+import math
 import os
 import types
 import typing
@@ -40,14 +41,56 @@ def check_trainer_args(trainer: dict, where: Callable[[str], str]) -> None:
             adapter.validate_python(value, strict=True)
         except ValidationError:
             raise RecipeError(at, f"expected {_describe_type(accepted[key])}, got {quote(value)}") from None
-        if key in POSITIVE_TRAINER_ARGS and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise RecipeError(at, f"expected a positive number, got {quote(value)}")
+        check_trainer_value(key, value, at)
     check_cpu_processes(trainer, where)
 
 
 # Trainer arguments that Lightning takes as any number and then divides by (a ZeroDivisionError mid-training)
 POSITIVE_TRAINER_ARGS = frozenset({"val_check_interval", "log_every_n_steps", "accumulate_grad_batches",
                                    "check_val_every_n_epoch"})
+# ... and as any number where a negative one silently does nothing (clipping off) or means nothing
+NON_NEGATIVE_TRAINER_ARGS = frozenset({"gradient_clip_val", "min_epochs", "min_steps"})
+# Counts Lightning takes as any integer: 2**63 batches accumulated made every update about zero
+MAX_TRAINER_COUNTS = {"accumulate_grad_batches": 1_000_000}
+DURATION_TRAINER_ARGS = frozenset({"max_time", "val_check_interval"})  # as a mapping or DD:HH:MM:SS string
+MAX_DURATION = datetime.timedelta(days=100_000)  # timedelta's own limit is 999,999,999 days
+
+
+def check_trainer_value(key: str, value: Any, at: str) -> None:
+    """The bounds Lightning leaves to a crash mid-training or to silence, for a value of the right type."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(at, f"expected a finite number, got {quote(value)}")
+    if isinstance(value, (int, float)):
+        if key in POSITIVE_TRAINER_ARGS and value <= 0:
+            raise RecipeError(at, f"expected a positive number, got {quote(value)}")
+        if key in NON_NEGATIVE_TRAINER_ARGS and value < 0:
+            raise RecipeError(at, f"expected a number >= 0, got {quote(value)}")
+        if key in MAX_TRAINER_COUNTS and value > MAX_TRAINER_COUNTS[key]:
+            raise RecipeError(at, f"expected at most {MAX_TRAINER_COUNTS[key]}, got {quote(value)}")
+    if key in DURATION_TRAINER_ARGS and isinstance(value, (dict, str)):
+        check_duration(value, at)
+
+
+def check_duration(value: dict | str, at: str) -> None:
+    """A duration as Lightning reads one (``DD:HH:MM:SS``, or a mapping of timedelta's keywords): positive
+    (00:00:00:00 trained no step and said 'finished'), and within MAX_DURATION (an OverflowError)."""
+    expected = "a duration: DD:HH:MM:SS or a mapping of days, hours, minutes, seconds"
+    try:
+        if isinstance(value, str):
+            days, hours, minutes, seconds = (int(part) for part in value.split(":"))
+            duration = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        else:
+            duration = datetime.timedelta(**value)
+    except OverflowError:
+        raise RecipeError(at, f"expected a duration of at most {MAX_DURATION.days:,} days, got {quote(value)}") from None
+    except (TypeError, ValueError):
+        raise RecipeError(at, f"expected {expected}, got {quote(value)}") from None
+    if duration > MAX_DURATION:
+        raise RecipeError(at, f"expected a duration of at most {MAX_DURATION.days:,} days, got {quote(value)}")
+    if duration <= datetime.timedelta(0):
+        raise RecipeError(at, f"expected a positive duration, got {quote(value)}")
 
 
 def check_cpu_processes(trainer: dict, where: Callable[[str], str]) -> None:

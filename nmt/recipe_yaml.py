@@ -1,8 +1,11 @@
 """Reading a recipe file: bounded, safe YAML with errors that name the line.
 
-Safe YAML (no Python objects), except that ``1e-3`` is a float as in YAML 1.2; a key given twice is
+Safe YAML (no Python objects), with YAML 1.2's numbers and booleans where PyYAML keeps 1.1's: ``1e-3``
+is a float, ``010`` is ten (1.1: octal 8), ``1:30`` and ``1_0`` are strings (1.1: 90 and 10), and only
+true/false are booleans (1.1: yes, no, on, off too, so a key ``on:`` became True); a key given twice is
 an error, not "the last one wins"; aliases are few and their expansion is bounded (a 744-byte recipe
-of nested aliases once took 31 s and 4 GB); the file is a regular file of at most 1 MB.
+of nested aliases once took 31 s and 4 GB); nesting is at most MAX_YAML_DEPTH deep; the file is a
+regular file of at most 1 MB.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from nmt.io import read_small_file
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few kilobytes; this only stops a wrong file being read whole
 MAX_YAML_ALIASES = 100  # no recipe needs many; nested aliases expand exponentially ("billion laughs")
 MAX_YAML_VALUES = 1_000_000  # after aliases are expanded; more than a 1 MB file can hold without them
+MAX_YAML_DEPTH = 100  # sections and lists within each other; deeper ran out of Python's stack (RecursionError)
 
 
 class RecipeYAMLProblem(yaml.YAMLError):
@@ -35,6 +39,7 @@ class RecipeLoader(yaml.SafeLoader):
     def __init__(self, stream) -> None:
         super().__init__(stream)
         self.aliases = 0
+        self.depth = 0
         self.root: yaml.Node | None = None
         self.checked: set[int] = set()
 
@@ -44,7 +49,15 @@ class RecipeLoader(yaml.SafeLoader):
             self.aliases += 1
             if self.aliases > MAX_YAML_ALIASES:
                 raise RecipeYAMLProblem(f"too many YAML aliases (more than {MAX_YAML_ALIASES}); recipes do not need them")
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise RecipeYAMLProblem(f"YAML nested more than {MAX_YAML_DEPTH} levels deep; recipes do not need that",
+                                    mark.line + 1)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_document(self, node):
         # Fewer than MAX_YAML_ALIASES aliases still nest to 9**11 values: code that walks the
@@ -127,9 +140,26 @@ def _node_path(root, target) -> str | None:
     return None
 
 
+INT, BOOL = "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool"
+# YAML 1.2's core schema for integers and booleans, in place of PyYAML's 1.1 resolvers
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (INT, BOOL)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
+RecipeLoader.add_implicit_resolver(INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+RecipeLoader.add_implicit_resolver(BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _construct_int(loader: RecipeLoader, node) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)  # "010" is ten
+
+
+RecipeLoader.add_constructor(INT, _construct_int)
 
 def read_recipe_file(path: Path) -> dict:
     """The mapping in a recipe file (a user's or a run directory's), or :class:`RecipeError` naming the line."""

@@ -145,6 +145,8 @@ def build_trainer(recipe: Recipe, run_dir: Path, task) -> pl.Trainer:
                              plugins=[AtomicCheckpointIO()], **kwargs)
     except (ValueError, TypeError, pl.utilities.exceptions.MisconfigurationException) as exc:
         raise RecipeError(f"{recipe.path}: trainer", str(exc).splitlines()[0]) from None
+    except ImportError as exc:  # precision: transformer-engine, accelerator: tpu without their packages
+        raise RecipeError(f"{recipe.path}: trainer", f"needs a package that is not installed ({exc})") from None
     resume_finished_epochs(trainer)
     stop_at_step_boundaries(trainer)
     return trainer

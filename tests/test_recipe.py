@@ -37,6 +37,13 @@ def recipe_path(tmp_path, data_dir) -> Path:
     ("data.root=", ["data", "root"], ""),
     ("data.root=/a=b", ["data", "root"], "/a=b"),  # only the first '=' separates
     ("name=[unclosed", ["name"], "[unclosed"),  # not YAML: kept as a string, validation decides
+    # YAML 1.2's numbers and booleans (PyYAML's 1.1: octal 8, base-60 90, 10, True)
+    ("trainer.max_steps=010", ["trainer", "max_steps"], 10),
+    ("trainer.max_steps=1:30", ["trainer", "max_steps"], "1:30"),
+    ("trainer.max_steps=1_0", ["trainer", "max_steps"], "1_0"),
+    ("trainer.max_steps=0x10", ["trainer", "max_steps"], 16),
+    ("model.encoder.bidirectional=yes", ["model", "encoder", "bidirectional"], "yes"),
+    ("trainer.max_time=1:00:00:00", ["trainer", "max_time"], "1:00:00:00"),
 ])
 def test_override_values_are_parsed_as_yaml(text, keys, value):
     assert parse_override(text) == (keys, value)

@@ -141,6 +141,39 @@ def cases(base: dict) -> dict[str, Case]:
         "too many YAML aliases": Case(
             "name: reverse\ntask: seq2seq\nx: &x 1\nplugins: [" + ", ".join(["*x"] * 101) + "]\n", TRAIN,
             ("{recipe}: too many YAML aliases (more than 100)",)),
+        "YAML nested too deeply": Case(
+            "name: reverse\ntask: seq2seq\nx: " + "[" * 500 + "]" * 500 + "\n", TRAIN,
+            ("{recipe}:3: YAML nested more than 100 levels deep",)),
+        "a key 'on' is a string, not True": Case(
+            yaml.safe_dump(base) + "on: 1\n", TRAIN, ("{recipe}: on: unknown key",)),
+        "negative gradient clipping": Case(
+            with_values(base, trainer__gradient_clip_val=-1), TRAIN,
+            ("{recipe}: trainer.gradient_clip_val: expected a number >= 0, got -1",)),
+        "gradient clipping not a number": Case(
+            with_values(base, trainer__gradient_clip_val=float("nan")), TRAIN,
+            ("{recipe}: trainer.gradient_clip_val: expected a finite number, got nan",)),
+        "no training time": Case(
+            with_values(base, trainer__max_time="00:00:00:00"), TRAIN,
+            ("{recipe}: trainer.max_time: expected a positive duration, got '00:00:00:00'",)),
+        "negative duration mapping": Case(
+            with_values(base, trainer__max_time={"days": -1}), TRAIN,
+            ("{recipe}: trainer.max_time: expected a positive duration, got {'days': -1}",)),
+        "duration mapping with another key": Case(
+            with_values(base, trainer__max_time={"foo": 1}), TRAIN,
+            ("{recipe}: trainer.max_time: expected a duration: DD:HH:MM:SS or a mapping of days, hours, minutes, "
+             "seconds",)),
+        "duration too long": Case(
+            with_values(base, trainer__max_time={"days": 99999999999}), TRAIN,
+            ("{recipe}: trainer.max_time: expected a duration of at most",)),
+        "gradients accumulated for ever": Case(
+            with_values(base, trainer__accumulate_grad_batches=2**63), TRAIN,
+            ("{recipe}: trainer.accumulate_grad_batches: expected at most 1000000, got 9223372036854775808",)),
+        "negative minimum of steps": Case(
+            with_values(base, trainer__min_steps=-3), TRAIN,
+            ("{recipe}: trainer.min_steps: expected a number >= 0, got -3",)),
+        "Trainer setting whose package is not installed": Case(
+            with_values(base, trainer__precision="transformer-engine"), TRAIN,
+            ("{recipe}: trainer: needs a package that is not installed",)),
         "Trainer argument of the wrong type": Case(
             with_values(base, trainer__max_epochs="three"), TRAIN,
             ("{recipe}: trainer.max_epochs: expected an integer or null, got 'three'",)),
