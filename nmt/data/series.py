@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Sequence
 
 import numpy as np
@@ -56,8 +58,9 @@ def read_series(path, columns: Sequence[str], time_column: str | None = None,
                 encoding_errors: str = "strict", stream=None, max_line_bytes: int = MAX_LINE_BYTES) -> Series:
     """Read ``columns`` (plus derived ``means``: name -> columns averaged per row) from a CSV with a header.
 
-    With ``time_column``, rows outside ``start <= time < end`` are dropped (ISO dates compare as
-    text, numbers as numbers) and the rows must be in increasing time order. ``stream`` (an open binary stream,
+    With ``time_column``, rows outside ``start <= time < end`` are dropped and the rows must be in increasing
+    time order; times compare as numbers or as dates and times (:func:`time_key`), and a bound that is neither
+    is a :class:`ValueError` (:func:`parse_time_bound`). ``stream`` (an open binary stream,
     e.g. stdin's buffer) is read instead of opening ``path``, which then only names it in errors. Lines are decoded
     one by one (an invalid byte names its line) and a line over ``max_line_bytes`` is a :class:`DataError`.
     Every kept value must be a finite number: a missing column, an empty cell, NaN or Inf is a
@@ -65,25 +68,15 @@ def read_series(path, columns: Sequence[str], time_column: str | None = None,
     """
     means = dict(means or {})
     needed = [c for c in columns if c not in means] + [c for cols in means.values() for c in cols]
+    start_bound, end_bound = (parse_time_bound(b) if b is not None else None for b in (start, end))
     with (open_binary(path) if stream is None else _borrowed(stream)) as binary:
         reader = csv.reader(_csv_lines(binary, str(path), encoding_errors, max_line_bytes))
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise DataError(f"{path}:1", "file is empty; expected a header row of column names") from None
-        for name in needed + ([time_column] if time_column else []):
-            if name not in header:
-                raise DataError(f"{path}:1", f"missing column '{name}'; the header has: "
-                                             f"{shorten(', '.join(header), 200)}")
-        for name in dict.fromkeys(needed + ([time_column] if time_column else [])):
-            if header.count(name) > 1:  # header.index would silently take the first
-                where = ", ".join(str(i + 1) for i, h in enumerate(header) if h == name)
-                raise DataError(f"{path}:1", f"column '{name}' appears {header.count(name)} times in the header "
-                                             f"(columns {where}); rename them apart")
+        header = _checked_header(reader, path, needed, means, time_column)
         index = {name: header.index(name) for name in dict.fromkeys(needed)}
         time_index = header.index(time_column) if time_column else None
         try:
-            values, times, rows = _read_rows(reader, path, header, columns, means, index, time_index, start, end)
+            values, times, rows = _read_rows(reader, path, header, columns, means, index, time_index,
+                                             (start, start_bound), (end, end_bound))
         except csv.Error as exc:
             raise DataError(f"{path}:{reader.line_num}", f"malformed CSV ({exc})") from None
     if not values:
@@ -92,9 +85,45 @@ def read_series(path, columns: Sequence[str], time_column: str | None = None,
     return Series(str(path), list(columns), np.asarray(values, dtype=np.float64), times, rows)
 
 
+def read_header(path, means: dict[str, Sequence[str]], needed: Sequence[str], time_column: str | None,
+                encoding_errors: str = "strict", max_line_bytes: int = MAX_LINE_BYTES) -> list[str]:
+    """The header row of a series CSV, checked as :func:`read_series` checks it (a recipe's check reads no more)."""
+    with open_binary(path) as binary:
+        reader = csv.reader(_csv_lines(binary, str(path), encoding_errors, max_line_bytes))
+        try:
+            return _checked_header(reader, path, needed, means, time_column)
+        except csv.Error as exc:
+            raise DataError(f"{path}:1", f"malformed CSV ({exc})") from None
+
+
+def _checked_header(reader, path, needed: Sequence[str], means: dict[str, Sequence[str]],
+                    time_column: str | None) -> list[str]:
+    """The header row: every needed column once, and no derived (``means``) column that is also a real one."""
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DataError(f"{path}:1", "file is empty; expected a header row of column names") from None
+    for name in needed + ([time_column] if time_column else []):
+        if name not in header:
+            raise DataError(f"{path}:1", f"missing column '{name}'; the header has: "
+                                         f"{shorten(', '.join(header), 200)}")
+    for name in dict.fromkeys(needed + ([time_column] if time_column else [])):
+        if header.count(name) > 1:  # header.index would silently take the first
+            where = ", ".join(str(i + 1) for i, h in enumerate(header) if h == name)
+            raise DataError(f"{path}:1", f"column '{name}' appears {header.count(name)} times in the header "
+                                         f"(columns {where}); rename them apart")
+    for name in means:
+        if name in header:  # the mean would silently stand in for the file's own column of that name
+            raise DataError(f"{path}:1", f"data.means.{name}: '{name}' is a column of the file already; "
+                                         "give the derived column another name")
+    return header
+
+
 def _read_rows(reader, path, header, columns, means, index, time_index, start, end):
-    """The kept rows after the header: (values, times, line numbers)."""
+    """The kept rows after the header: (values, times, line numbers). ``start`` and ``end`` are each a pair
+    (the bound as written, its :class:`TimeBound` or None)."""
     values, times, rows = [], [], []
+    last_key = None
     for record in reader:
         line = reader.line_num
         if not record or all(not f.strip() for f in record):
@@ -102,11 +131,18 @@ def _read_rows(reader, path, header, columns, means, index, time_index, start, e
         if len(record) != len(header):
             raise DataError(f"{path}:{line}", f"{len(record)} fields, expected {len(header)} as in the header")
         time = record[time_index].strip() if time_index is not None else ""
-        if (start is not None and _key(time) < _key(start)) or (end is not None and _key(time) >= _key(end)):
-            continue
-        if times and time_index is not None and _key(time) <= _key(times[-1]):
-            raise DataError(f"{path}:{line}", f"time '{time}' does not follow '{times[-1]}'; "
-                                              "rows must be in increasing time order")
+        if time_index is not None:
+            key = time_key(time)
+            if last_key is not None and key[0] != last_key[0]:
+                raise DataError(f"{path}:{line}", f"time '{time}' is {TIME_KINDS[key[0]]}, the rows before it "
+                                                  f"{TIME_KINDS[last_key[0]]}; a time column holds one kind")
+            if ((start[1] is not None and key < start[1].key(key, f"{path}:{line}", "data.start"))
+                    or (end[1] is not None and key >= end[1].key(key, f"{path}:{line}", "data.end"))):
+                continue
+            if times and key <= last_key:
+                raise DataError(f"{path}:{line}", f"time '{time}' does not follow '{times[-1]}'; "
+                                                  "rows must be in increasing time order")
+            last_key = key
         parsed = {name: _number(record[i], f"{path}:{line}", name) for name, i in index.items()}
         for name, cols in means.items():
             parsed[name] = sum(parsed[c] for c in cols) / len(cols)
@@ -130,12 +166,70 @@ def _csv_lines(binary, name: str, encoding_errors: str, max_bytes: int) -> Itera
         yield from line.split("\r") if "\r" in line else (line,)
 
 
-def _key(time: str) -> tuple:
-    """Times compare as numbers when they are numbers (9 < 10), else as text (ISO dates sort as text)."""
+#: A date, optionally with a time: ``2020-01-03``, ``2020-1-3``, ``2020/01/03 12:00``, ``2020-01-03T12:00:05.5``,
+#: ``2020-01`` (the first of the month). Anything else ISO 8601 (a time zone, a week date) goes to fromisoformat.
+_DATE = re.compile(r"(\d{4})[-/](\d{1,2})(?:[-/](\d{1,2}))?"
+                   r"(?:[ T](\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d{1,6}))?)?)?")
+TIME_KINDS = ("a number", "a date", "text")  # by the first element of a time_key
+
+
+def parse_date(text: str) -> datetime | None:
+    """``text`` as a date and time (naive; one with a time zone in UTC), or None when it is not one."""
+    match = _DATE.fullmatch(text)
     try:
-        return (0, float(time), "")
+        if match:
+            year, month, day, hour, minute, second, fraction = match.groups()
+            return datetime(int(year), int(month), int(day or 1), int(hour or 0), int(minute or 0),
+                            int(second or 0), int((fraction or "0").ljust(6, "0")))
+        value = datetime.fromisoformat(text)
+    except ValueError:  # no such date (2020-02-30), or no ISO form at all
+        return None
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def time_key(time: str) -> tuple:
+    """A time as it compares: ``(0, number)`` for numbers (9 < 10), ``(1, datetime)`` for dates and times (so
+    2020-1-9 < 2020-1-10, and 2020/01/03 is 2020-01-03), else ``(2, text)``."""
+    try:
+        return (0, float(time))
     except ValueError:
-        return (1, 0.0, time)
+        pass
+    date = parse_date(time)
+    return (1, date) if date is not None else (2, time)
+
+
+@dataclass(frozen=True)
+class TimeBound:
+    """``data.start`` or ``data.end``: a number, a date, or both (2020 is the number and the year's first day)."""
+
+    text: str
+    number: float | None
+    date: datetime | None
+
+    def key(self, time: tuple, where: str, name: str) -> tuple:
+        """This bound as a :func:`time_key` of the kind of ``time`` (a row's time key), to compare with it."""
+        if time[0] == 0 and self.number is not None:
+            return (0, self.number)
+        if time[0] == 1 and self.date is not None:
+            return (1, self.date)
+        raise DataError(where, f"the time is {TIME_KINDS[time[0]]}; {name} '{self.text}' is "
+                               f"{TIME_KINDS[0 if self.number is not None else 1]} and cannot bound it")
+
+
+def parse_time_bound(text: str) -> TimeBound:
+    """A time bound from a recipe; a :class:`ValueError` when it is neither a number nor a date."""
+    text = str(text).strip()
+    try:
+        number = float(text)
+        number = number if math.isfinite(number) else None
+    except ValueError:
+        number = None
+    date = parse_date(text)
+    if date is None and re.fullmatch(r"\d{4}", text):
+        date = datetime(int(text), 1, 1)
+    if number is None and date is None:
+        raise ValueError(f"expected a date (2020-01-03, 2020-01-03 12:00) or a number, got {text[:60]!r}")
+    return TimeBound(text, number, date)
 
 
 class _borrowed:

@@ -15,7 +15,7 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import nn
 
 from nmt.contracts import EncoderOutput
@@ -27,6 +27,7 @@ from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolv
 from nmt.registry import register
 from nmt.runs import fitted_dir
 from nmt.tasks.labels import FEATURES_FILE, InputEmbedding, LabelTask
+from nmt.tasks.limits import MAX_BATCH_SENTENCES, MAX_BATCH_TOKENS, MAX_WORKERS, check_encoder_length
 from nmt.tasks.tokenizers import load_tokenizers, refuse_sampling, train_tokenizers
 
 
@@ -51,11 +52,11 @@ class ClassifyData(Section):
     tokenizer: TokenizerSection = {"name": "whitespace"}  # only for tokens
     # training examples longer than this (tokens or steps) are skipped; bounded as in translation, since
     # nmt predict reads lines of up to 4 x this many tokens by default
-    max_length: int = Field(200, gt=0, le=MAX_LENGTH)
-    batch_tokens: PositiveInt = 4000  # padded tokens per training batch
-    max_sentences: Optional[PositiveInt] = None
-    valid_batch_tokens: PositiveInt = 8000
-    num_workers: int = Field(0, ge=0)
+    max_length: int = Field(200, gt=0, le=MAX_LENGTH, strict=True)
+    batch_tokens: int = Field(4000, gt=0, le=MAX_BATCH_TOKENS, strict=True)  # padded tokens per training batch
+    max_sentences: Optional[int] = Field(None, gt=0, le=MAX_BATCH_SENTENCES, strict=True)
+    valid_batch_tokens: int = Field(8000, gt=0, le=MAX_BATCH_TOKENS, strict=True)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS, strict=True)  # DataLoader processes, each a copy of the data
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
 
 
@@ -113,6 +114,7 @@ class ClassifyTask(LabelTask):
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         refuse_sampling(recipe)
         data = recipe.data
+        check_encoder_length(recipe, "model.encoder", data.max_length, "data.max_length, the longest training input")
         if check_data:
             for split in (data.train, data.valid):
                 resolve_data_path(split if isinstance(split, str) else split.path, data.root)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import nn
 
 from nmt.contracts import EncoderDecoderBuilder
@@ -25,11 +25,12 @@ from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
 from nmt.recipe import AttentionSection, DecoderSection, EncoderSection, Recipe, Section
 from nmt.registry import register
+from nmt.tasks.limits import check_encoder_length
 from nmt.tasks.series import MAX_WINDOW_ROWS, Loss, SeriesData, SeriesTask
 
 
 class ForecastData(SeriesData):
-    horizon: int = Field(24, gt=0, le=MAX_WINDOW_ROWS)  # rows forecast after the lookback window
+    horizon: int = Field(24, gt=0, le=MAX_WINDOW_ROWS, strict=True)  # rows forecast after the lookback window
 
 
 class ForecastModel(Section):
@@ -37,7 +38,7 @@ class ForecastModel(Section):
     attention: AttentionSection = {"name": "bahdanau"}
     decoder: DecoderSection = {"name": "rnn"}
     embedding_size: int = Field(64, gt=0, le=65536)  # the Linear embedding of input segments and of fed-back predictions
-    segment: PositiveInt = 1  # rows per encoder and decoder step; divides lookback and horizon
+    segment: int = Field(1, gt=0, le=MAX_WINDOW_ROWS, strict=True)  # rows per encoder, decoder step; divides lookback, horizon
     channel_independent: bool = False  # one shared univariate model per column (needs targets == columns)
     relative: bool = True  # work relative to each channel's last observed value
     teacher_forcing: float = Field(0.0, ge=0.0, le=1.0)  # chance of feeding the true previous segment in training
@@ -70,6 +71,8 @@ class ForecastTask(SeriesTask):
             if getattr(data, key) % model.segment:
                 raise RecipeError(f"{path}: model.segment",
                                   f"must divide data.{key} ({getattr(data, key)} % {model.segment} != 0)")
+        check_encoder_length(recipe, "model.encoder", data.lookback // model.segment,
+                             "data.lookback / model.segment, the encoder's steps")
 
     def __init__(self, recipe: Recipe, run_dir: Path, scaler):
         super().__init__(recipe, run_dir, scaler)

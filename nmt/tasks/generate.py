@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import torch
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import nn
 
 from nmt.contracts import build_encoder
@@ -17,12 +17,13 @@ from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
 from nmt.recipe import EncoderSection, Recipe, Section
 from nmt.registry import register
+from nmt.tasks.limits import check_encoder_length
 from nmt.tasks.series import MAX_WINDOW_ROWS, Loss, SeriesData, SeriesTask, format_value
 
 
 class GenerateData(SeriesData):
-    lookback: PositiveInt = 1  # one row in: must be 1
-    horizon: int = Field(24, gt=0, le=MAX_WINDOW_ROWS)  # rows generated after it
+    lookback: int = Field(1, gt=0, strict=True)  # one row in: must be 1
+    horizon: int = Field(24, gt=0, le=MAX_WINDOW_ROWS, strict=True)  # rows generated after it
 
 
 class GenerateModel(Section):
@@ -51,6 +52,7 @@ class GenerateTask(SeriesTask):
             raise RecipeError(f"{path}: data.lookback", f"generate reads one row; expected 1, got {data.lookback}")
         if recipe.model.relative and any(t not in data.columns for t in (data.targets or data.columns)):
             raise RecipeError(f"{path}: model.relative", "needs every target among data.columns")
+        check_encoder_length(recipe, "model.encoder", data.horizon, "data.horizon, the encoder's steps")
 
     def __init__(self, recipe: Recipe, run_dir: Path, scaler):
         super().__init__(recipe, run_dir, scaler)

@@ -27,7 +27,8 @@ from nmt.data.series import WindowShape
 from nmt.errors import RecipeError
 from nmt.recipe import EncoderSection, Recipe, Section
 from nmt.registry import register
-from nmt.tasks.series import Loss, SeriesData, SeriesTask, format_value, last_state_detached
+from nmt.tasks.limits import check_encoder_length
+from nmt.tasks.series import MAX_WINDOW_ROWS, Loss, SeriesData, SeriesTask, format_value, last_state_detached
 
 #: Rows per forward pass when ``nmt predict`` runs a recurrent encoder over a whole series (see
 #: :meth:`RegressTask.every_step_predictions`): memory for one piece, whatever the length of the series.
@@ -35,7 +36,7 @@ PREDICT_PIECE_ROWS = 4096
 
 
 class RegressData(SeriesData):
-    offset: int = Field(1, ge=0)  # target row = last input row + offset (0: the same row)
+    offset: int = Field(1, ge=0, le=MAX_WINDOW_ROWS, strict=True)  # target row = last input row + offset (0: same row)
     output: Literal["last", "every_step"] = "last"
 
 
@@ -68,6 +69,7 @@ class RegressTask(SeriesTask):
         targets = recipe.data.targets or recipe.data.columns
         if model.relative and any(t not in recipe.data.columns for t in targets):
             raise RecipeError(f"{path}: model.relative", "needs every target among data.columns")
+        check_encoder_length(recipe, "model.encoder", recipe.data.lookback, "data.lookback, the encoder's steps")
         if model.tbptt_steps:
             if "initial_state" not in inspect.signature(encoder_cls.forward).parameters:
                 raise RecipeError(f"{path}: model.encoder.name", "model.tbptt_steps needs an encoder that continues "

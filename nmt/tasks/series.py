@@ -10,23 +10,26 @@ user sees original units. Subclasses declare ``window_shape`` and ``forward``.
 from __future__ import annotations
 
 import csv
+import datetime
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, FiniteFloat, PositiveInt, field_validator
+from pydantic import Field, FiniteFloat, StrictInt, field_validator
+from pydantic_core import PydanticCustomError
 
 from nmt.data.scaling import Scaler
-from nmt.data.series import SPLITS, Series, WindowDataModule, WindowDataset, WindowShape, read_series, split_rows, \
-    window_origins
+from nmt.data.series import SPLITS, Series, WindowDataModule, WindowDataset, WindowShape, parse_time_bound, \
+    read_header, read_series, split_rows, window_origins
 from nmt.errors import DataError, RecipeError
 from nmt.recipe import Recipe, Section, resolve_data_path
 from nmt.runs import fitted_dir
 from nmt.tasks.base import Task
+from nmt.tasks.limits import MAX_BATCH_SENTENCES, MAX_WORKERS
 
-Size = Union[int, FiniteFloat]  # NaN would pass the range check below
+Size = Union[StrictInt, FiniteFloat]  # NaN would pass the range check below; true is no row count
 SCALER_FILE = "scaler.json"  # in the run's fitted folder
 #: The most rows of a lookback window or a horizon. A year of hourly rows (8760) fits, and the long-horizon
 #: benchmarks stop at 720; every batch holds batch_size windows of this many rows, generate embeds each of its
@@ -42,6 +45,13 @@ class SplitSizes(Section):
     valid: Size = 0
     test: Size = 0
 
+    @field_validator("train", "valid", "test", mode="before")
+    @classmethod
+    def _not_boolean(cls, value):
+        if isinstance(value, bool):  # YAML's true would count as 1 row
+            raise PydanticCustomError("split_size", "expected a row count or a fraction between 0 and 1")
+        return value
+
     @field_validator("train", "valid", "test")
     @classmethod
     def _non_negative(cls, value):
@@ -55,18 +65,49 @@ class SeriesData(Section):
     path: str  # a CSV with a header row
     time_column: Optional[str] = None
     columns: list[str] = Field(min_length=1)  # model inputs
-    targets: Optional[list[str]] = None  # predicted columns; default: the inputs
+    targets: Optional[list[str]] = None  # predicted columns; default (null): the inputs
     means: dict[str, list[str]] = {}  # derived columns: name -> columns averaged per row
-    start: Optional[str] = None  # keep rows with start <= time < end (needs time_column)
+    # keep rows with start <= time < end (needs time_column): numbers, or dates such as 2020-01-03 or 2020-01-03 12:00
+    start: Optional[str] = None
     end: Optional[str] = None
     split: SplitSizes = SplitSizes(train=0.7, valid=0.1, test=0.2)
-    lookback: int = Field(24, gt=0, le=MAX_WINDOW_ROWS)  # input rows per window
-    stride: PositiveInt = 1  # between training windows
+    lookback: int = Field(24, gt=0, le=MAX_WINDOW_ROWS, strict=True)  # input rows per window
+    stride: int = Field(1, gt=0, le=MAX_WINDOW_ROWS, strict=True)  # between training windows
     scale: bool = True  # z-scores fitted on the training rows
-    batch_size: PositiveInt = 64
-    valid_batch_size: PositiveInt = 256
-    num_workers: int = Field(0, ge=0)
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH_SENTENCES, strict=True)  # windows per training batch
+    valid_batch_size: int = Field(256, gt=0, le=MAX_BATCH_SENTENCES, strict=True)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS, strict=True)  # DataLoader processes, each a copy of the data
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
+
+    @field_validator("columns", "targets")
+    @classmethod
+    def _distinct(cls, names: Optional[list[str]]) -> Optional[list[str]]:
+        if names == []:  # was taken for "every input column", which leaving the key out says
+            raise PydanticCustomError("no_columns", "expected at least one column (leave the key out for the default)")
+        twice = sorted({name for name in names or () if names.count(name) > 1})
+        if twice:  # the model would read (or predict) the same column twice, under two input positions
+            raise PydanticCustomError("duplicate_column", f"expected distinct column names; "
+                                                          f"{', '.join(map(repr, twice))} appears more than once")
+        return names
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time_as_text(cls, value):
+        """YAML reads an unquoted 2020-01-03 as a date and 2020 as a number: both are times as written."""
+        if isinstance(value, (datetime.date, int, float)) and not isinstance(value, bool):
+            return value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else \
+                value.isoformat() if isinstance(value, datetime.date) else str(value)
+        return value
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                parse_time_bound(value)
+            except ValueError as exc:  # compared as text, 2020-1-3 kept every row and notadate none
+                raise PydanticCustomError("time_bound", str(exc).partition(", got")[0]) from None
+        return value
 
 
 Loss = Literal["mse", "mae", "huber"]
@@ -116,9 +157,20 @@ class SeriesTask(Task):
             if not cols:
                 raise RecipeError(f"{path}: data.means.{name}", "expected a list of columns to average")
         if (data.start or data.end) and not data.time_column:
-            raise RecipeError(f"{path}: data.start", "needs data.time_column")
+            raise RecipeError(f"{path}: data.start" if data.start else f"{path}: data.end", "needs data.time_column")
+        if data.start and data.end:
+            start, end = parse_time_bound(data.start), parse_time_bound(data.end)
+            for a, b in ((start.number, end.number), (start.date, end.date)):
+                if a is not None and b is not None and a >= b:
+                    raise RecipeError(f"{path}: data.end", f"expected a time after data.start ({data.start}), "
+                                                           f"got {data.end}: no row would be kept")
         if check_data:
-            resolve_data_path(data.path, data.root)
+            source = resolve_data_path(data.path, data.root)
+            header = read_header(source, {}, [], None, data.encoding_errors) if data.means else []
+            for name in data.means:
+                if name in header:  # the mean would silently stand in for the file's own column of that name
+                    raise RecipeError(f"{path}: data.means.{name}", f"'{name}' is a column of {data.path} already; "
+                                                                    "give the derived column another name")
 
     @classmethod
     def read(cls, recipe: Recipe, path=None, stream=None, filter_time: bool = True) -> Series:

@@ -26,6 +26,7 @@ from nmt.recipe import EncoderSection, Recipe, Section, TokenizerSection, resolv
 from nmt.registry import register
 from nmt.runs import fitted_dir
 from nmt.tasks.labels import InputEmbedding, LabelTask, drop_to_unk
+from nmt.tasks.limits import MAX_BATCH_SENTENCES, MAX_BATCH_TOKENS, MAX_WORKERS, check_encoder_length
 from nmt.tasks.tokenizers import load_tokenizers, refuse_sampling, train_tokenizers
 
 
@@ -38,11 +39,11 @@ class TagData(Section):
     tokenizer: TokenizerSection = {"name": "whitespace"}
     # training sentences longer than this (in pieces) are skipped; bounded as in translation, since
     # nmt predict reads lines of up to 4 x this many pieces by default
-    max_length: int = Field(250, gt=0, le=MAX_LENGTH)
-    batch_tokens: PositiveInt = 4000  # padded pieces per training batch
-    max_sentences: Optional[PositiveInt] = None
-    valid_batch_tokens: PositiveInt = 8000
-    num_workers: int = Field(0, ge=0)
+    max_length: int = Field(250, gt=0, le=MAX_LENGTH, strict=True)
+    batch_tokens: int = Field(4000, gt=0, le=MAX_BATCH_TOKENS, strict=True)  # padded pieces per training batch
+    max_sentences: Optional[int] = Field(None, gt=0, le=MAX_BATCH_SENTENCES, strict=True)
+    valid_batch_tokens: int = Field(8000, gt=0, le=MAX_BATCH_TOKENS, strict=True)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS, strict=True)  # DataLoader processes, each a copy of the data
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
 
 
@@ -91,6 +92,8 @@ class TagTask(LabelTask):
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
         refuse_sampling(recipe)
+        for key in ("model.encoder", "model.word_encoder"):  # pieces, and the words they spell (no more of those)
+            check_encoder_length(recipe, key, recipe.data.max_length, "data.max_length, the longest training input")
         if check_data:
             for split in (recipe.data.train, recipe.data.valid):
                 resolve_data_path(split, recipe.data.root)

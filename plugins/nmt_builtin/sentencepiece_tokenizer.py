@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, Optional
@@ -23,6 +24,15 @@ from nmt.errors import DataError, RecipeError
 from nmt.registry import register
 
 
+#: sentencepiece's own limits (0.2.x), checked here so that a recipe error names the key before anything is trained:
+MAX_NBEST = 512  # kMaxNBestSize: a larger nbest_size fails at the first sampled training example
+MIN_CHARACTER_COVERAGE = 0.98  # its trainer refuses less, for every model type
+MIN_INPUT_SENTENCES = 101  # its trainer samples no fewer lines
+# pad, unk, bos and eos, then (bpe, unigram) the word boundary piece and one character at least
+MIN_VOCAB_SIZE = 6
+_TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
 class Sampling(BaseModel):
     """``data.tokenizer.sampling``: each training example is segmented afresh every time it is drawn.
 
@@ -32,7 +42,8 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     alpha: float = Field(gt=0.0, le=1.0, allow_inf_nan=False)
-    nbest: Optional[int] = None  # unigram: -1 (the default) samples from every segmentation, N > 1 from the N best
+    # unigram: -1 (the default) samples from every segmentation, N > 1 from the N best
+    nbest: Optional[int] = Field(None, ge=-1, le=MAX_NBEST, strict=True)  # sentencepiece takes at most 512
 
     @field_validator("nbest")
     @classmethod
@@ -52,10 +63,11 @@ class SentencePieceTokenizer(Tokenizer):
     class Config(Tokenizer.Config):
         """Options passed to sentencepiece's trainer."""
 
-        vocab_size: int = Field(8000, gt=0, le=1 << 20)  # sentencepiece's ids and our embeddings stay sane
+        # at most what sentencepiece's ids and our embeddings stay sane at
+        vocab_size: int = Field(8000, ge=MIN_VOCAB_SIZE, le=1 << 20)  # 4 special pieces, the word boundary, a character
         model_type: Literal["bpe", "unigram", "char", "word"] = "bpe"
-        character_coverage: float = Field(1.0, gt=0.0, le=1.0)  # a fraction of the characters
-        input_sentence_size: int = Field(1_000_000, gt=0, le=2**31 - 1)  # sampled lines; bounds memory on huge corpora
+        character_coverage: float = Field(1.0, ge=MIN_CHARACTER_COVERAGE, le=1.0)  # characters covered (sentencepiece: 0.98 to 1)
+        input_sentence_size: int = Field(1_000_000, ge=MIN_INPUT_SENTENCES, le=2**31 - 1)  # sampled lines (> 100); bounds memory
         # False lets a small corpus train with fewer pieces than asked instead of failing.
         hard_vocab_limit: bool = False
         # Subword regularisation of the training examples: None encodes them one way, like everything else.
@@ -104,6 +116,12 @@ class SentencePieceTokenizer(Tokenizer):
                 raise counted.error from None
             if counted.non_empty == 0:
                 raise DataError(None, f"no training text for tokenizer '{prefix}'") from exc
+            too_small = _TOO_SMALL.search(str(exc))
+            if too_small:  # the training text has more distinct characters than the pieces asked for
+                asked, needed = too_small.groups()
+                raise RecipeError("data.tokenizer.vocab_size", f"expected at least {needed} for tokenizer '{prefix}' "
+                                  f"(4 special pieces and {int(needed) - 4} characters of the training text), "
+                                  f"got {asked}; or lower character_coverage") from None
             raise RecipeError("data.tokenizer", f"sentencepiece cannot train '{prefix}': {exc}") from exc
         return cls.load(directory, prefix)
 

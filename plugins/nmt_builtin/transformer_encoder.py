@@ -59,6 +59,12 @@ class TransformerEncoder(nn.Module):
                 raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of heads ({self.heads})")
             return self
 
+    @staticmethod
+    def max_input_length(config: Config) -> tuple[str, int] | None:
+        """The option that bounds the positions this encoder reads and its value (see
+        :mod:`nmt.tasks.limits`): learned positions stop at ``max_positions``, sinusoidal ones never."""
+        return ("max_positions", config.max_positions) if config.positions == "learned" else None
+
     def __init__(self, config: Config, input_size: int) -> None:
         super().__init__()
         self.config = config
