@@ -361,6 +361,8 @@ def plugins(names: tuple[str, ...]) -> None:
         _plugin_keys(registry, names)
         return
     rows = [(e.kind, e.name, e.origin, e.description) for e in registry.entries()]
+    rows += [("broken", b.name, b.origin, f"entry point failed to load: {b.problem}")
+             for b in registry.broken_entry_points()]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(("KIND", "NAME", "ORIGIN"))]
     click.echo(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'ORIGIN':<{widths[2]}}  DESCRIPTION")
     for kind, name, origin, description in rows:
@@ -474,11 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated as exc:  # SIGTERM while an output was written: its temporary file is gone
         _say("nmt: terminated (SIGTERM); the output was not written, an older one is unchanged")
         return exc.code
-    except SystemExit as exc:  # nmt never calls sys.exit inside a command: plugin (or library) code did
-        if debug:
+    except SystemExit as exc:  # nmt never calls sys.exit inside a command: plugin code, or a library, did
+        caller = _caller_outside_nmt(exc)
+        if debug or caller is None:  # a library's own exit (Click's on a closed pipe: nmt plugins | head)
             raise
-        _say(f"nmt: error: sys.exit({exc.code!r}) at {_caller_outside_nmt(exc)} ended the command before it "
-             "finished (run with --debug for the traceback)")
+        _say(f"nmt: error: sys.exit({exc.code!r}) at {caller} ended the command before it finished (run with "
+             "--debug for the traceback)")
         return 1
     except BrokenPipeError:
         return 0
@@ -503,9 +506,9 @@ def _thread_failure(args) -> None:
         threading.__excepthook__(args)
 
 
-def _caller_outside_nmt(exc: BaseException) -> str:
+def _caller_outside_nmt(exc: BaseException) -> str | None:
     """``file:line`` of the innermost frame of ``exc``'s traceback outside nmt, the standard library and the
-    installed packages: the plugin that raised it, where there is one."""
+    installed packages: the plugin that raised it; None where there is none."""
     import sysconfig
     import traceback
 
@@ -513,8 +516,7 @@ def _caller_outside_nmt(exc: BaseException) -> str:
             sysconfig.get_paths()["platlib"])
     frames = traceback.extract_tb(exc.__traceback__)
     outside = [f for f in frames if not f.filename.startswith(ours) and not f.filename.startswith("<")]
-    frame = (outside or frames or [None])[-1]
-    return f"{frame.filename}:{frame.lineno}" if frame is not None else "an unknown place"
+    return f"{outside[-1].filename}:{outside[-1].lineno}" if outside else None
 
 
 def _failure(exc: Exception, debug: bool) -> int:

@@ -162,14 +162,38 @@ class EncoderDecoderBuilder:
     def build_decoder(self, input_size: int, encoder: Encoder) -> Decoder:
         attention_cls, attention_config = self.attention.cls, self.attention.config
         decoder_cls, decoder_config = self.decoder.cls, self.decoder.config
-        return decoder_cls(decoder_config, input_size=input_size, encoder_output_size=encoder.output_size,
-                           attention_factory=lambda query_size, key_size: attention_cls(attention_config,
-                                                                                        query_size, key_size))
+        decoder = decoder_cls(decoder_config, input_size=input_size, encoder_output_size=encoder.output_size,
+                              attention_factory=lambda query_size, key_size: attention_cls(attention_config,
+                                                                                           query_size, key_size))
+        return check_output_size(decoder, "decoder", "the size H of each step's output")
 
 
 def build_encoder(component: Component, input_size: int) -> Encoder:
     """An encoder from its resolved section, reading inputs of ``input_size`` features."""
-    return component.cls(component.config, input_size=input_size)
+    encoder = component.cls(component.config, input_size=input_size)
+    return check_output_size(encoder, "encoder", "the size D of its states")
+
+
+# The largest output_size a plugin may report: twice the largest hidden_size a built-in allows (a
+# bidirectional RNN's). Past it the size is a bug in the plugin, not a model, and the parameter count
+# would blame the recipe's sizes for it.
+MAX_OUTPUT_SIZE = 2**20
+
+
+def check_output_size(module: Any, kind: str, meaning: str) -> Any:
+    """``module``, once its ``output_size`` is known to be a positive int: the builders size the next
+    layers from it, and a wrong one would fail there with a torch error that names no plugin."""
+    from nmt.errors import PluginError, quote
+    from nmt.registry import describe
+
+    size = getattr(module, "output_size", None)
+    if not hasattr(module, "output_size"):
+        problem = f"output_size was not set in __init__ ({meaning})"
+    elif isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_OUTPUT_SIZE:
+        problem = f"output_size ({meaning}) must be a positive integer up to {MAX_OUTPUT_SIZE:,}, got {quote(size)}"
+    else:
+        return module
+    raise PluginError(describe(kind, type(module)), problem)
 
 
 # --- registration checks --------------------------------------------------------------------
@@ -203,21 +227,26 @@ def _declares(cls: type, attribute: str) -> bool:
                for base in cls.__mro__ if base is not object)
 
 
-def _takes(function: Any, *names: str) -> bool:
-    """Whether ``function`` (unbound, ``self`` first) can be called with these positional arguments only."""
+def _takes(function: Any, names: tuple[str, ...], keywords: tuple[str, ...] = ()) -> bool:
+    """Whether ``function`` (unbound, ``self`` first) can be called with ``names`` positionally and
+    ``keywords`` by keyword, as the builders call it."""
     try:
-        inspect.signature(function).bind(None, *names)
+        inspect.signature(function).bind(None, *names, **{k: k for k in keywords})
     except (TypeError, ValueError):
         return False
     return True
 
 
-def _signature_problem(cls: type, method: str, *names: str) -> str | None:
+def _signature_problem(cls: type, method: str, *names: str, keywords: tuple[str, ...] = ()) -> str | None:
+    """What keeps ``cls.method`` from taking ``names`` positionally then ``keywords`` by name."""
     function = getattr(cls, method, None)
+    shown = ", ".join(names + keywords)
     if function is None or (method == "forward" and function is nn.Module.forward):
-        return f"no {method}({', '.join(names)}) method"
-    if not _takes(function, *names):
-        return f"{method} must take ({', '.join(names)}), got {method}{inspect.signature(function)}"
+        return f"no {method}({shown}) method"
+    if not _takes(function, names, keywords):
+        call = ", ".join(list(names) + [f"{k}=..." for k in keywords])
+        how = f", called as {cls.__name__}({call});" if keywords else ","
+        return f"{method} must take ({shown}){how} got {method}{inspect.signature(function)}"
     return None
 
 
@@ -225,7 +254,7 @@ def _encoder_problem(cls: type) -> str | None:
     return (_module_problem(cls, "encoder")
             or (None if _declares(cls, "output_size") else
                 "no output_size (declare `output_size: int` and set it in __init__: the size D of its states)")
-            or _signature_problem(cls, "__init__", "config", "input_size")
+            or _signature_problem(cls, "__init__", "config", keywords=("input_size",))
             or _signature_problem(cls, "forward", "inputs", "lengths"))
 
 
@@ -234,7 +263,8 @@ def _decoder_problem(cls: type) -> str | None:
                if not callable(getattr(cls, m, None))]
     return (_module_problem(cls, "decoder")
             or (None if _declares(cls, "output_size") else "no output_size (the size H of each step's output)")
-            or _signature_problem(cls, "__init__", "config", "input_size", "encoder_output_size", "attention_factory")
+            or _signature_problem(cls, "__init__", "config",
+                                  keywords=("input_size", "encoder_output_size", "attention_factory"))
             or (f"missing methods: {', '.join(missing)}" if missing else None)
             or _signature_problem(cls, "init_state", "encoded")
             or _signature_problem(cls, "prepare_memory", "encoded")
@@ -259,6 +289,25 @@ def _tokenizer_problem(cls: type) -> str | None:
 
 
 def _task_problem(cls: type) -> str | None:
-    missing = [m for m in ("check_recipe", "from_run") if not callable(getattr(cls, m, None))]
+    """A task is a :class:`nmt.tasks.base.Task`: besides its configs, training reads what the base gives
+    (``monitor``, ``monitor_mode``, ``prepare_run``, ``from_run``, the optimiser) and what a task adds
+    (``make_datamodule``); a class that only looks like one fails at the first of them, naming nothing."""
+    from nmt.tasks.base import Task
+
+    if not issubclass(cls, Task):
+        return ("a task must subclass nmt.tasks.base.Task (a LightningModule; training reads its monitor, "
+                "monitor_mode, prepare_run, from_run and make_datamodule)")
+    missing = [m for m in ("check_recipe", "prepare_run", "from_run") if not callable(getattr(cls, m, None))]
     return (_config_problem(cls, "DataConfig") or _config_problem(cls, "ModelConfig")
-            or (f"missing methods: {', '.join(missing)}" if missing else None))
+            or (f"missing methods: {', '.join(missing)}" if missing else None)
+            or (None if cls.make_datamodule is not Task.make_datamodule else "no make_datamodule() method")
+            or _monitor_problem(cls))
+
+
+def _monitor_problem(cls: type) -> str | None:
+    """``monitor`` and ``monitor_mode`` pick the best checkpoint and stop early (Lightning's callbacks)."""
+    if not isinstance(cls.monitor, str) or not cls.monitor:
+        return f"monitor must be the name of a logged metric (e.g. 'val/loss'), got {cls.monitor!r:.60}"
+    if cls.monitor_mode not in ("min", "max"):
+        return f"monitor_mode must be 'min' or 'max', got {cls.monitor_mode!r:.60}"
+    return None

@@ -298,7 +298,38 @@ def component(kind: str, section: dict | None, key: str, path: Path, overrides=(
         raise RecipeError(_where(path, f"{key}.name", overrides), f"required: the name of a registered {kind}")
     options = {k: v for k, v in section.items() if k != "name"}
     cls = registry.get(kind, section["name"], where=_where(path, f"{key}.name", overrides))
+    undeclared = _undeclared_key(cls.Config, options)
+    if undeclared is not None:  # pydantic's default (extra="ignore") would train with the default instead
+        where = _where(path, shorten(".".join([key, *undeclared]), 200), overrides)
+        raise RecipeError(where, describe_error({"type": "extra_forbidden"}, cls.Config, undeclared))
     return Component(cls, validate_section(cls.Config, options, key, path, overrides))
+
+
+def _undeclared_key(model: type[BaseModel], data: Any) -> list[str] | None:
+    """The path of the first key in ``data`` that ``model`` (or a section nested in it) does not declare,
+    whatever its ``extra`` setting: a plugin's Config that leaves pydantic's default ignores a misspelt
+    key, and the recipe would silently train at the default. None when every key is declared."""
+    if not isinstance(data, dict):
+        return None
+    declared = {alias: info for name, info in model.model_fields.items()
+                for alias in (name, info.alias, info.validation_alias) if isinstance(alias, str)}
+    for key, value in data.items():
+        info = declared.get(key)
+        if info is None:
+            return [str(key)]
+        nested = _section_model(info.annotation)
+        inner = _undeclared_key(nested, value) if nested is not None else None
+        if inner is not None:
+            return [str(key), *inner]
+    return None
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds, also inside Optional[...]; None for anything else."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((arg for arg in typing.get_args(annotation) if isinstance(arg, type) and issubclass(arg, BaseModel)),
+                None)
 
 
 def resolve_components(sections: dict[str, BaseModel], path: Path, overrides=()) -> dict[str, Component]:

@@ -6,6 +6,7 @@ is imported only when the user names it (``--plugin`` or a recipe's ``plugins:``
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib
@@ -18,10 +19,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.errors import PluginError, quote
+from nmt.errors import PluginError, quote, shorten
 
 ENTRY_POINT_GROUP = "nmt.plugins"
 KINDS = ("encoder", "decoder", "attention", "task", "tokenizer")  # what the core knows how to build
+# A name is written in recipes and on command lines and listed by ``nmt plugins``, one row per plugin: no
+# spaces, newlines or quotes, and short enough for a table column.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,25 @@ class Entry:
         return re.sub(r"``([^`]*)``", r"\1", first)
 
 
+@dataclass(frozen=True)
+class BrokenEntryPoint:
+    """An installed ``nmt.plugins`` entry point that failed to load: its names are unknown, so every
+    unknown name looked up mentions it, and ``nmt plugins`` lists it."""
+
+    name: str
+    origin: str  # distribution name and version
+    problem: str  # one line
+
+    @property
+    def label(self) -> str:
+        return f"entry point '{self.name}' ({self.origin})"
+
+
 _entries: dict[tuple[str, str], Entry] = {}
 _loading_origin: list[str] = []  # origin of the module being imported, innermost last
 _discovered = False
+_broken: list[BrokenEntryPoint] = []
+_loaded: dict[str, None] = {}  # local plugins loaded in this process (absolute file path or module name), in order
 
 
 def register(kind: str, name: str):
@@ -59,10 +79,14 @@ def register(kind: str, name: str):
         close = difflib.get_close_matches(str(kind)[:100], KINDS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise PluginError(where, f"unknown plugin kind (known: {', '.join(KINDS)}){hint}")
-    if not isinstance(name, str) or not name.strip():
-        raise PluginError(where, "the name must be a non-empty string")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise PluginError(where, "the name must be 1 to 64 letters, digits or _ . + - (it is written in recipes "
+                                 "and listed by nmt plugins)")
 
     def decorate(cls: type) -> type:
+        if not isinstance(cls, type):  # register(...)(SomeModule(...)): its repr may span many lines
+            raise PluginError(where, f"expected a class to decorate, got a {type(cls).__name__} object: "
+                                     f"{one_line(quote(cls, 60))}")
         origin = _loading_origin[-1] if _loading_origin else _origin_of(cls)
         key = (kind, name)
         old = _entries.get(key)
@@ -78,13 +102,18 @@ def register(kind: str, name: str):
 
         problem = check_plugin(kind, cls)
         if problem:
-            what = getattr(cls, "__qualname__", repr(cls))
-            raise PluginError(where, f"{what} does not meet the {kind} contract (nmt.contracts): {problem}")
+            raise PluginError(where, f"{cls.__qualname__} does not meet the {kind} contract (nmt.contracts): {problem}")
         _entries[key] = Entry(kind, name, cls, origin)
         cls.registered_name = name
         return cls
 
     return decorate
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` with every run of whitespace (newlines included) as one space, at most ``limit`` characters:
+    a plugin's exception or repr may span many lines, an nmt message is one."""
+    return shorten(" ".join(str(text).split()), limit)
 
 
 def _same_definition(a: type, b: type) -> bool:
@@ -115,17 +144,84 @@ def discover() -> None:
         return
     _discovered = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = getattr(ep, "dist", None)
-        origin = f"{dist.name} {dist.version}" if dist is not None else ep.value
-        _loading_origin.append(origin)
-        try:
+        _load_entry_point(ep)
+
+
+def _load_entry_point(ep) -> None:
+    """Import one entry point's module. A broken third-party plugin must not take the whole CLI down: a
+    run of the built-ins never needs it. It is reported in one warning line, whatever it registered is
+    withdrawn, and an unknown name looked up later names it (it may be the plugin that name is from)."""
+    dist = getattr(ep, "dist", None)
+    origin = f"{dist.name} {dist.version}" if dist is not None else ep.value
+    try:
+        with _importing(origin):
             importlib.import_module(ep.value.split(":")[0])
-        except PluginError:
-            raise
-        except Exception as exc:  # a broken third-party plugin must not take the whole CLI down
-            raise PluginError(f"entry point '{ep.name}' ({origin})", f"cannot import {ep.value}: {exc}") from exc
-        finally:
-            _loading_origin.pop()
+    except PluginError as exc:  # a contract, a name, the dtype: said where, without the origin again
+        where = exc.where[len(origin):].lstrip(": ") if exc.where and exc.where.startswith(origin) else exc.where
+        _mark_broken(ep.name, origin, one_line(f"{where}: {exc.what}" if where else exc.what))
+    except (Exception, SystemExit) as exc:
+        _mark_broken(ep.name, origin, one_line(f"cannot import {ep.value}: {type(exc).__name__}: {exc}"))
+
+
+def _mark_broken(name: str, origin: str, problem: str) -> None:
+    broken = BrokenEntryPoint(name, origin, problem)
+    _broken.append(broken)
+    print(f"nmt: warning: {broken.label}: {problem}; its plugins are unavailable", file=sys.stderr)
+
+
+def broken_entry_points() -> list[BrokenEntryPoint]:
+    """The installed entry points that failed to load (``nmt plugins`` lists them)."""
+    discover()
+    return list(_broken)
+
+
+def loaded_plugins() -> list[str]:
+    """The local plugins loaded in this process (``--plugin``, a recipe's ``plugins:``), each as it can be
+    named again from any folder: a file's absolute path, or a module name. A run records them."""
+    return list(_loaded)
+
+
+def _default_dtype():
+    """torch's default dtype, or None while torch is not imported (then no plugin can have changed it)."""
+    torch = sys.modules.get("torch")
+    return torch.get_default_dtype() if torch is not None else None
+
+
+@contextlib.contextmanager
+def _importing(origin: str):
+    """Import plugin code from ``origin``: registrations name it, and on failure none of them stays.
+
+    A plugin that changes torch's default dtype on import (``torch.set_default_dtype(torch.float64)``)
+    would build every model in it, built-ins too, and fail later with a dtype mismatch naming nothing;
+    it is refused here, naming the plugin, and the dtype restored."""
+    before, dtype = dict(_entries), _default_dtype()
+    _loading_origin.append(origin)
+    try:
+        yield
+        _check_default_dtype(origin, dtype)
+    except BaseException:
+        _entries.clear()
+        _entries.update(before)
+        _restore_default_dtype(dtype)
+        raise
+    finally:
+        _loading_origin.pop()
+
+
+def _check_default_dtype(origin: str, before) -> None:
+    after = _default_dtype()
+    expected = before if before is not None else getattr(sys.modules.get("torch"), "float32", None)
+    if after != expected:
+        name = str(after).replace("torch.", "")
+        raise PluginError(origin, f"changed torch's default dtype to {name} when imported (torch.set_default_dtype); "
+                                  f"nmt builds {str(expected).replace('torch.', '')} models: set trainer.precision "
+                                  "instead, or the dtype of the plugin's own tensors")
+
+
+def _restore_default_dtype(before) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_default_dtype(before if before is not None else torch.float32)
 
 
 def plugin_file(spec: str, path: Path) -> Path:
@@ -156,38 +252,46 @@ def load_plugin(spec: str, base: Path | None = None) -> None:
     if base is not None and not path.is_absolute() and (base / path).exists():
         path = base / path
     if spec.endswith(".py") or path.exists():
-        path = plugin_file(spec, path)
-        module_name = f"nmt_local_plugin_{abs(hash(str(path.resolve())))}"
-        if module_name in sys.modules:
-            return
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        _loading_origin.append(str(path))
-        try:
-            module_spec.loader.exec_module(module)
-        except PluginError:
-            del sys.modules[module_name]
-            raise
-        except (Exception, SystemExit) as exc:  # sys.exit() in a plugin would end nmt without a word
-            del sys.modules[module_name]
-            raise PluginError(str(path), f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
-        finally:
-            _loading_origin.pop()
+        _load_file(spec, path)
+    else:
+        _load_module(spec)
+
+
+def _load_file(spec: str, named: Path) -> None:
+    """A ``.py`` file or package directory ``named`` by the user, recorded as its absolute path."""
+    path = plugin_file(spec, named)
+    module_name = f"nmt_local_plugin_{abs(hash(str(path.resolve())))}"
+    if module_name in sys.modules:  # loaded already (by the recipe, after --plugin)
+        _loaded[str(named.resolve())] = None
         return
-    _loading_origin.append(spec)
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
     try:
-        importlib.import_module(spec)
+        with _importing(str(path)):
+            module_spec.loader.exec_module(module)
+    except PluginError:
+        del sys.modules[module_name]
+        raise
+    except (Exception, SystemExit) as exc:  # sys.exit() in a plugin would end nmt without a word
+        del sys.modules[module_name]
+        raise PluginError(str(path), f"cannot load plugin: {type(exc).__name__}: {one_line(exc)}") from exc
+    _loaded[str(named.resolve())] = None
+
+
+def _load_module(spec: str) -> None:
+    try:
+        with _importing(spec):
+            importlib.import_module(spec)
     except ModuleNotFoundError as exc:
         if exc.name and (spec == exc.name or spec.startswith(exc.name + ".")):
             raise PluginError(spec, f"plugin module not found ({exc})") from exc
-        raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {one_line(exc)}") from exc
     except PluginError:
         raise
     except (Exception, SystemExit) as exc:  # as for a file: a broken plugin is the user's to fix, not a crash
-        raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {exc}") from exc
-    finally:
-        _loading_origin.pop()
+        raise PluginError(spec, f"cannot load plugin: {type(exc).__name__}: {one_line(exc)}") from exc
+    _loaded[spec] = None
 
 
 def get(kind: str, name: str, where: str | None = None) -> type:
@@ -199,7 +303,22 @@ def get(kind: str, name: str, where: str | None = None) -> type:
     known = names(kind)
     close = difflib.get_close_matches(str(name)[:100], known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known) or 'none'}"
-    raise PluginError(where, f"unknown {kind} {quote(name)}{hint}")
+    raise PluginError(where, f"unknown {kind} {quote(name)}{hint}{_broken_hint()}")
+
+
+def _broken_hint() -> str:
+    """For an unknown name: the installed entry points that failed to load, one of which may be its plugin."""
+    return "".join(f"; {b.label} may provide it but failed to load: {b.problem}" for b in _broken)
+
+
+def describe(kind: str, cls: type) -> str:
+    """``cls`` as a message names a plugin: ``encoder 'gru' (nmt 0.1.0)``, the kind, registered name and where it
+    came from (file or distribution), as ``nmt plugins`` lists it."""
+    name = getattr(cls, "registered_name", None)
+    entry = _entries.get((kind, name)) if isinstance(name, str) else None
+    if entry is None or entry.cls is not cls:
+        return f"{kind} {cls.__module__}.{cls.__qualname__}"
+    return f"{kind} '{name}' ({entry.origin})"
 
 
 def names(kind: str) -> list[str]:

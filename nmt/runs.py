@@ -2,7 +2,8 @@
 
 Layout::
 
-    run.json            format version and the nmt version that wrote it
+    run.json            format version, the nmt version that wrote it and the local plugins it was
+                        trained with (absolute paths or module names; runs written before: none)
     recipe.yaml         the recipe with every override applied
     fitted/             what the task fitted on the training data: tokenizer models, label sets,
                         scalers; READY once complete (older runs: tokenizer/, still read)
@@ -17,6 +18,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import stat
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 import yaml
 
 import nmt
+from nmt import registry
 from nmt.errors import RecipeError, RunError, UserError, shorten
 from nmt.io import atomic_write_text, same_file
 
@@ -56,7 +59,7 @@ def is_run(run_dir: Path) -> bool:
     return os.path.lexists(Path(run_dir) / "run.json")
 
 
-MAX_RUN_INFO_BYTES = 64 * 1024  # run.json holds two short fields
+MAX_RUN_INFO_BYTES = 64 * 1024  # run.json holds a few short fields
 
 
 def check_run_info(run_dir: Path) -> dict:
@@ -87,13 +90,16 @@ def write_run(run_dir: Path, raw_recipe: dict | None) -> None:
     if raw_recipe is not None:
         atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(raw_recipe, sort_keys=False, allow_unicode=True))
     if not is_run(run_dir):
-        atomic_write_text(run_dir / "run.json", json.dumps({"format": RUN_FORMAT, "nmt_version": nmt.__version__}) + "\n")
+        # Every local plugin loaded (--plugin, the recipe's plugins:), as it can be named from any folder:
+        # the run's recipe.yaml keeps plugins: as written, relative to a recipe folder the run does not know.
+        info = {"format": RUN_FORMAT, "nmt_version": nmt.__version__, "plugins": registry.loaded_plugins()}
+        atomic_write_text(run_dir / "run.json", json.dumps(info) + "\n")
 
 
 def load_run_recipe(run_dir: Path):
     from nmt.recipe import read_recipe_file, validate_recipe
 
-    check_run_info(run_dir)
+    info = check_run_info(run_dir)
     path = Path(run_dir) / "recipe.yaml"
     # As checked as a user's recipe (size, file type, aliases, duplicate keys): a run directory may
     # come from someone else.
@@ -101,14 +107,41 @@ def load_run_recipe(run_dir: Path):
     # A run directory may come from someone else: it never imports code by itself. The plugins it
     # was trained with must be installed, or named again with --plugin (nmt train names them via
     # the recipe, which has loaded them already).
-    plugins = raw.pop("plugins", None) or []
+    listed = raw.pop("plugins", None) or []
+    recorded = recorded_plugins(info)
     try:
         return validate_recipe(raw, path, check_data=False)
     except UserError as exc:
-        if not plugins:
+        if recorded:
+            missing = [plugin for plugin in recorded if plugin not in registry.loaded_plugins()]
+            if not missing:
+                raise
+            raise RunError(exc.where, f"{exc.what} ({_plugin_hint(missing)})") from None
+        if not listed:
             raise
-        raise RunError(exc.where, f"{exc.what} (the run was trained with plugins {', '.join(map(str, plugins))}; "
+        raise RunError(exc.where, f"{exc.what} (the run was trained with plugins {', '.join(map(str, listed))}; "
                                   "a run directory does not load code by itself: pass nmt --plugin PATH)") from None
+
+
+MAX_PLUGINS_NAMED = 8  # run.json may come from anyone: a message names this many of its plugins at most
+
+
+def recorded_plugins(info: dict) -> list[str]:
+    """The local plugins run.json says the run was trained with; [] for a run written before they were
+    recorded. Anything but a list of one-line strings is ignored, not trusted into a message."""
+    plugins = info.get("plugins")
+    if not isinstance(plugins, list):
+        return []
+    return [p for p in plugins if isinstance(p, str) and p and p.isprintable()]
+
+
+def _plugin_hint(missing: list[str]) -> str:
+    """Which recorded plugins are not loaded, and the exact options that load them."""
+    shown = [shorten(plugin, 1000) for plugin in missing[:MAX_PLUGINS_NAMED]]
+    more = f" and {len(missing) - len(shown)} more" if len(missing) > len(shown) else ""
+    options = " ".join(f"--plugin {shlex.quote(plugin)}" for plugin in shown)
+    return (f"the run was trained with plugin{'s' if len(missing) > 1 else ''} {', '.join(shown)}{more}; a run "
+            f"directory does not load code by itself: pass nmt {options}")
 
 
 NAMED_CHECKPOINTS = ("best", "last", "averaged")  # RUN/checkpoints/<name>.ckpt; averaged: written by nmt average

@@ -271,3 +271,12 @@ def test_plugins_with_a_name_lists_its_recipe_keys(capsys):
     assert main(["plugins", *sorted({e.name for e in registry.entries()})]) == 0
     assert main(["plugins", "gur"]) == 2
     assert capsys.readouterr().err.strip().endswith("nmt: nmt plugins gur: no plugin of that name; did you mean 'gru'?")
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_error_line():
+    """Click ends a command whose standard output was closed (nmt ... | head) with sys.exit(1): a library's own
+    exit, not plugin code's, so no 'sys.exit(1) at click/core.py ended the command' line."""
+    names = " ".join(["seq2seq"] * 1500)  # far more than a pipe holds
+    done = subprocess.run(["bash", "-c", f"'{NMT}' plugins {names} | head -1"], capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.stdout.startswith("task seq2seq") and "nmt: error" not in done.stderr, done.stderr

@@ -106,7 +106,7 @@ def test_register_refuses_an_unknown_kind():
                                   "(known: encoder, decoder, attention, task, tokenizer); did you mean 'attention'?")
     with pytest.raises(PluginError, match=r"unknown plugin kind \(known: encoder, .*\)$"):
         nmt.register("widget", "mine")
-    with pytest.raises(PluginError, match="the name must be a non-empty string"):
+    with pytest.raises(PluginError, match="the name must be 1 to 64 letters, digits or _ . \\+ -"):
         nmt.register("encoder", "")
     assert not [e for e in registry.entries() if e.name == "mine"]
 
