@@ -216,6 +216,12 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S
                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def describe_file_kind(path: Path) -> str:
+    """'a directory', 'a FIFO', 'a character device' ... for a path that is there but not a regular file."""
+    mode = os.stat(path).st_mode
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
 def read_small_file(path: Path, limit: int, error: type[UserError] = UserError, what: str = "file") -> str:
     """The UTF-8 text of a regular file of at most ``limit`` bytes, else ``error`` naming the path.
 
@@ -229,8 +235,7 @@ def read_small_file(path: Path, limit: int, error: type[UserError] = UserError, 
     except OSError as exc:
         raise error(path, f"cannot read {what} ({exc.strerror})") from None
     if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
-        raise error(path, f"{kind}, not a {what}")
+        raise error(path, f"{describe_file_kind(path)}, not a {what}")
     too_large = f"too large for a {what} (over {limit // 1024} KB)"
     if info.st_size > limit:
         raise error(path, too_large)

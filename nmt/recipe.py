@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nmt import registry
 from nmt.errors import DataError, PluginError, RecipeError, quote, shorten
+from nmt.io import describe_file_kind
 from nmt.recipe_trainer import check_trainer_args
 from nmt.recipe_yaml import RecipeLoader, RecipeYAMLProblem, read_recipe_file  # noqa: F401 (read_recipe_file: API)
 
@@ -60,7 +61,7 @@ class Component(NamedTuple):
 
 class OptimConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: PositiveFinite = 1e-3
+    lr: float = Field(1e-3, gt=0, le=1e3, allow_inf_nan=False)  # 1e300 overflowed inside the optimizer
     weight_decay: NonNegativeFinite = 0.0
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # plateau: halve on a stalled dev score (stepped after each validation). The others are stepped
@@ -96,7 +97,7 @@ class RecipeSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     task: str
     plugins: list[str] = []
-    seed: int = Field(1234, ge=0, le=2**32 - 1)  # the range Lightning's seed_everything accepts
+    seed: int = Field(1234, ge=0, le=2**32 - 1, strict=True)  # seed_everything's range; true is no seed
     data: dict[str, Any] = {}
     model: dict[str, Any] = {}
     optim: OptimConfig = OptimConfig()
@@ -142,6 +143,7 @@ def validate_recipe(raw: dict, path: Path, overrides: list[str] = (), check_data
     recipe.data = validate_section(task_cls.DataConfig, spec.data, "data", path, overrides)
     recipe.model = validate_section(task_cls.ModelConfig, spec.model, "model", path, overrides)
     check_trainer_args(spec.trainer, lambda key: _where(path, key, overrides))
+    check_schedule(spec.optim, lambda key: _where(path, key, overrides))
     recipe.components = resolve_components({"data": recipe.data, "model": recipe.model}, path, overrides)
     try:
         task_cls.check_recipe(recipe, check_data=check_data)
@@ -258,12 +260,23 @@ def _with_default_names(model: type[BaseModel], data: Any) -> Any:
 
 
 def _where(path: Path, key: str, overrides) -> str:
-    """``override KEY`` when an override sets ``key`` (or a section holding it), else the recipe file."""
+    """``override KEY`` when an override sets ``key``, a section holding it, or a key inside it (a misspelt
+    section an override made: ``model.embeding.size=8``), else the recipe file."""
     for text in overrides:
         target = text.partition("=")[0].strip()
-        if key == target or key.startswith(target + "."):
+        if key == target or key.startswith(target + ".") or target.startswith(key + "."):
             return f"override {key}"
     return f"{path}: {key}"
+
+
+def check_schedule(optim: OptimConfig, where) -> None:
+    """Settings each valid alone that make a schedule other than the one asked for."""
+    if optim.scheduler == "cosine" and optim.min_lr > optim.lr:  # it annealed upwards, to min_lr
+        raise RecipeError(where("optim.min_lr"), f"{optim.min_lr:g} is above optim.lr ({optim.lr:g}): the cosine "
+                                                 "schedule would raise the learning rate to it; expected at most optim.lr")
+    if optim.total_steps is not None and optim.warmup_steps >= optim.total_steps:
+        raise RecipeError(where("optim.warmup_steps"), f"{optim.warmup_steps} is not below optim.total_steps "
+                                                       f"({optim.total_steps}): the schedule would never leave its warm-up")
 
 
 def describe_error(error: dict, model: type[BaseModel], loc: list[str]) -> str:
@@ -296,6 +309,9 @@ def component(kind: str, section: dict | None, key: str, path: Path, overrides=(
     """Resolve ``{name: ..., **options}`` to a registered class and its validated Config."""
     if not isinstance(section, dict) or not section.get("name"):
         raise RecipeError(_where(path, f"{key}.name", overrides), f"required: the name of a registered {kind}")
+    if not isinstance(section["name"], str):  # a list or mapping was an unhashable-type TypeError
+        raise RecipeError(_where(path, f"{key}.name", overrides), f"expected the name of a registered {kind} "
+                                                                  f"(a string), got {quote(section['name'])}")
     options = {k: v for k, v in section.items() if k != "name"}
     cls = registry.get(kind, section["name"], where=_where(path, f"{key}.name", overrides))
     undeclared = _undeclared_key(cls.Config, options)
@@ -382,4 +398,6 @@ def resolve_data_path(name: str | os.PathLike, root: str | os.PathLike | None, c
     path = path if path.is_absolute() else root / path
     if check and not path.exists():
         raise DataError(path, f"file not found; put the data set under {root} or set NMT_DATA (or data.root)")
+    if check and not path.is_file():  # /dev/zero was read for ever, a FIFO waited for a writer
+        raise DataError(path, f"{describe_file_kind(path)}, not a data file")
     return path

@@ -171,6 +171,25 @@ def cases(base: dict) -> dict[str, Case]:
         "negative minimum of steps": Case(
             with_values(base, trainer__min_steps=-3), TRAIN,
             ("{recipe}: trainer.min_steps: expected a number >= 0, got -3",)),
+        "a plugin name that is a list": Case(
+            with_values(base, model__encoder={"name": ["gru"]}), TRAIN,
+            ("{recipe}: model.encoder.name: expected the name of a registered encoder (a string), got ['gru']",)),
+        "a character device as training data": Case(
+            with_values(base, data__train={"src": "/dev/zero", "tgt": "train.tgt"}), TRAIN,
+            ("/dev/zero: a character device, not a data file",)),
+        "a learning rate past any use": Case(
+            with_values(base, optim__lr=1e300), TRAIN,
+            ("{recipe}: optim.lr: input should be less than or equal to 1000, got 1e+300",)),
+        "a misspelt section set by an override": Case(
+            base, (*TRAIN, "model.embeding.size=8"), ("override model.embeding: unknown key; did you mean 'embedding'?",)),
+        "a cosine schedule that anneals upwards": Case(
+            with_values(base, optim__scheduler="cosine", optim__lr=0.001, optim__min_lr=0.5), TRAIN,
+            ("{recipe}: optim.min_lr: 0.5 is above optim.lr (0.001)",)),
+        "a warm-up as long as the schedule": Case(
+            with_values(base, optim__warmup_steps=100, optim__total_steps=10), TRAIN,
+            ("{recipe}: optim.warmup_steps: 100 is not below optim.total_steps (10)",)),
+        "a boolean seed": Case(
+            with_values(base, seed=True), TRAIN, ("{recipe}: seed: input should be a valid integer, got True",)),
         "Trainer setting whose package is not installed": Case(
             with_values(base, trainer__precision="transformer-engine"), TRAIN,
             ("{recipe}: trainer: needs a package that is not installed",)),
