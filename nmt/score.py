@@ -29,6 +29,7 @@ from typing import Sequence
 import click
 import torch
 
+from nmt import plugin_checks
 from nmt.alignment import EOS_PIECE
 from nmt.data.batching import bucket_by_length
 from nmt.data.parallel import PairCollator
@@ -69,10 +70,11 @@ def score_lines(task, sources: list[str], targets: list[str], batch_tokens: int,
     With ``max_tokens``, a side longer than that is a :class:`DataError` at its entry of ``locations``
     (``(source's "file:line", target's)`` per pair; by default "source line N" and "target line N",
     numbered from ``first_line``)."""
-    pairs = task.tokenize_pairs(sources, targets)  # every pair, none skipped: Pair(index, src ids, tgt ids)
+    numbers = range(first_line, first_line + len(sources))
+    locations = locations or [(f"source line {n}", f"target line {n}") for n in numbers]
+    pairs = task.tokenize_pairs(sources, targets, locations)  # every pair, none skipped: Pair(index, src ids, tgt ids)
     if max_tokens is not None:
-        numbers = range(first_line, first_line + len(pairs))
-        check_lengths(pairs, max_tokens, locations or [(f"source line {n}", f"target line {n}") for n in numbers])
+        check_lengths(pairs, max_tokens, locations)
     collate = PairCollator(task.pad_id, task.bos_id, task.eos_id)
     device = next(task.parameters()).device
     log_probs: list[list[float]] = [[] for _ in pairs]
@@ -81,7 +83,10 @@ def score_lines(task, sources: list[str], targets: list[str], batch_tokens: int,
         for batch_ids in bucket_by_length(lengths, batch_tokens):
             batch = collate([pairs[i] for i in batch_ids])
             batch = {name: tensor.to(device) for name, tensor in batch.items()}
-            rows = task.target_log_probs(batch).tolist()  # [B,T], 0 at padding
+            scores = task.target_log_probs(batch).cpu()  # [B,T], 0 at padding
+            if not bool(torch.isfinite(scores).all()):  # NaN is not a score, nor valid JSON: nothing is written
+                plugin_checks.refuse_scores(task)
+            rows = scores.tolist()
             for i, row in zip(batch_ids, rows):
                 log_probs[i] = row[: len(pairs[i].tgt) + 1]  # the pieces and EOS
     return [LineScore(first_line + i, task.tgt_tokenizer.pieces(p.tgt) + [EOS_PIECE], log_probs[i])

@@ -7,13 +7,16 @@ The model provides:
   ``bos_id``, ``eos_id``;
 and, only where attention weights are asked for (``attention=True``),
   ``decode_step_with_attention(prev, state, memory) -> (log_probs [B,V], state, weights [B,S])``.
-Hypotheses are returned without BOS and EOS.
+Hypotheses are returned without BOS and EOS. Scores that are NaN (a plugin broke its contract) are a
+:class:`~nmt.errors.PluginError`, checked on the host copy each step already makes, and so are attention
+weights of another shape than [B, S] or not finite (checked once a batch).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from nmt import plugin_checks
 from nmt.search_rules import Hypothesis, beam_step, greedy_step, length_penalty
 
 __all__ = ["Hypothesis", "length_penalty", "max_lengths", "greedy_search", "beam_search"]
@@ -23,12 +26,17 @@ def max_lengths(src_len: torch.Tensor, ratio: float) -> torch.Tensor:
     return (src_len.float() * ratio).long() + 10
 
 
-def _step(model, prev: torch.Tensor, state, memory, attention: bool):
-    """(log_probs [B,V], state, weights [B,S] or None): the weights only when asked for."""
-    if attention:
-        return model.decode_step_with_attention(prev, state, memory)
-    log_probs, state = model.decode_step(prev, state, memory)
-    return log_probs, state, None
+def _step(model, prev: torch.Tensor, state, memory, attention: bool, source_length: int):
+    """(log_probs [B,V], state, weights [B,S] or None): the weights only when asked for, checked to be
+    [B, S] for ``source_length`` S (metadata only)."""
+    if not attention:
+        log_probs, state = model.decode_step(prev, state, memory)
+        return log_probs, state, None
+    log_probs, new_state, weights = model.decode_step_with_attention(prev, state, memory)
+    if not (isinstance(weights, torch.Tensor) and weights.shape == (prev.size(0), source_length)):
+        plugin_checks.refuse_weights(model, weights, (prev.size(0), source_length),
+                                     lambda: model.decode_step_with_attention(prev, state, memory))
+    return log_probs, new_state, weights
 
 
 @torch.no_grad()
@@ -47,7 +55,7 @@ def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ra
     # with attention: each sentence's weights [B, steps, S], a step's written at its live rows
     weights = torch.zeros(batch, int(limits.max()), src.size(1), device=device) if attention else None
     for t in range(int(limits.max())):
-        log_probs, state, step_weights = _step(model, prev, state, memory, attention)  # [n,V], state, [n,S]
+        log_probs, state, step_weights = _step(model, prev, state, memory, attention, src.size(1))  # [n,V], state, [n,S]
         if attention:
             weights[torch.from_numpy(live).to(device), t] = step_weights.float()
         best_lp, prev = log_probs.max(dim=-1)  # [n]
@@ -55,12 +63,16 @@ def greedy_search(model, src: torch.Tensor, src_len: torch.Tensor, max_length_ra
         host = torch.stack((best_lp.double(), prev.double())).cpu().numpy()  # [2, n]
         keep = greedy_step(live, host[1].astype(np.int64), host[0].astype(np.float32), tokens, log_prob,
                            limits, t, model.eos_id)
+        if np.isnan(host[0]).any():  # on the host already: no device sync
+            plugin_checks.refuse_scores(model)
         if len(keep) == 0:
             break
         if len(keep) < len(live):  # drop the sentences that ended from the batch
             index = torch.from_numpy(keep).to(device)
             prev, live = prev.index_select(0, index), live[keep]
             state, memory = model.select_state(state, index), model.select_memory(memory, index)
+    if attention and not bool(torch.isfinite(weights).all()):  # one sync a batch, where they go to the host anyway
+        plugin_checks.refuse_attention_values(model)
     out = []
     for b, (row, lp) in enumerate(zip(tokens, log_prob.tolist())):
         hyp_attention = None
@@ -97,7 +109,7 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     for t in range(max(limits)):
         n = len(active)
-        log_probs, state, weights = _step(model, last, state, memory, attention)  # [n*K,V], state, [n*K,S]
+        log_probs, state, weights = _step(model, last, state, memory, attention, src.size(1))  # [n*K,V], state, [n*K,S]
         if attention:  # each row's path so far, then this step: [n*K, t+1, S]
             weights = weights.float().unsqueeze(1)
             paths = weights if paths is None else torch.cat([paths, weights], dim=1)
@@ -106,10 +118,12 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
         top_scores, top_index = candidates.topk(2 * k, dim=1)  # [n,2K]
         # one device-to-host copy a step, not one per hypothesis (float64 holds the scores and indices exactly)
         host = torch.cat([top_scores.double(), top_index.double()], dim=1).cpu().numpy()  # [n, 4K]
+        if np.isnan(host[:, :2 * k]).any():  # -inf is a score (no beam there yet), NaN is a broken plugin
+            plugin_checks.refuse_scores(model)
         tokens, order, keep = beam_step(
             tokens, host[:, :2 * k].astype(np.float32), host[:, 2 * k:].astype(np.int64), vocab, model.eos_id,
             active, finished, limits, t, alpha, nbest,
-            path=(lambda row, sent: _path(paths, row, src_lengths[sent])) if attention else None)
+            path=(lambda row, sent: _path(model, paths, row, src_lengths[sent])) if attention else None)
         if not keep:
             break
         live = torch.from_numpy(order).to(device)  # [n,K]: which candidates are the live beams
@@ -128,6 +142,12 @@ def beam_search(model, src: torch.Tensor, src_len: torch.Tensor, beam_size: int 
     return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
 
 
-def _path(paths: torch.Tensor | None, row, source_length: int) -> list[list[float]] | None:
-    """The attention weights [steps, source_length] along live row ``row``, or None when not kept."""
-    return None if paths is None else paths[int(row), :, :source_length].tolist()
+def _path(model, paths: torch.Tensor | None, row, source_length: int) -> list[list[float]] | None:
+    """The attention weights [steps, source_length] along live row ``row``, or None when not kept;
+    weights that are not finite are ``model``'s plugins' PluginError (checked on the host copy)."""
+    if paths is None:
+        return None
+    weights = paths[int(row), :, :source_length].cpu().numpy()
+    if not np.isfinite(weights).all():
+        plugin_checks.refuse_attention_values(model)
+    return weights.tolist()

@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 import click
 import torch
 
-from nmt import search
+from nmt import plugin_checks, search
 from nmt.alignment import EOS_PIECE, labels_fit, pharaoh
 from nmt.alignment import plot_attention as plot_attention_png
 from nmt.data.buckets import search_batches
@@ -31,9 +31,18 @@ from nmt.runs import load_run, refuse_run_files
 CHUNK_LINES = 2000
 
 
-def encode_lines(task, lines: list[str]) -> list[list[int]]:
-    """Source token ids per line; an empty or blank line has none."""
-    return [task.src_tokenizer.encode(line) if line.strip() else [] for line in lines]
+def encode_lines(task, lines: list[str], name: str = "<input>", first_line: int = 1) -> list[list[int]]:
+    """Source token ids per line; an empty or blank line has none. What the tokenizer returns is checked
+    (:func:`nmt.plugin_checks.check_ids`), its lines named ``name:N`` from ``first_line``."""
+    tokenizer = task.src_tokenizer
+    vocab = len(tokenizer)
+    return [plugin_checks.check_ids(tokenizer, tokenizer.encode(line), line, f"{name}:{first_line + k}", vocab)
+            if line.strip() else [] for k, line in enumerate(lines)]
+
+
+def output_text(task, tokens: list[int], where: str) -> str:
+    """The target text of ``tokens``, checked to be one line of text (:func:`nmt.plugin_checks.check_text`)."""
+    return plugin_checks.check_text(task.tgt_tokenizer, task.tgt_tokenizer.decode(tokens), where)
 
 
 def translate_lines(task, lines: list[str], beam: int, nbest: int, alpha: float, batch_tokens: int,
@@ -333,7 +342,7 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
     with open_output(output_path) as out:
         line_no = 0
         for chunk in chunks(source, CHUNK_LINES, pending):
-            encoded = encode_lines(task, chunk)
+            encoded = encode_lines(task, chunk, name, line_no + 1)
             for k, ids in enumerate(encoded):
                 if len(ids) > max_input_tokens:
                     encoded[k] = ids[:max_input_tokens]
@@ -350,10 +359,12 @@ def translate_file(run_dir: Path | Sequence[Path], checkpoint: str = "best", bea
             for k, hyps in enumerate(results):
                 if nbest == 1:
                     best = hyps[0] if hyps else search.Hypothesis([], 0.0, 0.0)
-                    out.write(task.tgt_tokenizer.decode(best.tokens) + alignment_field(best, alignments) + "\n")
+                    out.write(output_text(task, best.tokens, f"{name}:{line_no + k + 1}")
+                              + alignment_field(best, alignments) + "\n")
                 else:  # exactly nbest entries per line, so scripts can read N lines per input
                     for h in nbest_entries(hyps, nbest):
-                        out.write(f"{line_no + k} ||| {task.tgt_tokenizer.decode(h.tokens)} ||| {format_score(h.score)}"
+                        text = output_text(task, h.tokens, f"{name}:{line_no + k + 1}")
+                        out.write(f"{line_no + k} ||| {text} ||| {format_score(h.score)}"
                                   f"{alignment_field(h, alignments)}\n")
             if plot_attention is not None:
                 unlabelled.add(plot_chunk(task, plot_attention, line_no, encoded, results))

@@ -20,6 +20,7 @@ import numpy as np
 from nmt.data.shards import MAX_LENGTH
 from nmt.data.text import BYTES_PER_TOKEN, MAX_LINE_BYTES, _decode, open_binary
 from nmt.errors import DataError
+from nmt.plugin_checks import check_flat_ids
 
 if TYPE_CHECKING:
     from nmt.data.prepared import CorpusSpec, SideWriter
@@ -70,13 +71,16 @@ def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_li
         lines = [line[:-1] if line.endswith("\r") else line for line in lines[:-1]] + lines[-1:]
     if first_line == 0 and lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]
-    tokens, lengths = _worker_tokenizers[prefix].encode_flat(lines)
+    tokenizer = _worker_tokenizers[prefix]
+    tokens, lengths = tokenizer.encode_flat(lines)
+    # before the cast to the corpus's dtype, which would make -1 a valid-looking 65,535 and blame the corpus
+    check_flat_ids(tokenizer, tokens, lengths, lines, name, first_line)
     stored = lengths <= spec.max_length
     if not stored.all():  # a line too long for training: its length is kept, its ids are not
         tokens = tokens[np.repeat(stored, lengths)]
     tokens = tokens.astype(token_dtype)
     chunk = Chunk(tokens, np.minimum(lengths, MAX_LENGTH + 1).astype(np.uint16),
-                  unknown=int(np.count_nonzero(tokens == _worker_tokenizers[prefix].unk_id)))
+                  unknown=int(np.count_nonzero(tokens == tokenizer.unk_id)))
     if too_long is not None and len(too_long):
         chunk.lengths[too_long] = MAX_LENGTH + 1
     if spec.keep_text:

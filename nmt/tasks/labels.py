@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from nmt import plugin_checks
 from nmt.contracts import EncoderOutput, build_encoder
 from nmt.data.batching import BucketedDataModule, bucket_by_length
 from nmt.data.labelled import Example, ExampleCollator, ExampleDataset, LabelVocab, parse_vectors
@@ -88,7 +89,7 @@ class LabelTask(Task):
         embedded = self.embed_dropout(self.embed(src))  # [B,S,E]
         if perturbation is not None:
             embedded = embedded + perturbation
-        return self.encoder(embedded, src_len)
+        return plugin_checks.check_encoded(self.encoder, self.encoder(embedded, src_len), embedded)
 
     def scores(self, batch, perturbation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [N,C], labels [N]) over the batch's labelled units, padding already left out."""
@@ -133,7 +134,8 @@ class LabelTask(Task):
 
     def validation_step(self, batch, batch_idx):
         logits, labels = self.scores(batch)
-        self._valid[0] += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        self._valid[0] += plugin_checks.check_validation_loss(self, loss_sum)
         self._valid[1] += int((logits.argmax(-1) == labels).sum())
         self._valid[2] += len(labels)
 
@@ -168,7 +170,7 @@ class LabelTask(Task):
     def encode_inputs(self, text: str, where: str) -> list:
         """Token ids of a text, or the scaled feature vectors of a numeric line."""
         if self.tokenizer is not None:
-            return self.tokenizer.encode(text)
+            return plugin_checks.check_ids(self.tokenizer, self.tokenizer.encode(text), text, where, len(self.tokenizer))
         return self.scaler.scale_steps(parse_vectors(text, where, self.scaler.dim))
 
     def make_datamodule(self) -> BucketedDataModule:

@@ -11,7 +11,7 @@ import itertools
 import math
 import time
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -20,7 +20,7 @@ from pydantic import Field, PositiveInt, field_validator
 from pydantic_core import PydanticCustomError
 from torch import nn
 
-from nmt import metrics, search
+from nmt import metrics, plugin_checks, search
 from nmt.contracts import EncoderDecoderBuilder
 from nmt.data.batching import BucketedDataModule
 from nmt.data.parallel import Pair, PairCollator, PairDataset, PreparedPairDataset
@@ -246,6 +246,7 @@ class Seq2SeqTask(Task):
         """Source ids [B,S] to (memory for attention, initial decoder state)."""
         embedded = self.embed_dropout(self.src_embed(src))  # [B,S,E]
         encoded = self.encoder(embedded, src_len)  # states [B,S,D], mask [B,S], pooled [B,D]
+        plugin_checks.check_encoded(self.encoder, encoded, embedded)  # a plugin's mistake named here, not downstream
         return self.decoder.prepare_memory(encoded), self.decoder.init_state(encoded)
 
     @property
@@ -262,11 +263,20 @@ class Seq2SeqTask(Task):
     def decode_step_with_attention(self, prev: torch.Tensor, state, memory):
         """:meth:`decode_step` that also returns the attention weights [B,S] the step used (the decoder
         computes them anyway, so asking costs nothing); for heatmaps and alignments."""
-        output, state, weights = self.decoder.step(self.tgt_embed(prev), state, memory)  # [B,H], state, [B,S]
+        input_emb = self.tgt_embed(prev)  # [B,E]
+
+        def step():
+            return self.decoder.step(input_emb, state, memory)
+        try:
+            result = step()
+        except Exception:
+            plugin_checks.blame_attention(self.decoder, step)  # an attention's bad output, named; else as it was
+            raise
+        output, state, weights = plugin_checks.check_step(self.decoder, result, input_emb, step)  # [B,H], state, [B,S]
         return F.log_softmax(self.generator(output).float(), dim=-1), state, weights
 
     def select_state(self, state, index: torch.Tensor):
-        return self.decoder.select_state(state, index)
+        return plugin_checks.check_state(self.decoder, self.decoder.select_state(state, index), "select_state")
 
     def select_memory(self, memory, index: torch.Tensor):
         return self.decoder.select_memory(memory, index)
@@ -274,8 +284,20 @@ class Seq2SeqTask(Task):
     def forward(self, src, src_len, tgt_in) -> torch.Tensor:
         """Teacher-forced logits [B,T,V] for target inputs [B,T]."""
         memory, state = self.encode(src, src_len)
-        outputs, _, _ = self.decoder(self.embed_dropout(self.tgt_embed(tgt_in)), state, memory)  # [B,T,H]
-        return self.generator(outputs)
+        outputs, _, _ = self.teacher_forced(self.embed_dropout(self.tgt_embed(tgt_in)), state, memory, src.size(1))
+        return self.generator(outputs)  # [B,T,H] -> [B,T,V]
+
+    def teacher_forced(self, inputs: torch.Tensor, state, memory, source_length: int):
+        """The decoder over target inputs [B,T,E]: (outputs [B,T,H], state, attention [B,T,S]), checked
+        against its contract (:mod:`nmt.plugin_checks`)."""
+        def run():
+            return self.decoder(inputs, state, memory)
+        try:
+            result = run()
+        except Exception:
+            plugin_checks.blame_attention(self.decoder, run)
+            raise
+        return plugin_checks.check_teacher_forced(self.decoder, result, inputs, source_length, run)
 
     def loss(self, batch, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy over the real target tokens, and their number."""
@@ -294,7 +316,8 @@ class Seq2SeqTask(Task):
     def _real_logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced logits [N,V] of the N real (not padding) target positions, and where they are [B,T]."""
         memory, state = self.encode(batch["src"], batch["src_len"])
-        outputs, _, _ = self.decoder(self.embed_dropout(self.tgt_embed(batch["tgt_in"])), state, memory)  # [B,T,H]
+        outputs, _, _ = self.teacher_forced(self.embed_dropout(self.tgt_embed(batch["tgt_in"])), state, memory,
+                                            batch["src"].size(1))  # [B,T,H]
         real = batch["tgt_out"] != self.pad_id  # [B,T]; the output layer is the costliest step: skip padding
         return self.generator(outputs[real]), real  # [N,V], [B,T]
 
@@ -313,11 +336,13 @@ class Seq2SeqTask(Task):
 
     def validation_step(self, batch, batch_idx):
         total, ntokens = self.loss(batch)
-        self._valid_loss[0] += total.item()
+        self._valid_loss[0] += plugin_checks.check_validation_loss(self, total.item())
         self._valid_loss[1] += ntokens
         hyps = search.greedy_search(self, batch["src"], batch["src_len"], self.recipe.data.valid_max_length_ratio)
         for index, hyp in zip(batch["ids"].tolist(), hyps):
-            self._valid_outputs.append((index, self.tgt_tokenizer.decode(hyp.tokens)))
+            text = self.tgt_tokenizer.decode(hyp.tokens)
+            plugin_checks.check_text(self.tgt_tokenizer, text, f"validation line {index + 1}", one_line=False)
+            self._valid_outputs.append((index, text))
 
     def on_validation_epoch_end(self):
         outputs, (loss_sum, ntokens) = self._valid_outputs, self._valid_loss
@@ -340,11 +365,11 @@ class Seq2SeqTask(Task):
 
     def make_datamodule(self) -> BucketedDataModule:
         data = self.recipe.data
-        valid_src, valid_tgt = read_parallel(resolve_data_path(data.valid.src, data.root),
-                                             resolve_data_path(data.valid.tgt, data.root),
-                                             encoding_errors=data.encoding_errors)
+        paths = resolve_data_path(data.valid.src, data.root), resolve_data_path(data.valid.tgt, data.root)
+        valid_src, valid_tgt = read_parallel(*paths, encoding_errors=data.encoding_errors)
+        locations = [(f"{paths[0]}:{n}", f"{paths[1]}:{n}") for n in range(1, len(valid_src) + 1)]
         module = BucketedDataModule(
-            self.training_set(), PairDataset(self.tokenize_pairs(valid_src, valid_tgt)),
+            self.training_set(), PairDataset(self.tokenize_pairs(valid_src, valid_tgt, locations)),
             PairCollator(self.pad_id, self.bos_id, self.eos_id, data.pad_lengths),
             batch_tokens=data.batch_tokens, max_sentences=data.max_sentences,
             valid_batch_tokens=data.valid_batch_tokens, seed=self.recipe.spec.seed, num_workers=data.num_workers,
@@ -364,8 +389,10 @@ class Seq2SeqTask(Task):
         encode_tgt = self.tgt_tokenizer.sampling_encoder(config, seed)
         return PreparedPairDataset(corpus, encode_src, encode_tgt, max_length=self.recipe.data.max_length)
 
-    def tokenize_pairs(self, src: list[str], tgt: list[str]) -> list[Pair]:
-        """Token ids for every pair, none skipped (validation, scoring); training filters at
-        preparation (:mod:`nmt.data.prepared`)."""
-        return [Pair(i, self.src_tokenizer.encode(s), self.tgt_tokenizer.encode(t))
-                for i, (s, t) in enumerate(zip(src, tgt))]
+    def tokenize_pairs(self, src: list[str], tgt: list[str], locations: Sequence[tuple[str, str]] = ()) -> list[Pair]:
+        """Token ids for every pair, none skipped (validation, scoring), checked at their ``locations``
+        (by default "source line N", "target line N"); training filters at preparation (:mod:`nmt.data.prepared`)."""
+        locations = locations or [(f"source line {n}", f"target line {n}") for n in range(1, len(src) + 1)]
+        sources = plugin_checks.encode_all(self.src_tokenizer, src, [where for where, _ in locations])
+        targets = plugin_checks.encode_all(self.tgt_tokenizer, tgt, [where for _, where in locations])
+        return [Pair(i, s, t) for i, (s, t) in enumerate(zip(sources, targets))]
