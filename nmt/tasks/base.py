@@ -127,10 +127,14 @@ class Task(pl.LightningModule):
     def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Stop at the first NaN or infinite loss, naming the step; the last good checkpoint stays."""
         if not torch.isfinite(loss.detach()).all():
+            last = self.run_dir / "checkpoints" / "last.ckpt"
+            # a first start that fails before its first checkpoint is undone, its run directory with it
+            kept = (f"the last good checkpoint is kept in {last.parent}" if last.exists()
+                    else "no checkpoint was written yet")
             raise TrainingDiverged(
                 f"training diverged: loss is {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}); the last good checkpoint is kept in {self.run_dir / 'checkpoints'}; "
-                "try a lower optim.lr or trainer.gradient_clip_val")
+                f"(epoch {self.current_epoch}); {kept}; try a lower optim.lr or trainer.gradient_clip_val, "
+                "or check the model's plugins")
         return loss
 
 

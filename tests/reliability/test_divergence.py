@@ -41,3 +41,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     state = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert 0 < state["global_step"] < NAN_STEP
     assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point())
+
+
+def test_nan_loss_before_any_checkpoint_claims_none(tmp_path, capsys, reliability_data):
+    """A first start that diverges before its first checkpoint is undone with its run directory: the message
+    pointed to a checkpoints folder that was not there."""
+    plugin = PLUGIN.replace(f"self.global_step >= {NAN_STEP}", "True").replace(f"nan_after_{NAN_STEP}", "nan_at_once")
+    (tmp_path / "nan_plugin.py").write_text(plugin)
+    recipe = small_recipe(reliability_data, task="seq2seq_nan_at_once", plugins=["nan_plugin.py"])
+    code, out, err = run_cli(capsys, "train", write_recipe(tmp_path / "nan.yaml", recipe), "--run-dir", tmp_path / "run")
+    assert code == 1, err[-2000:]
+    message = error_lines(err)[-1]
+    assert "loss is nan at step 0 " in message and "no checkpoint was written yet" in message, message
+    assert "last good checkpoint" not in message and not (tmp_path / "run").exists()
