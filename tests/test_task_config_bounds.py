@@ -17,7 +17,9 @@ SERIES = {"root": ".", "path": "s.csv", "time_column": "date", "columns": ["a", 
 LABELLED = {"root": ".", "train": "train.tsv", "valid": "valid.tsv"}
 TAGGED = {"root": ".", "train": "train.conllu", "valid": "valid.conllu"}
 DATA = {"forecast": {**SERIES, "lookback": 24, "horizon": 12}, "regress": {**SERIES, "lookback": 10},
-        "generate": {**SERIES, "lookback": 1, "horizon": 6}, "classify": LABELLED, "tag": TAGGED}
+        "generate": {**SERIES, "lookback": 1, "horizon": 6}, "classify": LABELLED, "tag": TAGGED,
+        "seq2seq": {"train": {"src": "t.src", "tgt": "t.tgt"}, "valid": {"src": "v.src", "tgt": "v.tgt"},
+                    "tokenizer": {"name": "whitespace"}}}
 LEARNED = {"name": "transformer", "positions": "learned", "max_positions": 3, "hidden_size": 16, "heads": 2}
 
 
@@ -261,3 +263,22 @@ def test_positions_that_reach_the_longest_input(workdir, positions):
     assert accepted("classify", model={"encoder": encoder}).components["model.encoder"].config.max_positions == 200
     if positions == "sinusoidal":  # max_positions is for learned positions only
         assert accepted("classify", model={"encoder": {**encoder, "max_positions": 3}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.num_workers=1000000", "data.num_workers: input should be less than or equal to 256"),
+    ("data.batch_tokens=9223372036854775808", "data.batch_tokens: input should be less than or equal to 2147483647"),
+    ("data.max_sentences=true", "data.max_sentences: input should be a valid integer, got True"),
+])
+def test_translation_batches_and_workers_are_bounded(workdir, override, message):
+    assert message in refused("seq2seq", override)
+
+
+def test_translation_learned_positions_shorter_than_the_longest_source(workdir):
+    assert refused("seq2seq", model={"encoder": LEARNED}).endswith(
+        "model.encoder.max_positions: expected at least 100 (data.max_length, the longest training source), got 3")
+
+
+def test_adversarial_training_is_bounded(workdir):
+    assert "model.embedding.adversarial: input should be less than or equal to 100" in refused(
+        "classify", "model.embedding.adversarial=1e300")

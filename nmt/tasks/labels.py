@@ -43,7 +43,7 @@ class InputEmbedding(Section):
     # Training only: each batch is also scored with its embedded inputs moved this far (L2 norm per
     # sequence) in the direction that raises the loss most, and that loss is added (adversarial
     # training, Miyato et al. 2017): two forward and backward passes per step.
-    adversarial: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    adversarial: float = Field(0.0, ge=0.0, le=100.0, allow_inf_nan=False)  # 1e300 turned the loss NaN at step 1
 
 
 def drop_to_unk(ids: torch.Tensor, rate: float, pad_id: int, unk_id: int) -> torch.Tensor:

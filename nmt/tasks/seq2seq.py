@@ -33,6 +33,7 @@ from nmt.recipe import AttentionSection, DecoderSection, EncoderSection, Recipe,
 from nmt.registry import register
 from nmt.runs import fitted_dir, is_rank_zero
 from nmt.tasks.base import Task
+from nmt.tasks.limits import MAX_BATCH_SENTENCES, MAX_BATCH_TOKENS, MAX_WORKERS, check_encoder_length
 from nmt.tasks.tokenizers import load_tokenizers, train_tokenizers
 
 
@@ -52,11 +53,11 @@ class Seq2SeqData(Section):
     # whose longer side has more than max_ratio times the tokens of the shorter
     max_length: int = Field(100, gt=0, le=MAX_LENGTH)
     max_ratio: Optional[float] = Field(None, ge=1, allow_inf_nan=False)
-    batch_tokens: PositiveInt = 2000  # padded tokens per training batch
-    max_sentences: Optional[PositiveInt] = None
-    valid_batch_tokens: PositiveInt = 4000
+    batch_tokens: int = Field(2000, gt=0, le=MAX_BATCH_TOKENS, strict=True)  # padded tokens per training batch
+    max_sentences: Optional[int] = Field(None, gt=0, le=MAX_BATCH_SENTENCES, strict=True)
+    valid_batch_tokens: int = Field(4000, gt=0, le=MAX_BATCH_TOKENS, strict=True)
     valid_max_length_ratio: float = Field(1.5, gt=0, le=100, allow_inf_nan=False)  # .inf would crash greedy search
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=MAX_WORKERS, strict=True)  # DataLoader processes, each a copy of the data
     encoding_errors: str = Field("strict", pattern="^(strict|replace)$")
     # static shapes: training batches padded to the next of these lengths (source and target) and to a
     # multiple of 8 rows, so a compiled step (model.compile: static) meets a few shapes, not hundreds
@@ -142,6 +143,7 @@ class Seq2SeqTask(Task):
 
     @classmethod
     def check_recipe(cls, recipe: Recipe, check_data: bool = True) -> None:
+        check_encoder_length(recipe, "model.encoder", recipe.data.max_length, "data.max_length, the longest training source")
         if recipe.model.embedding.share_source and not recipe.data.joint_vocab:
             raise RecipeError(f"{recipe.path}: model.embedding.share_source",
                               "needs one vocabulary for both sides (data.joint_vocab: true)")
