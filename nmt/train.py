@@ -1,6 +1,7 @@
 """``nmt train``: a recipe and a run directory in, a trained run out, through Lightning's Trainer."""
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import time
@@ -15,7 +16,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nmt import runs
 from nmt.runs import is_rank_zero
-from nmt.errors import RecipeError, UserError
+from nmt.errors import RecipeError, UserError, shorten
 from nmt.lightning_fixes import AtomicCheckpointIO, BestCheckpoints, CheckpointAlignedCSVLogger, \
     InterruptAsSigterm, LastCheckpoint, quiet_lightning, resume_finished_epochs, stop_at_step_boundaries
 from nmt.recipe import Recipe
@@ -340,12 +341,30 @@ def _train(recipe: Recipe, run_dir: Path, fresh: bool, start: InitialRun | None,
             # checks in fit): the TensorBoard events file Lightning opened logs nothing; a run left as it was
             for opened in set((run_dir / "tb").glob("*")) - logs_before:
                 opened.unlink(missing_ok=True)
+            refused = trainer_value_refused(recipe, exc)
+            if refused is not None:
+                raise refused from None
         if not isinstance(exc, SIGTERMException):
             raise
         raise stopped_error(trainer, run_dir, ctrl_c.received) from None
     if trainer.is_global_zero:
         say_finished(recipe, run_dir, trainer.global_step, trainer.checkpoint_callback.best_model_score)
     return run_dir
+
+
+def trainer_value_refused(recipe: Recipe, exc: BaseException) -> RecipeError | None:
+    """Lightning checks some trainer values only inside fit, against the data (an integer
+    ``val_check_interval`` above an epoch's batches): its error, when it names a key of the recipe's
+    ``trainer:`` section, as that key's RecipeError (it was 'nmt: error: ValueError: ...', exit 1)."""
+    if not isinstance(exc, (ValueError, pl.utilities.exceptions.MisconfigurationException)):
+        return None
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    named = [key for key in recipe.spec.trainer if re.search(rf"`{re.escape(str(key))}`|\b{re.escape(str(key))}=", message)]
+    if not named:
+        return None
+    from nmt.recipe import _where
+
+    return RecipeError(_where(recipe.path, f"trainer.{named[0]}", recipe.overrides), shorten(message, 300))
 
 
 def stopped_error(trainer, run_dir: Path, interrupted: bool) -> TrainingStopped:
