@@ -77,6 +77,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def private_registry(monkeypatch):
+    """The test registers, discovers and loads plugins into copies of the registry's state, so nothing it adds
+    outlives it; torch's default dtype is put back after it (plugins that change it are tested)."""
+    from nmt import registry
+
+    registry.discover()
+    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    monkeypatch.setattr(registry, "_broken", [])
+    monkeypatch.setattr(registry, "_loaded", {})
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
-"""What registration and building check of a plugin: names and objects registered (QA #14), the constructor
-calls and output sizes the builders use (QA #10), what training reads of a task (QA #15) and recipe keys a
-plugin's Config does not declare (QA #11). Each failure is one line naming the plugin."""
+"""What registration and building check of a plugin: names and objects registered, the constructor
+calls and output sizes the builders use, what training reads of a task and recipe keys a
+plugin's Config does not declare. Each failure is one line naming the plugin."""
 from __future__ import annotations
 
 import textwrap
@@ -23,15 +23,10 @@ from nmt_builtin.rnn_encoders import GRUEncoder
 
 from conftest import reverse_recipe, write_recipe, write_reverse_corpus
 
-
-@pytest.fixture(autouse=True)
-def private_registry(monkeypatch):
-    """Each test registers into a copy of the registry, so nothing it adds outlives it."""
-    registry.discover()
-    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+pytestmark = pytest.mark.usefixtures("private_registry")
 
 
-# --- names and objects (QA #14) ---------------------------------------------------------------
+# --- names and objects ---------------------------------------------------------------
 
 def test_registering_an_instance_is_one_line(tmp_path, capsys):
     """Before: five lines, the module's repr, then 'expected a class, got GRUEncoder'."""
@@ -66,7 +61,7 @@ def test_every_builtin_name_is_a_valid_name():
         nmt.register("encoder", name)(type(f"Enc{len(name)}", (GRUEncoder,), {"__doc__": "Fine."}))
 
 
-# --- constructor calls and output sizes (QA #10) ----------------------------------------------
+# --- constructor calls and output sizes ----------------------------------------------
 
 def test_an_encoder_init_without_the_keyword_the_builder_passes_is_refused():
     """Before: (config, size) passed registration, then TypeError 'unexpected keyword argument input_size' at build."""
@@ -173,7 +168,7 @@ def test_an_oversized_plugin_output_size_is_blamed_on_the_plugin_in_a_recipe(tmp
         load_recipe(path)
 
 
-# --- tasks (QA #15) ---------------------------------------------------------------------------
+# --- tasks ---------------------------------------------------------------------------
 
 def test_a_task_that_is_no_task_subclass_is_refused():
     """Before: registered, then "AttributeError: type object 'BadTask' has no attribute 'monitor'" in training."""
@@ -232,7 +227,7 @@ def test_a_task_without_make_datamodule_is_refused():
     nmt.register("task", "subclass_ok")(type("Fine", (Seq2SeqTask,), {"__doc__": "Fine."}))
 
 
-# --- undeclared recipe keys (QA #11) ----------------------------------------------------------
+# --- undeclared recipe keys ----------------------------------------------------------
 
 class LaxEncoder(GRUEncoder):
     """A Config that leaves pydantic's default extra="ignore"."""

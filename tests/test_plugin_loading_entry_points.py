@@ -1,4 +1,4 @@
-"""Installed plugins that fail to load (QA #13) and plugins that change torch's default dtype (QA #16).
+"""Installed plugins that fail to load and plugins that change torch's default dtype.
 
 A broken ``nmt.plugins`` entry point is written as a real distribution (a ``.dist-info`` with its
 ``entry_points.txt``) in a temporary folder put on ``sys.path``, so ``importlib.metadata`` finds it the
@@ -24,16 +24,7 @@ from conftest import reverse_recipe, write_reverse_corpus
 NMT = Path(sys.executable).parent / "nmt"
 TREE = Path(registry.__file__).resolve().parents[1]  # the nmt under test, also in the nmt command's process
 
-
-@pytest.fixture(autouse=True)
-def private_registry(monkeypatch):
-    """Each test discovers into copies of the registry's state, so nothing it adds outlives it."""
-    registry.discover()
-    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-    monkeypatch.setattr(registry, "_broken", [], raising=False)
-    monkeypatch.setattr(registry, "_loaded", dict(getattr(registry, "_loaded", {})), raising=False)
-    yield
-    torch.set_default_dtype(torch.float32)
+pytestmark = pytest.mark.usefixtures("private_registry")
 
 
 def write_distribution(site: Path, package: str, body: str) -> Path:

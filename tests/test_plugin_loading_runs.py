@@ -1,4 +1,4 @@
-"""A run directory records the local plugins it was trained with, and says how to load them (QA #9).
+"""A run directory records the local plugins it was trained with, and says how to load them.
 
 ``--plugin`` left no trace in the run (recipe.yaml said ``plugins: []``), and a recipe's ``plugins:``
 entry was kept relative to the recipe's folder, which the run does not know.
@@ -23,13 +23,7 @@ from conftest import reverse_recipe, write_reverse_corpus
 NMT = Path(sys.executable).parent / "nmt"
 TREE = Path(registry.__file__).resolve().parents[1]  # the nmt under test, also in the nmt command's process
 
-
-@pytest.fixture(autouse=True)
-def private_registry(monkeypatch):
-    """Each test loads into copies of the registry's state, so nothing it adds outlives it."""
-    registry.discover()
-    monkeypatch.setattr(registry, "_entries", dict(registry._entries))
-    monkeypatch.setattr(registry, "_loaded", {}, raising=False)
+pytestmark = pytest.mark.usefixtures("private_registry")
 
 
 def write_encoder_plugin(path: Path, name: str) -> Path:
