@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 import nmt
+from nmt.cli_report import caller_outside_nmt, failure, say, thread_failure
 from nmt.errors import UserError
 from nmt.io import SPACE_ERRNOS, Terminated, describe
 from nmt.metrics import MAX_LINE_BYTES
@@ -358,7 +359,9 @@ def plugins(names: tuple[str, ...]) -> None:
     from nmt import registry
 
     if names:
-        _plugin_keys(registry, names)
+        from nmt.recipe_keys import print_plugin_keys
+
+        print_plugin_keys(registry.entries(), names)
         return
     rows = [(e.kind, e.name, e.origin, e.description) for e in registry.entries()]
     rows += [("broken", b.name, b.origin, f"entry point failed to load: {b.problem}")
@@ -367,28 +370,6 @@ def plugins(names: tuple[str, ...]) -> None:
     click.echo(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'ORIGIN':<{widths[2]}}  DESCRIPTION")
     for kind, name, origin, description in rows:
         click.echo(f"{kind:<{widths[0]}}  {name:<{widths[1]}}  {origin:<{widths[2]}}  {description}")
-
-
-def _plugin_keys(registry, names: tuple[str, ...]) -> None:
-    import difflib
-
-    from nmt.recipe_keys import plugin_keys
-
-    entries = registry.entries()
-    for name in names:
-        found = [e for e in entries if e.name == name]
-        if not found:
-            close = difflib.get_close_matches(name, sorted({e.name for e in entries}), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"nmt plugins {name}", f"no plugin of that name{hint}")
-        for entry in found:
-            click.echo(f"{entry.kind} {entry.name} ({entry.origin}): {entry.description}")
-            keys = plugin_keys(entry.kind, entry.cls)
-            width = max((len(k.path) for k in keys), default=0)
-            for key in keys:
-                note = f"  # {key.note}" if key.note else ""
-                default = key.default if key.default.startswith("required") else f"default {key.default}"
-                click.echo(f"  {key.path:<{width}}  {key.takes}; {default}{note}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -431,25 +412,12 @@ def _no_result(result, **_) -> None:
     return None
 
 
-def _say(message: str) -> None:
-    """Write one error line to stderr; a closed or broken stderr (``nmt ... 2>&-``) must not turn
-    the error into a second, uglier one: the exit code still tells what happened."""
-    try:
-        stream = sys.stderr
-        if stream is None or getattr(stream, "closed", False):
-            return
-        stream.write(message + "\n")
-        stream.flush()
-    except (OSError, ValueError):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning errors into one line and an exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     if not debug:
-        threading.excepthook = _thread_failure
+        threading.excepthook = thread_failure
     try:
         # Outside standalone mode Click returns the code of an Exit (ctx.exit(N), --help, --version, a
         # failed nmt bench script) instead of raising it; the commands' own results are dropped
@@ -459,72 +427,42 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:  # not raised by Click 8's main, which returns the code
         return exc.exit_code
     except click.ClickException as exc:
-        _say(f"nmt: {exc.format_message()}")
+        say(f"nmt: {exc.format_message()}")
         return exc.exit_code
     except click.exceptions.Abort:
-        _say("nmt: aborted")
+        say("nmt: aborted")
         return 130
     except UserError as exc:
         if debug:
             raise
         if not exc.quiet:
-            _say(f"nmt: {exc.message}")
+            say(f"nmt: {exc.message}")
         return exc.exit_code
     except KeyboardInterrupt:
-        _say("nmt: interrupted")
+        say("nmt: interrupted")
         return 130
     except Terminated as exc:  # SIGTERM while an output was written: its temporary file is gone
-        _say("nmt: terminated (SIGTERM); the output was not written, an older one is unchanged")
+        say("nmt: terminated (SIGTERM); the output was not written, an older one is unchanged")
         return exc.code
     except SystemExit as exc:  # nmt never calls sys.exit inside a command: plugin code, or a library, did
-        caller = _caller_outside_nmt(exc)
+        caller = caller_outside_nmt(exc)
         if debug or caller is None:  # a library's own exit (Click's on a closed pipe: nmt plugins | head)
             raise
-        _say(f"nmt: error: sys.exit({exc.code!r}) at {caller} ended the command before it finished (run with "
-             "--debug for the traceback)")
+        say(f"nmt: error: sys.exit({exc.code!r}) at {caller} ended the command before it finished (run with "
+            "--debug for the traceback)")
         return 1
     except BrokenPipeError:
         return 0
     except OSError as exc:
         if debug or exc.errno not in SPACE_ERRNOS:
-            return _failure(exc, debug)
+            return failure(exc, debug)
         # A full disk is the user's to fix, and nothing written before is lost: outputs and checkpoints
         # are replaced by a rename only once complete (a training resumes from its last.ckpt).
-        _say(f"nmt: {exc.filename or 'disk'}: cannot write ({describe(exc)}); make room and run the command again")
+        say(f"nmt: {exc.filename or 'disk'}: cannot write ({describe(exc)}); make room and run the command again")
         return 2
     except Exception as exc:
-        return _failure(exc, debug)
+        return failure(exc, debug)
 
-
-def _thread_failure(args) -> None:
-    """A full disk in a library's background thread (TensorBoard's event writer) is one line, not a
-    traceback printed beside the command's own one-line error."""
-    if isinstance(args.exc_value, OSError) and args.exc_value.errno in SPACE_ERRNOS:
-        where = args.exc_value.filename or (args.thread.name if args.thread else "a background thread")
-        _say(f"nmt: warning: {where}: cannot write ({describe(args.exc_value)})")
-    else:
-        threading.__excepthook__(args)
-
-
-def _caller_outside_nmt(exc: BaseException) -> str | None:
-    """``file:line`` of the innermost frame of ``exc``'s traceback outside nmt, the standard library and the
-    installed packages: the plugin that raised it; None where there is none."""
-    import sysconfig
-    import traceback
-
-    ours = (str(Path(nmt.__file__).parent), sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
-            sysconfig.get_paths()["platlib"])
-    frames = traceback.extract_tb(exc.__traceback__)
-    outside = [f for f in frames if not f.filename.startswith(ours) and not f.filename.startswith("<")]
-    return f"{outside[-1].filename}:{outside[-1].lineno}" if outside else None
-
-
-def _failure(exc: Exception, debug: bool) -> int:
-    """A runtime failure, not the user's doing: one line and exit 1 (``--debug``: the traceback)."""
-    if debug:
-        raise exc
-    _say(f"nmt: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
-    return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,15 +6,20 @@ source gives it on the same line, so that a recipe writer needs neither the READ
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import re
 import typing
+from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import click
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from nmt.errors import UserError
 from nmt.recipe import _plugin_kind
 from nmt.recipe_trainer import _describe_type
 
@@ -109,3 +114,21 @@ def _line_comments(model: type) -> dict[str, str]:
             if found and found[1] in cls.model_fields:
                 notes[found[1]] = found[2]
     return notes
+
+
+def print_plugin_keys(entries: list, names: Sequence[str]) -> None:
+    """``nmt plugins NAME ...``: each plugin of each name, then its keys, one a line."""
+    for name in names:
+        found = [e for e in entries if e.name == name]
+        if not found:
+            close = difflib.get_close_matches(name, sorted({e.name for e in entries}), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"nmt plugins {name}", f"no plugin of that name{hint}")
+        for entry in found:
+            click.echo(f"{entry.kind} {entry.name} ({entry.origin}): {entry.description}")
+            keys = plugin_keys(entry.kind, entry.cls)
+            width = max((len(k.path) for k in keys), default=0)
+            for key in keys:
+                note = f"  # {key.note}" if key.note else ""
+                default = key.default if key.default.startswith("required") else f"default {key.default}"
+                click.echo(f"  {key.path:<{width}}  {key.takes}; {default}{note}")

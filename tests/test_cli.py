@@ -214,7 +214,7 @@ def test_a_full_disk_anywhere_is_one_line_naming_the_file_and_exit_2(monkeypatch
 
 
 def test_a_full_disk_in_a_background_thread_is_one_warning_line(capsys):
-    from nmt.cli import _thread_failure
+    from nmt.cli_report import thread_failure as _thread_failure
 
     def writer():
         raise OSError(errno.ENOSPC, "No space left on device", "runs/x/tb/events.out")
