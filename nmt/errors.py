@@ -21,6 +21,20 @@ _repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 3, 
 _repr.maxstring = _repr.maxother = _repr.maxlong = QUOTE_LIMIT
 
 
+def closest(word, choices) -> str | None:
+    """The choice ``word`` most likely meant, for a "did you mean" hint: a close spelling, else one that
+    differs in case only (``trainer.MAX_STEPS``, which no close spelling of mixed case reaches); None."""
+    import difflib
+
+    word, choices = str(word)[:100], [str(c) for c in choices]
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return close[0]
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1)
+    return lowered[close[0]] if close else None
+
+
 def quote(value, limit: int = QUOTE_LIMIT) -> str:
     """The repr of a user's value for a message, at most ``limit`` characters.
 

@@ -6,7 +6,6 @@ everything else) and what was expected, so a user never has to read a traceback.
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import re
 import types
@@ -19,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from nmt import registry
-from nmt.errors import DataError, PluginError, RecipeError, quote, shorten
+from nmt.errors import DataError, PluginError, RecipeError, closest, quote, shorten
 from nmt.io import describe_file_kind
 from nmt.recipe_trainer import check_trainer_args
 from nmt.recipe_yaml import RecipeLoader, RecipeYAMLProblem, read_recipe_file  # noqa: F401 (read_recipe_file: API)
@@ -283,8 +282,8 @@ def describe_error(error: dict, model: type[BaseModel], loc: list[str]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         known = _known_keys(model, loc[:-1])
-        close = difflib.get_close_matches(loc[-1][:100], known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"expected one of: {', '.join(known)}"
+        close = closest(loc[-1], known)
+        hint = f"did you mean '{close}'?" if close else f"expected one of: {', '.join(known)}"
         return f"unknown key; {hint}"
     if kind == "missing":
         return "required key is missing"
@@ -308,7 +307,9 @@ def _known_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
 def component(kind: str, section: dict | None, key: str, path: Path, overrides=()) -> Component:
     """Resolve ``{name: ..., **options}`` to a registered class and its validated Config."""
     if not isinstance(section, dict) or not section.get("name"):
-        raise RecipeError(_where(path, f"{key}.name", overrides), f"required: the name of a registered {kind}")
+        misspelt = [k for k in section if closest(k, ["name"])] if isinstance(section, dict) else []
+        hint = f" (is '{shorten(misspelt[0])}' meant to be 'name'?)" if misspelt else ""
+        raise RecipeError(_where(path, f"{key}.name", overrides), f"required: the name of a registered {kind}{hint}")
     if not isinstance(section["name"], str):  # a list or mapping was an unhashable-type TypeError
         raise RecipeError(_where(path, f"{key}.name", overrides), f"expected the name of a registered {kind} "
                                                                   f"(a string), got {quote(section['name'])}")
@@ -317,6 +318,8 @@ def component(kind: str, section: dict | None, key: str, path: Path, overrides=(
     undeclared = _undeclared_key(cls.Config, options)
     if undeclared is not None:  # pydantic's default (extra="ignore") would train with the default instead
         where = _where(path, shorten(".".join([key, *undeclared]), 200), overrides)
+        if len(undeclared) == 1 and closest(undeclared[0], ["name"]):  # not a Config key: the section's own
+            raise RecipeError(where, "unknown key; did you mean 'name'?")
         raise RecipeError(where, describe_error({"type": "extra_forbidden"}, cls.Config, undeclared))
     return Component(cls, validate_section(cls.Config, options, key, path, overrides))
 

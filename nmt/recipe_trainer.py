@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections.abc
 import datetime
-import difflib
 import functools
 import inspect
 import math
@@ -16,7 +15,7 @@ from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from nmt.errors import RecipeError, quote, shorten
+from nmt.errors import RecipeError, closest, quote, shorten
 
 OWNED_TRAINER_ARGS = {"logger", "callbacks", "default_root_dir", "enable_checkpointing", "plugins"}
 
@@ -31,8 +30,8 @@ def check_trainer_args(trainer: dict, where: Callable[[str], str]) -> None:
         if key in OWNED_TRAINER_ARGS:
             raise RecipeError(at, "set by nmt from the run directory; remove it")
         if key not in accepted:
-            close = difflib.get_close_matches(str(key)[:100], list(accepted), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(key, accepted)
+            hint = f"; did you mean '{close}'?" if close else ""
             raise RecipeError(at, f"unknown Trainer argument{hint}")
         adapter = _trainer_arg_adapter(key)
         if adapter is None:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmt.errors import PluginError, quote, shorten
+from nmt.errors import PluginError, closest, quote, shorten
 
 ENTRY_POINT_GROUP = "nmt.plugins"
 KINDS = ("encoder", "decoder", "attention", "task", "tokenizer")  # what the core knows how to build
@@ -301,8 +301,8 @@ def get(kind: str, name: str, where: str | None = None) -> type:
     if entry is not None:
         return entry.cls
     known = names(kind)
-    close = difflib.get_close_matches(str(name)[:100], known, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known) or 'none'}"
+    close = closest(name, known)
+    hint = f"; did you mean '{close}'?" if close else f"; known: {', '.join(known) or 'none'}"
     raise PluginError(where, f"unknown {kind} {quote(name)}{hint}{_broken_hint()}")
 
 

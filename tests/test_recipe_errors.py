@@ -188,6 +188,12 @@ def cases(base: dict) -> dict[str, Case]:
         "a warm-up as long as the schedule": Case(
             with_values(base, optim__warmup_steps=100, optim__total_steps=10), TRAIN,
             ("{recipe}: optim.warmup_steps: 100 is not below optim.total_steps (10)",)),
+        "a trainer key in capitals": Case(
+            with_values(base, trainer__MAX_STEPS=3), TRAIN,
+            ("{recipe}: trainer.MAX_STEPS: unknown Trainer argument; did you mean 'max_steps'?",)),
+        "a misspelt name of a plugin section": Case(
+            with_values(base, model__encoder={"nmae": "gru"}), TRAIN,
+            ("{recipe}: model.encoder.nmae: unknown key; did you mean 'name'?",)),
         "a boolean seed": Case(
             with_values(base, seed=True), TRAIN, ("{recipe}: seed: input should be a valid integer, got True",)),
         "Trainer setting whose package is not installed": Case(
