@@ -6,7 +6,6 @@ source gives it on the same line, so that a recipe writer needs neither the READ
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import re
@@ -19,7 +18,7 @@ import click
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from nmt.errors import UserError
+from nmt.errors import UserError, closest
 from nmt.recipe import _plugin_kind
 from nmt.recipe_trainer import _describe_type
 
@@ -121,8 +120,8 @@ def print_plugin_keys(entries: list, names: Sequence[str]) -> None:
     for name in names:
         found = [e for e in entries if e.name == name]
         if not found:
-            close = difflib.get_close_matches(name, sorted({e.name for e in entries}), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(name, sorted({e.name for e in entries}))
+            hint = f"; did you mean '{close}'?" if close else ""
             raise UserError(f"nmt plugins {name}", f"no plugin of that name{hint}")
         for entry in found:
             click.echo(f"{entry.kind} {entry.name} ({entry.origin}): {entry.description}")
