@@ -201,7 +201,7 @@ def translate_cli(capsys, monkeypatch, task, tmp_path, *options) -> tuple[int, s
     return code, out, err, output
 
 
-# --- #3: NaN and infinity ------------------------------------------------------------------------
+# --- NaN and infinity ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["nan", "mask_all_false"])
 @pytest.mark.parametrize("beam", ["1", "3"])
@@ -266,7 +266,7 @@ def test_a_non_finite_validation_loss_fails_training(tmp_path, capsys):
     assert "validation diverged: loss is nan at step 2" in line and f"encoder 'nan_in_eval' ({plugin})" in line
 
 
-# --- #5: a line break in decode()'s text ----------------------------------------------------------
+# --- a line break in decode()'s text ----------------------------------------------------------
 
 @pytest.mark.parametrize("mode,shown", [("newline", "\\n"), ("carriage_return", "\\r")])
 def test_decode_with_a_line_break_is_refused(task, mode, shown, capsys, monkeypatch, tmp_path):
@@ -278,7 +278,7 @@ def test_decode_with_a_line_break_is_refused(task, mode, shown, capsys, monkeypa
     assert output.read_text() == "previous good output\n"
 
 
-# --- #12: attention weights ----------------------------------------------------------------------
+# --- attention weights ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode,problem", [
     ("weights_short", "weights must be [3, 3], got [3, 2]"),
@@ -308,7 +308,7 @@ def test_the_cli_names_the_attention_of_bad_alignments(task, capsys, monkeypatch
     assert output.read_text() == "previous good output\n"
 
 
-# --- #7 and #6: token ids out of range, none for a line with text --------------------------------
+# --- token ids out of range, none for a line with text --------------------------------
 
 BAD_IDS = '''
 from nmt.registry import register
@@ -321,7 +321,8 @@ class BadIds(WhitespaceTokenizer):
 
     def encode(self, text):
         ids = super().encode(text)
-        return {"negative": [-1] + ids[1:], "too_large": ids + [len(self)], "empty": []}.get("MODE", ids)
+        return {"negative": [-1] + ids[1:], "too_large": ids + [len(self)], "empty": [],
+                "nested": [ids]}.get("MODE", ids)
 
     def __len__(self):
         return 2 if "MODE" == "len_small" else len(self.tokens)
@@ -333,6 +334,7 @@ class BadIds(WhitespaceTokenizer):
     ("too_large", "encode returned id 28; ids must be in 0..27 (len(tokenizer) is 28)"),
     ("len_small", "ids must be in 0..1 (len(tokenizer) is 2)"),
     ("empty", "encode returned no ids for a non-empty line"),
+    ("nested", "encode must return a list of int ids for each line"),  # before: a TypeError from numpy
 ])
 def test_prepare_names_the_tokenizer_of_bad_ids(mode, problem, tmp_path, capsys):
     plugin = tmp_path / "bad_ids.py"
@@ -363,7 +365,7 @@ def test_a_blank_line_may_encode_as_nothing(task):
     assert nmt.translate.encode_lines(task, ["", "   ", "\u200b"]) == [[], [], []]  # no letter nor digit there
 
 
-# --- #1: the shapes, dtypes and types of the network plugins' outputs -----------------------------
+# --- the shapes, dtypes and types of the network plugins' outputs -----------------------------
 
 @pytest.mark.parametrize("mode,problem", [
     ("wider", "states must be [1, 3, 128] float32, got [1, 3, 131]"),

@@ -19,8 +19,8 @@ import numpy as np
 
 from nmt.data.shards import MAX_LENGTH
 from nmt.data.text import BYTES_PER_TOKEN, MAX_LINE_BYTES, _decode, open_binary
-from nmt.errors import DataError
-from nmt.plugin_checks import check_flat_ids
+from nmt.errors import DataError, PluginError, shorten
+from nmt.plugin_checks import check_flat_ids, plugin_label
 
 if TYPE_CHECKING:
     from nmt.data.prepared import CorpusSpec, SideWriter
@@ -72,7 +72,12 @@ def encode_chunk(spec: CorpusSpec, prefix: str, data: bytes, name: str, first_li
     if first_line == 0 and lines and lines[0].startswith("\ufeff"):
         lines[0] = lines[0][1:]
     tokenizer = _worker_tokenizers[prefix]
-    tokens, lengths = tokenizer.encode_flat(lines)
+    try:
+        tokens, lengths = tokenizer.encode_flat(lines)
+    except (TypeError, ValueError) as exc:  # ids numpy cannot read as integers (a list within the list)
+        raise PluginError(plugin_label("tokenizer", tokenizer), f"{name}:{first_line + 1}: encode must return a "
+                          f"list of int ids for each line (lines {first_line + 1} to {first_line + len(lines)}: "
+                          f"{shorten(str(exc), 200)})") from None
     # before the cast to the corpus's dtype, which would make -1 a valid-looking 65,535 and blame the corpus
     check_flat_ids(tokenizer, tokens, lengths, lines, name, first_line)
     stored = lengths <= spec.max_length
