@@ -23,6 +23,7 @@ import torch
 
 from nmt.contracts import EncoderOutput
 from nmt.errors import PluginError, TrainingDiverged, shorten
+from nmt.registry import describe as plugin_label, registered_entry
 
 NETWORK_KINDS = ("encoder", "attention", "decoder")
 LINE_BREAKS = ("\n", "\r")  # what splits the lines of an output file (and Python's universal newlines)
@@ -30,30 +31,8 @@ LINE_BREAKS = ("\n", "\r")  # what splits the lines of an output file (and Pytho
 
 # --- naming a plugin --------------------------------------------------------------------------
 
-def _entry(kind: str, cls: type):
-    """The registry entry of ``cls`` as a ``kind``, or of its nearest registered base class; else None."""
-    from nmt import registry
-
-    entries = [e for e in registry.entries() if e.kind == kind]
-    for base in cls.__mro__:
-        for entry in entries:
-            if entry.cls is base:
-                return entry
-    return None
-
-
-def plugin_label(kind: str, plugin: Any) -> str:
-    """``encoder 'gru' (nmt 0.1.0)``: the kind, the registered name and the origin of ``plugin`` (a class
-    or an instance), as ``nmt plugins`` shows them; a class never registered by its module and name."""
-    cls = plugin if isinstance(plugin, type) else type(plugin)
-    entry = _entry(kind, cls)
-    if entry is None:
-        return f"{kind} {cls.__module__}.{cls.__qualname__}"
-    return f"{kind} '{entry.name}' ({entry.origin})"
-
-
 def _is_kind(module: Any, kind: str) -> bool:
-    return _entry(kind, type(module)) is not None
+    return registered_entry(kind, type(module)) is not None
 
 
 def plugin_modules(model: Any, kind: str) -> list:

@@ -17,6 +17,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from nmt.errors import PluginError, closest, quote, shorten
@@ -311,14 +312,25 @@ def _broken_hint() -> str:
     return "".join(f"; {b.label} may provide it but failed to load: {b.problem}" for b in _broken)
 
 
-def describe(kind: str, cls: type) -> str:
-    """``cls`` as a message names a plugin: ``encoder 'gru' (nmt 0.1.0)``, the kind, registered name and where it
-    came from (file or distribution), as ``nmt plugins`` lists it."""
-    name = getattr(cls, "registered_name", None)
-    entry = _entries.get((kind, name)) if isinstance(name, str) else None
-    if entry is None or entry.cls is not cls:
+def registered_entry(kind: str, cls: type) -> Entry | None:
+    """The entry of ``cls`` as a ``kind``, or of its nearest registered base class (a plugin's subclass that
+    was never registered itself, e.g. a test's wrapper); None when neither is registered."""
+    for base in cls.__mro__:
+        name = base.__dict__.get("registered_name")
+        entry = _entries.get((kind, name)) if isinstance(name, str) else None
+        if entry is not None and entry.cls is base:
+            return entry
+    return None
+
+
+def describe(kind: str, plugin: Any) -> str:
+    """``plugin`` (a class or an instance) as a message names it: ``encoder 'gru' (nmt 0.1.0)``, the kind,
+    registered name and where it came from (file or distribution), as ``nmt plugins`` lists it."""
+    cls = plugin if isinstance(plugin, type) else type(plugin)
+    entry = registered_entry(kind, cls)
+    if entry is None:
         return f"{kind} {cls.__module__}.{cls.__qualname__}"
-    return f"{kind} '{name}' ({entry.origin})"
+    return f"{kind} '{entry.name}' ({entry.origin})"
 
 
 def names(kind: str) -> list[str]:
